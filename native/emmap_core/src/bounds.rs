@@ -1,0 +1,162 @@
+//! Every offset/length check, in checked arithmetic: nothing here can wrap.
+
+use crate::error::{Error, Result};
+
+/// The byte range `[pos, pos + len)` for a write into a region of `size` bytes.
+/// All of it must fit: writes are all-or-nothing.
+pub fn write_range(pos: u64, len: usize, size: usize) -> Result<(usize, usize)> {
+    let start = usize::try_from(pos).map_err(|_| Error::Einval)?;
+    let end = start.checked_add(len).ok_or(Error::Einval)?;
+    if end > size {
+        return Err(Error::Einval);
+    }
+    Ok((start, end))
+}
+
+/// The byte range a read of up to `len` bytes at `pos` returns: clipped at the end of the
+/// region. `None` means end of file (`pos` at or past the end, or nothing to read), which
+/// is what raw files answer for a zero-length `pread`.
+pub fn read_range(pos: u64, len: u64, size: usize) -> Option<(usize, usize)> {
+    let start = usize::try_from(pos).ok()?;
+    if start >= size || len == 0 {
+        return None;
+    }
+    let avail = size - start;
+    let n = usize::try_from(len).map_or(avail, |l| l.min(avail));
+    Some((start, start + n))
+}
+
+/// Start of an 8-byte atomic slot at `pos`: `base + pos` must be 8-aligned and the slot
+/// must fit in the region.
+pub fn atomic_slot(base: usize, pos: u64, size: usize) -> Result<usize> {
+    let start = usize::try_from(pos).map_err(|_| Error::Einval)?;
+    let end = start.checked_add(8).ok_or(Error::Einval)?;
+    if end > size {
+        return Err(Error::Einval);
+    }
+    if (base.wrapping_add(start)) % 8 != 0 {
+        return Err(Error::Alignment);
+    }
+    Ok(start)
+}
+
+/// New position for `file:position/2` semantics: `from` + `delta`, never negative.
+pub fn seek(from: u64, delta: i64) -> Result<u64> {
+    let p = i128::from(from) + i128::from(delta);
+    if p < 0 || p > i128::from(u64::MAX) {
+        return Err(Error::Einval);
+    }
+    Ok(p as u64)
+}
+
+/// The part of the mapping an `madvise` over `[off, off + len)` touches, rounded out to
+/// whole pages, as `(page-aligned start, length)` relative to the mapping's first page.
+/// `delta` is how far the user's offset 0 sits into the first page.
+pub fn advise_range(
+    delta: usize,
+    off: u64,
+    len: u64,
+    size: usize,
+    page: usize,
+) -> Result<(usize, usize)> {
+    let start = usize::try_from(off).map_err(|_| Error::Einval)?;
+    let len = if len == 0 {
+        size.checked_sub(start).ok_or(Error::Einval)?
+    } else {
+        usize::try_from(len).map_err(|_| Error::Einval)?
+    };
+    let end = start.checked_add(len).ok_or(Error::Einval)?;
+    if end > size {
+        return Err(Error::Einval);
+    }
+    let abs_start = (delta + start) / page * page;
+    let abs_end = delta + end;
+    Ok((abs_start, abs_end - abs_start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_must_fit_whole() {
+        assert_eq!(write_range(0, 8, 8), Ok((0, 8)));
+        assert_eq!(write_range(1, 8, 8), Err(Error::Einval));
+        assert_eq!(write_range(8, 0, 8), Ok((8, 8)));
+        assert_eq!(write_range(9, 0, 8), Err(Error::Einval));
+    }
+
+    #[test]
+    fn huge_positions_never_wrap() {
+        assert_eq!(write_range(u64::MAX, 1, 8), Err(Error::Einval));
+        assert_eq!(write_range(u64::MAX - 3, 8, 8), Err(Error::Einval));
+        assert_eq!(
+            write_range(usize::MAX as u64, 2, usize::MAX),
+            Err(Error::Einval)
+        );
+        assert_eq!(read_range(u64::MAX, u64::MAX, 8), None);
+        assert_eq!(read_range(2, u64::MAX, 8), Some((2, 8)));
+        assert_eq!(atomic_slot(0, u64::MAX - 7, 16), Err(Error::Einval));
+        assert_eq!(atomic_slot(0, u64::MAX, 16), Err(Error::Einval));
+        assert_eq!(seek(u64::MAX, 1), Err(Error::Einval));
+        assert_eq!(seek(0, i64::MIN), Err(Error::Einval));
+        assert_eq!(advise_range(0, u64::MAX, 2, 4096, 4096), Err(Error::Einval));
+    }
+
+    #[test]
+    fn reads_clip_at_the_end() {
+        assert_eq!(read_range(0, 0, 8), None);
+        assert_eq!(read_range(8, 1, 8), None);
+        assert_eq!(read_range(6, 10, 8), Some((6, 8)));
+    }
+
+    #[test]
+    fn atomics_need_alignment_of_the_address() {
+        assert_eq!(atomic_slot(0, 8, 16), Ok(8));
+        assert_eq!(atomic_slot(0, 4, 16), Err(Error::Alignment));
+        assert_eq!(atomic_slot(4, 4, 16), Ok(4));
+        assert_eq!(atomic_slot(0, 16, 16), Err(Error::Einval));
+    }
+
+    #[test]
+    fn advice_rounds_to_pages() {
+        assert_eq!(advise_range(100, 0, 10, 8192, 4096), Ok((0, 110)));
+        assert_eq!(advise_range(0, 5000, 0, 8192, 4096), Ok((4096, 4096)));
+        assert_eq!(advise_range(0, 9000, 0, 8192, 4096), Err(Error::Einval));
+    }
+
+    /// Exhaustive-ish sweep near the top of the address space: no combination panics and
+    /// every accepted range lies inside the region.
+    #[test]
+    fn sweep_near_u64_max() {
+        let edges = [
+            0u64,
+            1,
+            7,
+            8,
+            4095,
+            4096,
+            u64::MAX / 2,
+            u64::MAX - 8,
+            u64::MAX - 1,
+            u64::MAX,
+        ];
+        for &size in &[0usize, 1, 8, 4096, usize::MAX] {
+            for &pos in &edges {
+                for &len in &edges {
+                    if let Some((a, b)) = read_range(pos, len, size) {
+                        assert!(a < b && b <= size);
+                    }
+                    if let Ok(l) = usize::try_from(len) {
+                        if let Ok((a, b)) = write_range(pos, l, size) {
+                            assert!(a <= b && b <= size);
+                        }
+                    }
+                    if let Ok(s) = atomic_slot(0, pos, size) {
+                        assert!(s + 8 <= size && s % 8 == 0);
+                    }
+                }
+            }
+        }
+    }
+}

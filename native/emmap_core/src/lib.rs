@@ -1,0 +1,17 @@
+//! emmap's core: memory mappings for the Erlang VM, with no Erlang in sight.
+//!
+//! Everything a NIF call needs is here, testable with `cargo test`: the open options
+//! ([`options`]), offset/length arithmetic that cannot wrap ([`bounds`]), the kernel
+//! mapping ([`region`]), 64-bit atomics on mapped slots ([`atomics`]) and the handle state
+//! with its release rules ([`mapping`]).
+
+pub mod atomics;
+pub mod bounds;
+pub mod error;
+pub mod mapping;
+pub mod options;
+pub mod region;
+
+pub use error::{Error, Result};
+pub use mapping::{Info, Line, Mapping, Whence};
+pub use options::Options;

@@ -1,0 +1,644 @@
+//! A handle's whole state: the current region, regions kept alive for direct binaries, the
+//! file descriptor, the shared file position, and the rules for when memory may be released.
+//!
+//! Lifetimes, in one paragraph: readers find the current region through an atomic pointer.
+//! With `lock` (the default) every data operation also holds the read side of an `RwLock`
+//! and `close`/`resize` hold the write side, so they may unmap at once. With `nolock` data
+//! operations take no lock at all, so `close`/`resize` never unmap: replaced regions are
+//! kept until the handle is dropped. In `direct` mode, once a binary pointing into the
+//! mapping has been handed out, no region is unmapped before the handle is dropped either;
+//! the VM drops the handle only after the last such binary is gone.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{RwLock, RwLockReadGuard};
+
+use crate::atomics::{self, Op};
+use crate::bounds;
+use crate::error::{Error, Result};
+use crate::options::Options;
+use crate::region::{page_size, MapSpec, Placement, Region};
+
+/// Base for `file:position/2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whence {
+    Bof,
+    Cur,
+    Eof,
+}
+
+/// What `info/1` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    pub size: usize,
+    pub exist: bool,
+    pub path: Option<PathBuf>,
+    pub offset: u64,
+    pub direct: bool,
+    pub shared: bool,
+    pub writable: bool,
+    pub lock: bool,
+    pub anon: bool,
+    pub fixed_size: bool,
+    pub max_inc_size: u64,
+    pub closed: bool,
+    pub address: usize,
+}
+
+/// Removes a file this handle created, at final release, if the path still names it.
+#[derive(Debug)]
+struct UnlinkOnDrop {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Drop for UnlinkOnDrop {
+    fn drop(&mut self) {
+        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
+            if m.dev() == self.dev && m.ino() == self.ino {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    current: Option<Arc<Region>>,
+    /// Regions replaced by `resize` or closed, kept mapped until drop.
+    retired: Vec<Arc<Region>>,
+    file: Option<File>,
+    unlink: Option<UnlinkOnDrop>,
+}
+
+#[derive(Debug)]
+pub struct Mapping {
+    opts: Options,
+    path: Option<PathBuf>,
+    offset: u64,
+    exist: bool,
+    state: RwLock<State>,
+    /// The current region (owned by `state.current` or `state.retired`), for lock-free reads.
+    cur: AtomicPtr<Region>,
+    closed: AtomicBool,
+    pos: AtomicU64,
+    /// Set once a binary pointing into the mapping may exist.
+    exported: AtomicBool,
+}
+
+/// A guard that keeps the current region usable for the duration of one operation.
+pub struct Access<'a> {
+    _guard: Option<RwLockReadGuard<'a, State>>,
+    region: &'a Region,
+}
+
+impl Access<'_> {
+    pub fn len(&self) -> usize {
+        self.region.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.region.is_empty()
+    }
+    pub fn ptr(&self) -> *mut u8 {
+        self.region.ptr()
+    }
+}
+
+fn open_file(path: &Path, opts: &Options) -> Result<(File, bool)> {
+    let rw = opts.write || opts.truncate || opts.fit;
+    let mut o = OpenOptions::new();
+    o.read(true).write(rw);
+    match o.open(path) {
+        Ok(f) => Ok((f, false)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) && opts.create => {
+            let mut c = OpenOptions::new();
+            c.read(true).write(true).create_new(true).mode(opts.chmod);
+            match c.open(path) {
+                Ok(f) => Ok((f, true)),
+                // Someone else created it in between: open theirs.
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok((o.open(path)?, false)),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn set_len(f: &File, len: u64) -> Result<()> {
+    f.set_len(len).map_err(Error::from)
+}
+
+impl Mapping {
+    /// Maps `len` bytes of `path` starting at `offset` (or anonymous memory with `anon`).
+    /// `len == 0` means: the `{size, N}` option, else the rest of the existing file.
+    pub fn open(path: Option<&Path>, offset: u64, len: u64, opts: Options) -> Result<Mapping> {
+        opts.validate()?;
+        let len = match (len, opts.size) {
+            (0, Some(s)) => s,
+            (l, Some(s)) if l != s => return Err(Error::Einval),
+            (l, _) => l,
+        };
+        let place = match opts.address {
+            None => Placement::Any,
+            Some(a) => {
+                let a = usize::try_from(a).map_err(|_| Error::Einval)?;
+                Placement::Exact(a / page_size() * page_size())
+            }
+        };
+        let spec = MapSpec {
+            prot: opts.prot(),
+            flags: opts.map_flags(),
+            fd: None,
+            offset,
+        };
+        if opts.anon {
+            if offset != 0 || len == 0 {
+                return Err(Error::Einval);
+            }
+            let len = usize::try_from(len).map_err(|_| Error::Einval)?;
+            let region = Region::map(&spec, len, place)?;
+            return Ok(Mapping::new(opts, None, offset, false, region, None, None));
+        }
+        let path = path.ok_or(Error::Einval)?;
+        let (file, created) = open_file(path, &opts)?;
+        match Self::map_file(path, file, created, offset, len, place, spec, opts) {
+            Err(e) if created => {
+                let _ = std::fs::remove_file(path);
+                Err(e)
+            }
+            r => r,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn map_file(
+        path: &Path,
+        file: File,
+        created: bool,
+        offset: u64,
+        len: u64,
+        place: Placement,
+        mut spec: MapSpec,
+        opts: Options,
+    ) -> Result<Mapping> {
+        let meta = file.metadata()?;
+        if meta.is_dir() {
+            return Err(Error::Os(libc::EISDIR));
+        }
+        if !meta.is_file() {
+            return Err(Error::Einval);
+        }
+        let mut fsize = meta.len();
+        if opts.truncate && !created {
+            set_len(&file, 0)?;
+            fsize = 0;
+        }
+        let fresh = created || fsize == 0 && (opts.create || opts.truncate);
+        let len = if len == 0 {
+            fsize
+                .checked_sub(offset)
+                .filter(|&l| l > 0)
+                .ok_or(Error::Einval)?
+        } else {
+            len
+        };
+        let end = offset.checked_add(len).ok_or(Error::Einval)?;
+        let len = if end > fsize {
+            if !(fresh || opts.fit) {
+                return Err(Error::Einval);
+            }
+            if !(opts.write || created) {
+                return Err(Error::Eacces);
+            }
+            set_len(&file, end)?;
+            len
+        } else if end < fsize && opts.fit {
+            fsize - offset
+        } else if end < fsize && offset == 0 {
+            // A length other than the file's is a mistake unless `fit` says otherwise;
+            // windows into a file start at a non-zero offset.
+            return Err(Error::Einval);
+        } else {
+            len
+        };
+        let len = usize::try_from(len).map_err(|_| Error::Einval)?;
+        spec.fd = Some(file.as_raw_fd());
+        let region = Region::map(&spec, len, place)?;
+        let unlink = (opts.auto_unlink && created).then(|| UnlinkOnDrop {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        });
+        Ok(Mapping::new(
+            opts,
+            Some(path.to_path_buf()),
+            offset,
+            !created,
+            region,
+            Some(file),
+            unlink,
+        ))
+    }
+
+    fn new(
+        opts: Options,
+        path: Option<PathBuf>,
+        offset: u64,
+        exist: bool,
+        region: Region,
+        file: Option<File>,
+        unlink: Option<UnlinkOnDrop>,
+    ) -> Mapping {
+        let region = Arc::new(region);
+        let cur = AtomicPtr::new(Arc::as_ptr(&region) as *mut Region);
+        Mapping {
+            opts,
+            path,
+            offset,
+            exist,
+            state: RwLock::new(State {
+                current: Some(region),
+                retired: Vec::new(),
+                file,
+                unlink,
+            }),
+            cur,
+            closed: AtomicBool::new(false),
+            pos: AtomicU64::new(0),
+            exported: AtomicBool::new(false),
+        }
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// Pins the current region for one operation, or reports `Closed`.
+    #[inline]
+    pub fn access(&self) -> Result<Access<'_>> {
+        let guard = if self.opts.lock {
+            Some(self.state.read())
+        } else {
+            None
+        };
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let p = self.cur.load(Ordering::Acquire);
+        if p.is_null() {
+            return Err(Error::Closed);
+        }
+        // SAFETY: `cur` always points at a region owned by `state.current` or
+        // `state.retired`. With `lock`, we hold the read guard, and regions are freed only
+        // under the write guard. Without `lock`, regions are never freed before `Drop`
+        // (see `may_release_early`), and `Drop` cannot run while `&self` is borrowed.
+        let region = unsafe { &*p };
+        Ok(Access {
+            _guard: guard,
+            region,
+        })
+    }
+
+    /// Whether close/resize may unmap a region right away.
+    fn may_release_early(&self) -> bool {
+        self.opts.lock && !(self.opts.direct && self.exported.load(Ordering::Acquire))
+    }
+
+    /// Current size in bytes.
+    pub fn size(&self) -> Result<usize> {
+        Ok(self.access()?.len())
+    }
+
+    /// Copies (or, in direct mode, exposes) up to `len` bytes at `pos`. `f` receives the
+    /// bytes; `Ok(None)` is end of file.
+    pub fn pread<T>(&self, pos: u64, len: u64, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
+        let a = self.access()?;
+        Ok(bounds::read_range(pos, len, a.len()).map(|(s, e)| f(self.bytes(&a, s, e))))
+    }
+
+    /// The bytes `[s, e)` of the pinned region, marking the mapping exported in direct mode.
+    fn bytes<'a>(&self, a: &'a Access<'_>, s: usize, e: usize) -> &'a [u8] {
+        if self.opts.direct {
+            self.exported.store(true, Ordering::Release);
+        }
+        // SAFETY: `s <= e <= len` (checked by the caller's bounds helper) and the region is
+        // pinned by `a`. Other writers may change these bytes concurrently (that is what
+        // shared memory is for); the slice is only ever copied or handed to the VM as the
+        // contents of a resource binary, never used to make decisions in Rust.
+        unsafe { std::slice::from_raw_parts(a.ptr().add(s), e - s) }
+    }
+
+    /// Like `pread`, for direct mode: the slice stays valid until this mapping is dropped.
+    /// The caller must tie the slice's lifetime to the handle (a resource binary does).
+    pub fn pread_direct(&self, pos: u64, len: u64) -> Result<Option<(*const u8, usize)>> {
+        debug_assert!(self.opts.direct);
+        self.pread(pos, len, |b| (b.as_ptr(), b.len()))
+    }
+
+    /// Reads from the current position and advances it by what was read.
+    pub fn read<T>(&self, len: u64, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
+        let a = self.access()?;
+        loop {
+            let p = self.pos.load(Ordering::Acquire);
+            let Some((s, e)) = bounds::read_range(p, len, a.len()) else {
+                return Ok(None);
+            };
+            if self
+                .pos
+                .compare_exchange(p, e as u64, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Ok(Some(f(self.bytes(&a, s, e))));
+            }
+        }
+    }
+
+    /// Finds the line at the current position, looking at most `limit` bytes ahead, and
+    /// advances the position past it. `f` gets the line bytes (including `\r\n` / `\n`).
+    pub fn read_line<T>(&self, limit: usize, f: impl FnOnce(&[u8], bool) -> T) -> Result<Line<T>> {
+        let a = self.access()?;
+        loop {
+            let p = self.pos.load(Ordering::Acquire);
+            let Some((s, e)) = bounds::read_range(p, u64::MAX, a.len()) else {
+                return Ok(Line::Eof);
+            };
+            let window = &self.bytes_unexported(&a, s, e);
+            let scan = &window[..window.len().min(limit)];
+            let end = match scan.iter().position(|&c| c == b'\n') {
+                Some(i) => s + i + 1,
+                None if scan.len() == window.len() => e,
+                None => return Ok(Line::TooLong),
+            };
+            if self
+                .pos
+                .compare_exchange(p, end as u64, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                let line = self.bytes(&a, s, end);
+                let crlf = line.ends_with(b"\r\n");
+                return Ok(Line::Found(f(line, crlf)));
+            }
+        }
+    }
+
+    fn bytes_unexported<'a>(&self, a: &'a Access<'_>, s: usize, e: usize) -> &'a [u8] {
+        // SAFETY: as in `bytes`; this slice is only scanned inside this call.
+        unsafe { std::slice::from_raw_parts(a.ptr().add(s), e - s) }
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.opts.write {
+            Ok(())
+        } else {
+            Err(Error::Eacces)
+        }
+    }
+
+    /// Writes all of `data` at `pos`, or nothing.
+    pub fn pwrite(&self, pos: u64, data: &[u8]) -> Result<()> {
+        let a = self.access()?;
+        self.check_writable()?;
+        let (s, _) = bounds::write_range(pos, data.len(), a.len())?;
+        // SAFETY: [s, s + data.len()) lies inside the pinned, writable region; `data` is a
+        // VM binary or a Rust buffer, never part of a writable mapping region... except a
+        // direct binary of this same mapping, which `ptr::copy` (memmove) handles.
+        unsafe { ptr::copy(data.as_ptr(), a.ptr().add(s), data.len()) };
+        Ok(())
+    }
+
+    /// Writes at the current position and advances it.
+    pub fn write(&self, data: &[u8]) -> Result<()> {
+        let p = self.pos.load(Ordering::Acquire);
+        self.pwrite(p, data)?;
+        self.pos.store(p + data.len() as u64, Ordering::Release);
+        Ok(())
+    }
+
+    /// Moves the shared position; positions past the end are allowed (reads give eof).
+    pub fn position(&self, whence: Whence, delta: i64) -> Result<u64> {
+        let a = self.access()?;
+        let base = match whence {
+            Whence::Bof => 0,
+            Whence::Cur => self.pos.load(Ordering::Acquire),
+            Whence::Eof => a.len() as u64,
+        };
+        let p = bounds::seek(base, delta)?;
+        self.pos.store(p, Ordering::Release);
+        Ok(p)
+    }
+
+    fn slot<'a>(&self, a: &'a Access<'_>, pos: u64) -> Result<&'a AtomicI64> {
+        let s = bounds::atomic_slot(a.ptr() as usize, pos, a.len())?;
+        // SAFETY: `atomic_slot` checked that the 8 bytes at `s` are inside the pinned region
+        // and 8-aligned in memory, which is all `AtomicI64` needs.
+        Ok(unsafe { &*(a.ptr().add(s) as *const AtomicI64) })
+    }
+
+    /// `patomic/4`: applies `op` and returns the old value.
+    #[inline]
+    pub fn atomic(&self, pos: u64, op: Op, v: i64) -> Result<i64> {
+        let a = self.access()?;
+        self.check_writable()?;
+        Ok(op.apply(self.slot(&a, pos)?, v))
+    }
+
+    /// Compare-and-swap; `Ok(Ok(old))` on success, `Ok(Err(current))` otherwise.
+    pub fn cas(&self, pos: u64, expected: i64, new: i64) -> Result<std::result::Result<i64, i64>> {
+        let a = self.access()?;
+        self.check_writable()?;
+        Ok(atomics::cas(self.slot(&a, pos)?, expected, new))
+    }
+
+    pub fn atomic_load(&self, pos: u64) -> Result<i64> {
+        let a = self.access()?;
+        Ok(self.slot(&a, pos)?.load(Ordering::SeqCst))
+    }
+
+    pub fn atomic_store(&self, pos: u64, v: i64) -> Result<()> {
+        let a = self.access()?;
+        self.check_writable()?;
+        self.slot(&a, pos)?.store(v, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// `flush/1` (`wait == false`: schedule write-back) and `sync/1`, `datasync/1`
+    /// (`wait == true`: data on disk before returning; `data_only` skips metadata).
+    pub fn sync(&self, wait: bool, data_only: bool) -> Result<()> {
+        let st = self.state.read();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let (Some(r), Some(f)) = (&st.current, &st.file) else {
+            return Ok(()); // anonymous memory: nothing to write back
+        };
+        if !self.opts.is_shared() {
+            return Ok(()); // private pages never reach the file
+        }
+        r.msync(wait)?;
+        if wait {
+            if data_only {
+                f.sync_data()?;
+            } else {
+                f.sync_all()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `advise/4`. `dont_need` on private or anonymous memory would discard data, so it is
+    /// skipped there.
+    pub fn advise(&self, off: u64, len: u64, advice: libc::c_int) -> Result<()> {
+        let a = self.access()?;
+        if advice == libc::MADV_DONTNEED && (!self.opts.is_shared() || self.opts.anon) {
+            return bounds::advise_range(0, off, len, a.len(), 1).map(|_| ());
+        }
+        a.region.advise(off, len, advice)
+    }
+
+    /// Grows the mapping to `new_size` bytes (0: double below `max_inc_size`, else grow by
+    /// it). Never shrinks; never moves memory a direct binary may point into.
+    pub fn resize(&self, new_size: u64) -> Result<usize> {
+        if self.opts.fixed_size {
+            return Err(Error::FixedSize);
+        }
+        let mut st = self.state.write();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let old = st.current.clone().ok_or(Error::Closed)?;
+        let old_len = old.len();
+        let target = if new_size == 0 {
+            let step = old_len.min(usize::try_from(self.opts.max_inc_size).unwrap_or(usize::MAX));
+            old_len.checked_add(step).ok_or(Error::Einval)?
+        } else {
+            usize::try_from(new_size).map_err(|_| Error::Einval)?
+        };
+        if target < old_len {
+            return Err(Error::Einval);
+        }
+        if target == old_len {
+            return Ok(old_len);
+        }
+        let file_backed = st.file.is_some() && self.opts.is_shared();
+        if file_backed {
+            self.check_writable()?;
+            let end = self
+                .offset
+                .checked_add(target as u64)
+                .ok_or(Error::Einval)?;
+            let f = st.file.as_ref().expect("file_backed");
+            if f.metadata()?.len() < end {
+                set_len(f, end)?;
+            }
+        }
+        let private_file = st.file.is_some() && !file_backed;
+        let grown = if private_file {
+            None
+        } else {
+            old.grow_in_place(target)
+        };
+        let new = match grown {
+            Some(r) => r,
+            None if self.opts.address.is_some() => return Err(Error::Os(libc::ENOMEM)),
+            None => {
+                let r = if file_backed {
+                    let fd = st.file.as_ref().map(|f| f.as_raw_fd());
+                    let spec = MapSpec {
+                        prot: self.opts.prot(),
+                        flags: self.opts.map_flags(),
+                        fd,
+                        offset: self.offset,
+                    };
+                    Region::map(&spec, target, Placement::Any)?
+                } else {
+                    // Private or anonymous: the old contents live only in memory; copy them.
+                    let share = if self.opts.anon && self.opts.is_shared() {
+                        libc::MAP_SHARED
+                    } else {
+                        libc::MAP_PRIVATE
+                    };
+                    let kind = libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_SHARED_VALIDATE;
+                    let flags = (self.opts.map_flags() & !kind & !libc::MAP_SYNC)
+                        | share
+                        | libc::MAP_ANONYMOUS;
+                    let spec = MapSpec {
+                        prot: self.opts.prot(),
+                        flags,
+                        fd: None,
+                        offset: 0,
+                    };
+                    let r = Region::map(&spec, target, Placement::Any)?;
+                    r.copy_from(&old);
+                    r
+                };
+                r
+            }
+        };
+        let new = Arc::new(new);
+        self.cur
+            .store(Arc::as_ptr(&new) as *mut Region, Ordering::Release);
+        let prev = st.current.replace(new);
+        if !self.may_release_early() {
+            st.retired.extend(prev);
+        }
+        Ok(target)
+    }
+
+    /// Marks the handle closed and closes the file. Memory is released now if no reader or
+    /// binary can reach it, else when the handle is dropped. Idempotent.
+    pub fn close(&self) {
+        let mut st = self.state.write();
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        st.file = None;
+        if self.may_release_early() {
+            self.cur.store(ptr::null_mut(), Ordering::Release);
+            st.current = None;
+            st.retired.clear();
+            st.unlink = None;
+        }
+    }
+
+    pub fn info(&self) -> Info {
+        let st = self.state.read();
+        let closed = self.closed.load(Ordering::Acquire);
+        let (size, address) = match (&st.current, closed) {
+            (Some(r), false) => (r.len(), r.ptr() as usize),
+            _ => (0, 0),
+        };
+        Info {
+            size,
+            exist: self.exist,
+            path: self.path.clone(),
+            offset: self.offset,
+            direct: self.opts.direct,
+            shared: self.opts.is_shared(),
+            writable: self.opts.write,
+            lock: self.opts.lock,
+            anon: self.opts.anon,
+            fixed_size: self.opts.fixed_size,
+            max_inc_size: self.opts.max_inc_size,
+            closed,
+            address,
+        }
+    }
+}
+
+/// Outcome of [`Mapping::read_line`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line<T> {
+    /// Position at or past the end.
+    Eof,
+    /// The line, as `f` turned it into a value.
+    Found(T),
+    /// No newline within the scan limit: retry with a larger limit on a dirty scheduler.
+    TooLong,
+}

@@ -1,0 +1,267 @@
+//! One mapping: map, grow in place, flush, advise, unmap on drop.
+//!
+//! A `Region` describes `len` usable bytes at `data`, which sit `data - map_ptr` bytes into
+//! a page-aligned kernel mapping of `map_len` bytes (the user's offset need not be page
+//! aligned). The descriptor is immutable; growing in place hands the kernel mapping over to
+//! a new descriptor and leaves the old one as a non-owning view.
+
+use std::os::fd::RawFd;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::{Error, Result};
+
+/// The system page size.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions; _SC_PAGESIZE is always supported on Linux.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p <= 0 {
+        4096
+    } else {
+        p as usize
+    }
+}
+
+/// Where the kernel should place a new mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Anywhere.
+    Any,
+    /// Exactly at this page-aligned address, failing with `eexist` if anything is there.
+    /// Never replaces existing memory (`MAP_FIXED_NOREPLACE`).
+    Exact(usize),
+}
+
+/// What to map: everything but the length.
+#[derive(Debug, Clone, Copy)]
+pub struct MapSpec {
+    pub prot: libc::c_int,
+    pub flags: libc::c_int,
+    pub fd: Option<RawFd>,
+    /// File offset of the user's byte 0 (any value; rounded down to a page internally).
+    pub offset: u64,
+}
+
+#[derive(Debug)]
+pub struct Region {
+    map_ptr: *mut u8,
+    map_len: usize,
+    data: *mut u8,
+    len: usize,
+    /// Whether dropping this descriptor unmaps the memory.
+    owns: AtomicBool,
+}
+
+// SAFETY: a Region is a descriptor of process-wide memory; the pointers are valid from any
+// thread and the only interior mutability is the atomic `owns` flag.
+unsafe impl Send for Region {}
+// SAFETY: see `Send`; shared access only reads the immutable fields or the atomic flag.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Maps `len` bytes as `spec` says.
+    pub fn map(spec: &MapSpec, len: usize, place: Placement) -> Result<Region> {
+        if len == 0 {
+            return Err(Error::Einval);
+        }
+        let page = page_size() as u64;
+        let delta = (spec.offset % page) as usize;
+        let file_off = spec.offset - delta as u64;
+        let map_len = len.checked_add(delta).ok_or(Error::Einval)?;
+        let file_off = libc::off_t::try_from(file_off).map_err(|_| Error::Einval)?;
+        let (hint, extra) = match place {
+            Placement::Any => (ptr::null_mut(), 0),
+            Placement::Exact(a) => (a as *mut libc::c_void, libc::MAP_FIXED_NOREPLACE),
+        };
+        let fd = spec.fd.unwrap_or(-1);
+        // SAFETY: with a null hint or MAP_FIXED_NOREPLACE the kernel never replaces an
+        // existing mapping, so no memory the VM uses can be affected; arguments are plain
+        // values and the result is checked against MAP_FAILED.
+        let p = unsafe { libc::mmap(hint, map_len, spec.prot, spec.flags | extra, fd, file_off) };
+        if p == libc::MAP_FAILED {
+            return Err(Error::last_os());
+        }
+        if let Placement::Exact(a) = place {
+            if p as usize != a {
+                // Kernels before 4.17 treat MAP_FIXED_NOREPLACE as a hint.
+                // SAFETY: `p` is the mapping just created above, of `map_len` bytes.
+                unsafe { libc::munmap(p, map_len) };
+                return Err(Error::Eexist);
+            }
+        }
+        Ok(Region {
+            map_ptr: p as *mut u8,
+            map_len,
+            // SAFETY: delta < page <= map_len, so this stays inside the new mapping.
+            data: unsafe { (p as *mut u8).add(delta) },
+            len,
+            owns: AtomicBool::new(true),
+        })
+    }
+
+    /// Pointer to the user's byte 0.
+    #[inline]
+    pub fn ptr(&self) -> *mut u8 {
+        self.data
+    }
+
+    /// Usable length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn delta(&self) -> usize {
+        self.data as usize - self.map_ptr as usize
+    }
+
+    /// Tries to extend the mapping to `new_len` usable bytes without moving it. On success
+    /// the returned descriptor owns the memory and `self` becomes a view that will not unmap.
+    pub fn grow_in_place(&self, new_len: usize) -> Option<Region> {
+        let new_map_len = new_len.checked_add(self.delta())?;
+        if !self.owns.load(Ordering::Acquire) {
+            return None;
+        }
+        // SAFETY: `map_ptr/map_len` is a mapping this descriptor owns (checked above); flags
+        // 0 forbid moving it, so on success every pointer into it stays valid, and on
+        // failure nothing changes.
+        let p = unsafe {
+            libc::mremap(
+                self.map_ptr as *mut libc::c_void,
+                self.map_len,
+                new_map_len,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED || p as *mut u8 != self.map_ptr {
+            return None;
+        }
+        self.owns.store(false, Ordering::Release);
+        Some(Region {
+            map_ptr: self.map_ptr,
+            map_len: new_map_len,
+            data: self.data,
+            len: new_len,
+            owns: AtomicBool::new(true),
+        })
+    }
+
+    /// `msync` over the whole mapping: `MS_SYNC` waits for the disk, `MS_ASYNC` only asks.
+    pub fn msync(&self, wait: bool) -> Result<()> {
+        let how = if wait { libc::MS_SYNC } else { libc::MS_ASYNC };
+        // SAFETY: the range is exactly the live mapping this descriptor describes.
+        let r = unsafe { libc::msync(self.map_ptr as *mut libc::c_void, self.map_len, how) };
+        if r != 0 {
+            return Err(Error::last_os());
+        }
+        Ok(())
+    }
+
+    /// `madvise` over user bytes `[off, off + len)` (len 0: to the end), rounded out to pages.
+    pub fn advise(&self, off: u64, len: u64, advice: libc::c_int) -> Result<()> {
+        let (start, n) =
+            crate::bounds::advise_range(self.delta(), off, len, self.len, page_size())?;
+        if n == 0 {
+            return Ok(());
+        }
+        // SAFETY: `advise_range` keeps [start, start + n) inside [0, map_len), page aligned.
+        let r = unsafe { libc::madvise(self.map_ptr.add(start) as *mut libc::c_void, n, advice) };
+        if r != 0 {
+            return Err(Error::last_os());
+        }
+        Ok(())
+    }
+
+    /// Copies the first `min(len)` bytes of `other` into `self`.
+    pub fn copy_from(&self, other: &Region) {
+        let n = self.len.min(other.len);
+        // SAFETY: both regions are mapped for at least `n` bytes and are distinct mappings.
+        unsafe { ptr::copy_nonoverlapping(other.data, self.data, n) };
+    }
+
+    /// Whether this address range is part of this region's kernel mapping.
+    pub fn contains(&self, addr: usize) -> bool {
+        let a = self.map_ptr as usize;
+        addr >= a && addr < a + self.map_len
+    }
+
+    /// Start address of the kernel mapping.
+    pub fn map_addr(&self) -> usize {
+        self.map_ptr as usize
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        if self.owns.load(Ordering::Acquire) {
+            // SAFETY: this descriptor owns the mapping and is being dropped, which the
+            // mapping code does only when no reader and no binary can still reach it.
+            unsafe { libc::munmap(self.map_ptr as *mut libc::c_void, self.map_len) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn anon(len: usize) -> Region {
+        let spec = MapSpec {
+            prot: libc::PROT_READ | libc::PROT_WRITE,
+            flags: libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            fd: None,
+            offset: 0,
+        };
+        Region::map(&spec, len, Placement::Any).unwrap()
+    }
+
+    #[test]
+    fn zero_length_is_refused() {
+        let spec = MapSpec {
+            prot: libc::PROT_READ,
+            flags: libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            fd: None,
+            offset: 0,
+        };
+        assert_eq!(
+            Region::map(&spec, 0, Placement::Any).unwrap_err(),
+            Error::Einval
+        );
+    }
+
+    #[test]
+    fn exact_placement_never_replaces() {
+        let r = anon(4096);
+        let spec = MapSpec {
+            prot: libc::PROT_READ,
+            flags: libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            fd: None,
+            offset: 0,
+        };
+        let e = Region::map(&spec, 4096, Placement::Exact(r.map_addr())).unwrap_err();
+        assert_eq!(e, Error::Eexist);
+        // SAFETY: test reads its own fresh anonymous mapping.
+        assert_eq!(unsafe { *r.ptr() }, 0);
+    }
+
+    #[test]
+    fn grow_in_place_keeps_the_address_or_reports_failure() {
+        let r = anon(4096);
+        // SAFETY: test writes into its own mapping.
+        unsafe { *r.ptr() = 7 };
+        if let Some(g) = r.grow_in_place(8192) {
+            assert_eq!(g.ptr(), r.ptr());
+            assert_eq!(g.len(), 8192);
+            // SAFETY: same mapping, now 8192 bytes.
+            unsafe { assert_eq!(*g.ptr(), 7) };
+            drop(r); // a view: must not unmap
+                     // SAFETY: still mapped through `g`.
+            unsafe { *g.ptr().add(8191) = 1 };
+        }
+    }
+}

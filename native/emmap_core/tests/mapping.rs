@@ -1,0 +1,231 @@
+use emmap_core::atomics::Op;
+use emmap_core::{Error, Line, Mapping, Options, Whence};
+use std::path::Path;
+
+fn opts(items: &[&str]) -> Options {
+    let mut o = Options::default();
+    for i in items {
+        o.apply(i, None).unwrap();
+    }
+    o
+}
+
+fn file_with(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn read_write_round_trip_and_bounds() {
+    let d = tempfile::tempdir().unwrap();
+    let p = file_with(d.path(), "a", b"hello world!");
+    let m = Mapping::open(Some(&p), 0, 0, opts(&["read", "write", "shared"])).unwrap();
+    assert_eq!(m.size().unwrap(), 12);
+    assert_eq!(
+        m.pread(6, 5, |b| b.to_vec()).unwrap(),
+        Some(b"world".to_vec())
+    );
+    assert_eq!(
+        m.pread(10, 100, |b| b.to_vec()).unwrap(),
+        Some(b"d!".to_vec())
+    );
+    assert_eq!(m.pread(12, 1, |b| b.to_vec()).unwrap(), None);
+    assert_eq!(m.pwrite(0, b"HELLO").unwrap(), ());
+    assert_eq!(m.pwrite(10, b"xyz"), Err(Error::Einval));
+    assert_eq!(m.pwrite(u64::MAX, b"x"), Err(Error::Einval));
+    m.sync(true, false).unwrap();
+    drop(m);
+    assert_eq!(std::fs::read(&p).unwrap(), b"HELLO world!");
+}
+
+#[test]
+fn read_only_mapping_refuses_writes_and_atomics() {
+    let d = tempfile::tempdir().unwrap();
+    let p = file_with(d.path(), "ro", &[0u8; 16]);
+    let m = Mapping::open(Some(&p), 0, 0, opts(&["shared"])).unwrap();
+    assert_eq!(m.pwrite(0, b"x"), Err(Error::Eacces));
+    assert_eq!(m.atomic(0, Op::Add, 1), Err(Error::Eacces));
+    assert_eq!(m.atomic_load(0), Ok(0));
+}
+
+#[test]
+fn new_files_need_create_and_a_size_and_get_mode_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("new");
+    assert_eq!(
+        Mapping::open(Some(&p), 0, 8, opts(&["write"]))
+            .unwrap_err()
+            .atom(),
+        "enoent"
+    );
+    assert_eq!(
+        Mapping::open(Some(&p), 0, 0, opts(&["create", "write"])).unwrap_err(),
+        Error::Einval
+    );
+    let m = Mapping::open(Some(&p), 0, 8, opts(&["create", "write", "shared"])).unwrap();
+    assert!(!m.info().exist);
+    let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let m2 = Mapping::open(Some(&p), 0, 8, opts(&["create", "write", "shared"])).unwrap();
+    assert!(m2.info().exist);
+    assert_eq!(
+        Mapping::open(Some(&p), 0, 4, opts(&["write"])).unwrap_err(),
+        Error::Einval
+    );
+    assert_eq!(
+        Mapping::open(Some(&p), 0, 16, opts(&["write"])).unwrap_err(),
+        Error::Einval
+    );
+    let m3 = Mapping::open(Some(&p), 0, 16, opts(&["write", "fit"])).unwrap();
+    assert_eq!(m3.size().unwrap(), 16);
+    let m4 = Mapping::open(Some(&p), 0, 4, opts(&["fit"])).unwrap();
+    assert_eq!(m4.size().unwrap(), 16);
+}
+
+#[test]
+fn unaligned_offsets_map_the_right_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..10000u32).map(|i| (i % 251) as u8).collect();
+    let p = file_with(d.path(), "off", &data);
+    let m = Mapping::open(Some(&p), 4099, 100, opts(&[])).unwrap();
+    assert_eq!(
+        m.pread(0, 100, |b| b.to_vec()).unwrap().unwrap(),
+        data[4099..4199].to_vec()
+    );
+    // address of byte 0 is 4099 mod page: atomics at pos 0 are misaligned
+    assert_eq!(m.atomic_load(0), Err(Error::Alignment));
+    assert_eq!(
+        m.atomic_load(5),
+        Ok(i64::from_ne_bytes(data[4104..4112].try_into().unwrap()))
+    );
+}
+
+#[test]
+fn read_advances_and_lines_split() {
+    let d = tempfile::tempdir().unwrap();
+    let p = file_with(d.path(), "l", b"ab\r\ncd\nef");
+    let m = Mapping::open(Some(&p), 0, 0, opts(&[])).unwrap();
+    let line = |m: &Mapping| m.read_line(1 << 16, |b, crlf| (b.to_vec(), crlf)).unwrap();
+    assert_eq!(line(&m), Line::Found((b"ab\r\n".to_vec(), true)));
+    assert_eq!(line(&m), Line::Found((b"cd\n".to_vec(), false)));
+    assert_eq!(line(&m), Line::Found((b"ef".to_vec(), false)));
+    assert_eq!(line(&m), Line::Eof);
+    assert_eq!(m.position(Whence::Bof, 0), Ok(0));
+    assert_eq!(m.read_line(2, |b, _| b.to_vec()).unwrap(), Line::TooLong);
+    assert_eq!(m.read(3, |b| b.to_vec()).unwrap(), Some(b"ab\r".to_vec()));
+    assert_eq!(m.position(Whence::Cur, -1), Ok(2));
+    assert_eq!(m.position(Whence::Eof, -20), Err(Error::Einval));
+    assert_eq!(m.position(Whence::Eof, 5), Ok(14));
+    assert_eq!(m.read(1, |b| b.to_vec()).unwrap(), None);
+}
+
+#[test]
+fn closed_handles_answer_closed() {
+    let m = Mapping::open(None, 0, 4096, opts(&["anon", "write"])).unwrap();
+    m.close();
+    m.close();
+    assert_eq!(m.pread(0, 1, |_| ()), Err(Error::Closed));
+    assert_eq!(m.pwrite(0, b"x"), Err(Error::Closed));
+    assert_eq!(m.atomic(0, Op::Add, 1), Err(Error::Closed));
+    assert_eq!(m.resize(0), Err(Error::Closed));
+    assert_eq!(m.sync(false, false), Err(Error::Closed));
+    assert_eq!(m.position(Whence::Bof, 0), Err(Error::Closed));
+    assert!(m.info().closed);
+}
+
+#[test]
+fn direct_bytes_survive_close_and_resize() {
+    for lock in [true, false] {
+        let mut o = opts(&["anon", "write", "direct"]);
+        o.lock = lock;
+        let m = Mapping::open(None, 0, 4096, o).unwrap();
+        m.pwrite(0, b"keep").unwrap();
+        let (p, n) = m.pread_direct(0, 4).unwrap().unwrap();
+        m.resize(1 << 20).unwrap();
+        m.resize(1 << 24).unwrap();
+        m.close();
+        // SAFETY: direct slices stay valid until the mapping is dropped.
+        assert_eq!(unsafe { std::slice::from_raw_parts(p, n) }, b"keep");
+    }
+}
+
+#[test]
+fn resize_keeps_contents_and_refuses_what_it_must() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("grow");
+    let m = Mapping::open(Some(&p), 0, 4096, opts(&["create", "write", "shared"])).unwrap();
+    m.pwrite(4000, b"tail").unwrap();
+    assert_eq!(m.resize(0), Ok(8192));
+    assert_eq!(m.resize(100), Err(Error::Einval));
+    assert_eq!(m.pread(4000, 4, |b| b.to_vec()).unwrap().unwrap(), b"tail");
+    m.pwrite(8188, b"end!").unwrap();
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), 8192);
+    let mut o = opts(&["anon", "write", "private"]);
+    o.apply("fixed_size", None).unwrap();
+    let f = Mapping::open(None, 0, 4096, o).unwrap();
+    assert_eq!(f.resize(0), Err(Error::FixedSize));
+    let mut o = opts(&["anon", "write"]);
+    o.apply("max_inc_size", Some(4096)).unwrap();
+    let g = Mapping::open(None, 0, 8192, o).unwrap();
+    assert_eq!(g.resize(0), Ok(12288));
+    let pv = Mapping::open(Some(&p), 0, 0, opts(&["write", "private"])).unwrap();
+    pv.pwrite(0, b"mine").unwrap();
+    assert_eq!(pv.resize(1 << 16), Ok(1 << 16));
+    assert_eq!(pv.pread(0, 4, |b| b.to_vec()).unwrap().unwrap(), b"mine");
+    assert_eq!(pv.pread(8188, 4, |b| b.to_vec()).unwrap().unwrap(), b"end!");
+    assert_eq!(
+        std::fs::metadata(&p).unwrap().len(),
+        8192,
+        "private growth leaves the file alone"
+    );
+}
+
+#[test]
+fn auto_unlink_removes_only_a_file_it_created() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("tmp");
+    let m = Mapping::open(
+        Some(&p),
+        0,
+        64,
+        opts(&["create", "write", "shared", "auto_unlink"]),
+    )
+    .unwrap();
+    let other = Mapping::open(Some(&p), 0, 64, opts(&["write", "shared", "auto_unlink"])).unwrap();
+    drop(other);
+    assert!(p.exists());
+    m.close();
+    assert!(!p.exists());
+}
+
+#[test]
+fn fixed_address_never_replaces_existing_memory() {
+    let a = Mapping::open(None, 0, 4096, opts(&["anon"])).unwrap();
+    let addr = a.info().address as u64;
+    let mut o = opts(&["anon"]);
+    o.apply("address", Some(addr)).unwrap();
+    assert_eq!(Mapping::open(None, 0, 4096, o).unwrap_err(), Error::Eexist);
+}
+
+#[test]
+fn atomics_are_exact_across_threads() {
+    let m = std::sync::Arc::new(
+        Mapping::open(None, 0, 4096, opts(&["anon", "write", "shared"])).unwrap(),
+    );
+    let hs: Vec<_> = (0..4)
+        .map(|_| {
+            let m = m.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50_000 {
+                    m.atomic(8, Op::Add, 1).unwrap();
+                }
+            })
+        })
+        .collect();
+    hs.into_iter().for_each(|h| h.join().unwrap());
+    assert_eq!(m.atomic_load(8), Ok(200_000));
+    assert_eq!(m.cas(8, 1, 2).unwrap(), Err(200_000));
+    assert_eq!(m.cas(8, 200_000, 2).unwrap(), Ok(200_000));
+}

@@ -1,0 +1,23 @@
+//! Every atom the NIF answers with.
+
+rustler::atoms! {
+    ok,
+    error,
+    eof,
+    dirty,
+    undefined,
+    // info/1 keys
+    size,
+    exist,
+    path,
+    offset,
+    direct,
+    shared,
+    writable,
+    lock,
+    anon,
+    fixed_size,
+    max_inc_size,
+    closed,
+    address,
+}

@@ -1,0 +1,593 @@
+%%% @doc Memory-mapped files and shared memory for Erlang.
+%%%
+%%% `open/2,4' maps a file (or anonymous memory) and returns a handle that the `file' module
+%%% understands: `file:pread/3', `file:pwrite/3', `file:read/2', `file:read_line/1',
+%%% `file:write/2', `file:position/2', `file:sync/1' and `file:close/1' all work on it.
+%%% The same operations are exported here, together with 64-bit atomics on the mapping
+%%% (`patomic/4' and friends) and persistent counters (`open_counters/2' and friends).
+%%%
+%%% Errors: arguments of the wrong type raise `error:badarg'; a well-typed request that
+%%% cannot be carried out returns `{error, Reason}' and changes nothing. See the README for
+%%% the full table of reasons.
+-module(emmap).
+
+-include_lib("kernel/include/file.hrl").
+
+-export([open/2, open/4, close/1, info/1]).
+-export([pread/2, pread/3, pwrite/2, pwrite/3, read/2, read_line/1, write/2, position/2]).
+-export([flush/1, sync/1, datasync/1, advise/4, truncate/1, resize/1, resize/2]).
+-export([patomic/4, patomic_add/3, patomic_sub/3, patomic_and/3, patomic_or/3,
+         patomic_xor/3, patomic_xchg/3, patomic_cas/4,
+         patomic_read_integer/2, patomic_write_integer/3]).
+-export([open_counters/1, open_counters/2, close_counters/1,
+         inc_counter/2, inc_counter/3, dec_counter/2, dec_counter/3,
+         set_counter/3, read_counter/2]).
+
+-export_type([mmap_file/0, open_option/0, counters/0, atomic_op/0, posix_reason/0]).
+
+-on_load(init/0).
+
+-define(H(R), #file_descriptor{module = ?MODULE, data = R}).
+-define(U64MAX, 16#FFFFFFFFFFFFFFFF).
+-define(I64MIN, -16#8000000000000000).
+-define(I64MAX, 16#7FFFFFFFFFFFFFFF).
+%% Writes larger than this run on a dirty I/O scheduler.
+-define(DIRTY_WRITE, 65536).
+-define(COUNTERS_MAGIC, "EMMAP01\n").
+
+-type mmap_file() :: #file_descriptor{}.
+%% A handle returned by `open/2,4'.
+
+-type open_option() ::
+        read | write | create | truncate | shared | private | shared_validate | sync
+      | direct | lock | nolock | populate | noreserve | nonblock | anon | fixed
+      | auto_unlink | hugetlb | huge_2mb | huge_1gb | nocache | uninitialized
+      | fixed_size | fit | debug
+      | {address, pos_integer()} | {chmod, non_neg_integer()} | {size, non_neg_integer()}
+      | {max_inc_size, pos_integer()}.
+%% See the README for what each option does.
+
+-type atomic_op() :: add | sub | 'band' | 'bor' | 'bxor' | xchg | 'and' | 'or' | 'xor'.
+-type posix_reason() :: closed | einval | eacces | alignment | fixed_size | eexist
+                      | enoent | enomem | eisdir | atom().
+-opaque counters() :: {mmap_file(), pos_integer()}.
+-type filename() :: file:name_all().
+
+%%%===========================================================================
+%%% Loading
+%%%===========================================================================
+
+%% @private
+-spec init() -> ok | {error, term()}.
+init() ->
+    SoName =
+        case code:priv_dir(emmap) of
+            {error, bad_name} ->
+                Ebin = filename:dirname(code:which(?MODULE)),
+                filename:join([filename:dirname(Ebin), "priv", "emmap"]);
+            Dir ->
+                filename:join(Dir, "emmap")
+        end,
+    erlang:load_nif(SoName, 0).
+
+-define(NIF, erlang:nif_error({not_loaded, ?MODULE, ?LINE})).
+
+open_nif(_Path, _Off, _Len, _Opts) -> ?NIF.
+close_nif(_R) -> ?NIF.
+info_nif(_R) -> ?NIF.
+pread_nif(_R, _Pos, _Len) -> ?NIF.
+pread_dirty_nif(_R, _Pos, _Len) -> ?NIF.
+read_nif(_R, _Len) -> ?NIF.
+read_dirty_nif(_R, _Len) -> ?NIF.
+read_line_nif(_R) -> ?NIF.
+read_line_dirty_nif(_R) -> ?NIF.
+pwrite_nif(_R, _Pos, _Bin) -> ?NIF.
+pwrite_dirty_nif(_R, _Pos, _Bin) -> ?NIF.
+write_nif(_R, _Bin) -> ?NIF.
+write_dirty_nif(_R, _Bin) -> ?NIF.
+position_nif(_R, _Whence, _Delta) -> ?NIF.
+flush_nif(_R) -> ?NIF.
+sync_nif(_R, _DataOnly) -> ?NIF.
+advise_nif(_R, _Off, _Len, _Advice) -> ?NIF.
+resize_nif(_R, _Size) -> ?NIF.
+patomic_nif(_R, _Pos, _Op, _V) -> ?NIF.
+patomic_old_nif(_R, _Pos, _Op, _V) -> ?NIF.
+patomic_cas_nif(_R, _Pos, _Exp, _New) -> ?NIF.
+patomic_read_nif(_R, _Pos) -> ?NIF.
+patomic_write_nif(_R, _Pos, _V) -> ?NIF.
+
+%%%===========================================================================
+%%% Mapping
+%%%===========================================================================
+
+%% @doc Maps a whole file (or, for a new file, `{size, N}' bytes of it).
+%% Same as `open(File, 0, 0, Options)'.
+-spec open(filename(), [open_option()]) -> {ok, mmap_file()} | {error, posix_reason()}.
+open(File, Options) ->
+    open(File, 0, 0, Options).
+
+%% @doc Maps `Len' bytes of `File' starting at byte `Offset' (which need not be page
+%% aligned). `Len = 0' maps the rest of an existing file, or `{size, N}' bytes.
+%% A new file needs `create' and a length. With `anon' the file name is ignored.
+-spec open(filename(), non_neg_integer(), non_neg_integer(), [open_option()]) ->
+          {ok, mmap_file()} | {error, posix_reason()}.
+open(File, Offset, Len, Options)
+  when is_integer(Offset), Offset >= 0, is_integer(Len), Len >= 0, is_list(Options) ->
+    _ = length(Options),                        % badarg for an improper list
+    Path = case lists:member(anon, Options) of
+               true -> <<>>;
+               false -> path_to_binary(File)
+           end,
+    if
+        Offset > ?U64MAX; Len > ?U64MAX -> {error, einval};
+        true ->
+            case open_nif(Path, Offset, Len, Options) of
+                {ok, R} -> {ok, ?H(R)};
+                {error, _} = E -> E
+            end
+    end;
+open(_, _, _, _) ->
+    erlang:error(badarg).
+
+path_to_binary(File) when is_binary(File) ->
+    no_nul(File);
+path_to_binary(File) when is_list(File); is_atom(File) ->
+    Flat = try filename:flatten(File) catch _:_ -> erlang:error(badarg) end,
+    case unicode:characters_to_binary(Flat, unicode, file:native_name_encoding()) of
+        Bin when is_binary(Bin) -> no_nul(Bin);
+        _ -> erlang:error(badarg)
+    end;
+path_to_binary(_) ->
+    erlang:error(badarg).
+
+no_nul(Bin) ->
+    case binary:match(Bin, <<0>>) of
+        nomatch -> Bin;
+        _ -> erlang:error(badarg)
+    end.
+
+%% @doc Closes the handle. Idempotent. The memory is released now, unless `direct'
+%% binaries read from it may still exist (then when the last one is garbage-collected) or
+%% the handle was opened with `nolock' (then when the handle itself is collected).
+-spec close(mmap_file()) -> ok.
+close(?H(R)) -> close_nif(R);
+close(_) -> erlang:error(badarg).
+
+%% @doc Facts about a handle: `size', `exist' (the file existed before `open'), `path',
+%% `offset', `direct', `shared', `writable', `lock', `anon', `fixed_size',
+%% `max_inc_size', `closed' and `address' (of byte 0; 0 once closed).
+-spec info(mmap_file()) -> #{atom() => term()}.
+info(?H(R)) ->
+    I = info_nif(R),
+    case I of
+        #{path := P} when is_binary(P) ->
+            case unicode:characters_to_list(P, file:native_name_encoding()) of
+                L when is_list(L) -> I#{path := L};
+                _ -> I
+            end;
+        _ -> I
+    end;
+info(_) -> erlang:error(badarg).
+
+%%%===========================================================================
+%%% Reading and writing
+%%%===========================================================================
+
+%% @doc Reads up to `Len' bytes at `Pos'. Returns fewer bytes at the end of the mapping and
+%% `eof' at or past it, or for `Len = 0' (as raw files do). In `direct' mode the binary
+%% points into the mapping and shows later writes.
+-spec pread(mmap_file(), integer(), non_neg_integer()) ->
+          {ok, binary()} | eof | {error, posix_reason()}.
+pread(?H(R), Pos, Len)
+  when is_integer(Pos), Pos >= 0, Pos =< ?U64MAX, is_integer(Len), Len >= 0 ->
+    L = min(Len, ?U64MAX),
+    case pread_nif(R, Pos, L) of
+        dirty -> pread_dirty_nif(R, Pos, L);
+        Res -> Res
+    end;
+pread(?H(_), Pos, Len) when is_integer(Pos), is_integer(Len), Len >= 0 ->
+    if Pos < 0 -> {error, einval};
+       true -> eof
+    end;
+pread(_, _, _) ->
+    erlang:error(badarg).
+
+%% @doc Reads several ranges: `{ok, [binary() | eof]}', or the first error.
+-spec pread(mmap_file(), [{integer(), non_neg_integer()}]) ->
+          {ok, [binary() | eof]} | {error, posix_reason()}.
+pread(?H(_) = M, LocNums) when is_list(LocNums) ->
+    pread_list(M, LocNums, []);
+pread(_, _) ->
+    erlang:error(badarg).
+
+pread_list(_M, [], Acc) ->
+    {ok, lists:reverse(Acc)};
+pread_list(M, [{Pos, Len} | Rest], Acc) ->
+    case pread(M, Pos, Len) of
+        {ok, Bin} -> pread_list(M, Rest, [Bin | Acc]);
+        eof -> pread_list(M, Rest, [eof | Acc]);
+        {error, _} = E -> E
+    end;
+pread_list(_M, _, _) ->
+    erlang:error(badarg).
+
+%% @doc Writes `Data' at `Pos': all of it, or nothing and `{error, einval}' if it does not
+%% fit in the mapping. A read-only mapping answers `{error, eacces}'.
+-spec pwrite(mmap_file(), integer(), iodata()) -> ok | {error, posix_reason()}.
+pwrite(?H(R), Pos, Bin)
+  when is_binary(Bin), byte_size(Bin) =< ?DIRTY_WRITE,
+       is_integer(Pos), Pos >= 0, Pos =< ?U64MAX ->
+    pwrite_nif(R, Pos, Bin);
+pwrite(?H(R), Pos, Data) when is_integer(Pos) ->
+    Bin = to_binary(Data),
+    if
+        Pos < 0; Pos > ?U64MAX -> {error, einval};
+        byte_size(Bin) > ?DIRTY_WRITE -> pwrite_dirty_nif(R, Pos, Bin);
+        true -> pwrite_nif(R, Pos, Bin)
+    end;
+pwrite(_, _, _) ->
+    erlang:error(badarg).
+
+%% @doc Writes several ranges in order: `ok', or `{error, {N, Reason}}' where `N' writes
+%% succeeded before the failing one.
+-spec pwrite(mmap_file(), [{integer(), iodata()}]) ->
+          ok | {error, {non_neg_integer(), posix_reason()}}.
+pwrite(?H(_) = M, LocBytes) when is_list(LocBytes) ->
+    pwrite_list(M, LocBytes, 0);
+pwrite(_, _) ->
+    erlang:error(badarg).
+
+pwrite_list(_M, [], _N) ->
+    ok;
+pwrite_list(M, [{Pos, Data} | Rest], N) ->
+    case pwrite(M, Pos, Data) of
+        ok -> pwrite_list(M, Rest, N + 1);
+        {error, Reason} -> {error, {N, Reason}}
+    end;
+pwrite_list(_M, _, _) ->
+    erlang:error(badarg).
+
+to_binary(Bin) when is_binary(Bin) -> Bin;
+to_binary(Data) ->
+    try iolist_to_binary(Data) catch _:_ -> erlang:error(badarg) end.
+
+%% @doc Reads up to `Len' bytes at the handle's position and advances it.
+%% `Len = 0' gives `{ok, <<>>}'; at or past the end, `eof'.
+-spec read(mmap_file(), non_neg_integer()) -> {ok, binary()} | eof | {error, posix_reason()}.
+read(?H(R), 0) ->
+    case position_nif(R, 1, 0) of
+        {ok, _} -> {ok, <<>>};
+        E -> E
+    end;
+read(?H(R), Len) when is_integer(Len), Len > 0 ->
+    L = min(Len, ?U64MAX),
+    case read_nif(R, L) of
+        dirty -> read_dirty_nif(R, L);
+        Res -> Res
+    end;
+read(_, _) ->
+    erlang:error(badarg).
+
+%% @doc Reads one line (up to and including `\n') at the handle's position and advances
+%% past it. `\r\n' is returned as `\n', as for raw files. The last line may lack `\n'.
+-spec read_line(mmap_file()) -> {ok, binary()} | eof | {error, posix_reason()}.
+read_line(?H(R)) ->
+    case read_line_nif(R) of
+        dirty -> read_line_dirty_nif(R);
+        Res -> Res
+    end;
+read_line(_) ->
+    erlang:error(badarg).
+
+%% @doc Writes `Data' at the handle's position and advances it past the bytes written.
+-spec write(mmap_file(), iodata()) -> ok | {error, posix_reason()}.
+write(?H(R), Data) ->
+    Bin = to_binary(Data),
+    if
+        byte_size(Bin) > ?DIRTY_WRITE -> write_dirty_nif(R, Bin);
+        true -> write_nif(R, Bin)
+    end;
+write(_, _) ->
+    erlang:error(badarg).
+
+%% @doc Sets the handle's position, as `file:position/2' does. Positions past the end are
+%% allowed (reads there give `eof'); negative ones are `{error, einval}'.
+-spec position(mmap_file(), Location) -> {ok, non_neg_integer()} | {error, posix_reason()}
+      when Location :: integer() | {bof | cur | eof, integer()} | bof | cur | eof.
+position(?H(R), Where) ->
+    {Whence, Delta} =
+        case Where of
+            P when is_integer(P) -> {0, P};
+            bof -> {0, 0};
+            cur -> {1, 0};
+            eof -> {2, 0};
+            {bof, D} when is_integer(D) -> {0, D};
+            {cur, D} when is_integer(D) -> {1, D};
+            {eof, D} when is_integer(D) -> {2, D};
+            _ -> erlang:error(badarg)
+        end,
+    if
+        Delta < ?I64MIN; Delta > ?I64MAX -> {error, einval};
+        true -> position_nif(R, Whence, Delta)
+    end;
+position(_, _) ->
+    erlang:error(badarg).
+
+%% @doc Asks the OS to write dirty pages back to the file (`msync(MS_ASYNC)'); returns at
+%% once. Data already survives a crash of the VM without it: the pages belong to the OS.
+-spec flush(mmap_file()) -> ok | {error, posix_reason()}.
+flush(?H(R)) -> flush_nif(R);
+flush(_) -> erlang:error(badarg).
+
+%% @doc Writes dirty pages and file metadata to disk and waits for it
+%% (`msync(MS_SYNC)' + `fsync'): after `ok' the data survives power loss.
+%% Runs on a dirty I/O scheduler.
+-spec sync(mmap_file()) -> ok | {error, posix_reason()}.
+sync(?H(R)) -> sync_nif(R, false);
+sync(_) -> erlang:error(badarg).
+
+%% @doc Like `sync/1', but skips metadata that is not needed to read the data back
+%% (`fdatasync').
+-spec datasync(mmap_file()) -> ok | {error, posix_reason()}.
+datasync(?H(R)) -> sync_nif(R, true);
+datasync(_) -> erlang:error(badarg).
+
+%% @doc Gives the kernel a hint about how `[Offset, Offset + Length)' will be used
+%% (`madvise'); `Length = 0' means to the end. `dont_need' is ignored on private and
+%% anonymous mappings, where it would discard data.
+-spec advise(mmap_file(), integer(), integer(), Advice) -> ok | {error, posix_reason()}
+      when Advice :: normal | sequential | random | no_reuse | will_need | dont_need.
+advise(?H(R), Off, Len, Advice) when is_integer(Off), is_integer(Len) ->
+    Code = case Advice of
+               normal -> 0;
+               random -> 1;
+               sequential -> 2;
+               will_need -> 3;
+               dont_need -> 4;
+               no_reuse -> 0;
+               _ -> erlang:error(badarg)
+           end,
+    if
+        Off < 0; Len < 0; Off > ?U64MAX; Len > ?U64MAX -> {error, einval};
+        true -> advise_nif(R, Off, Len, Code)
+    end;
+advise(_, _, _, _) ->
+    erlang:error(badarg).
+
+%% @doc Not supported: a mapping never shrinks (a binary or another process could still
+%% point past the new end). Always `{error, enotsup}'.
+-spec truncate(mmap_file()) -> {error, enotsup}.
+truncate(?H(_)) -> {error, enotsup};
+truncate(_) -> erlang:error(badarg).
+
+%% @doc Grows the mapping: doubles it while it is below `max_inc_size' (default 64 MiB),
+%% else grows it by `max_inc_size'. See `resize/2'.
+-spec resize(mmap_file()) -> {ok, pos_integer()} | {error, posix_reason()}.
+resize(?H(R)) -> resize_nif(R, 0);
+resize(_) -> erlang:error(badarg).
+
+%% @doc Grows the mapping (and a shared file) to `NewSize' bytes. Existing `direct'
+%% binaries stay valid. `{error, fixed_size}' for a `fixed_size' mapping,
+%% `{error, einval}' for a size below the current one, `{error, eacces}' for a read-only
+%% shared file.
+-spec resize(mmap_file(), pos_integer()) -> {ok, pos_integer()} | {error, posix_reason()}.
+resize(?H(R), NewSize) when is_integer(NewSize), NewSize > 0 ->
+    if NewSize > ?U64MAX -> {error, einval};
+       true -> resize_nif(R, NewSize)
+    end;
+resize(?H(_), NewSize) when is_integer(NewSize) ->
+    {error, einval};
+resize(_, _) ->
+    erlang:error(badarg).
+
+%%%===========================================================================
+%%% Atomics
+%%%===========================================================================
+
+%% @doc Atomically applies `Op' with `Value' to the signed 64-bit integer (native byte
+%% order) at `Pos' and returns the previous value. Values wrap; `Value' may be given in
+%% the unsigned range too. `Pos' must be 8-byte aligned in memory
+%% (`{error, alignment}') and `Pos + 8' must fit (`{error, einval}').
+-spec patomic(mmap_file(), integer(), atomic_op(), integer()) ->
+          {ok, integer()} | {error, posix_reason()}.
+patomic(?H(R), Pos, Op, Value) ->
+    atomic(R, Pos, op_code(Op), Value);
+patomic(_, _, _, _) ->
+    erlang:error(badarg).
+
+op_code(add) -> 0;
+op_code(sub) -> 1;
+op_code('band') -> 2;
+op_code('and') -> 2;
+op_code('bor') -> 3;
+op_code('or') -> 3;
+op_code('bxor') -> 4;
+op_code('xor') -> 4;
+op_code(xchg) -> 5;
+op_code(_) -> erlang:error(badarg).
+
+atomic(R, Pos, Code, V)
+  when is_integer(Pos), Pos >= 0, Pos =< ?U64MAX,
+       is_integer(V), V >= ?I64MIN, V =< ?I64MAX ->
+    patomic_nif(R, Pos, Code, V);
+atomic(R, Pos, Code, V) when is_integer(Pos), is_integer(V) ->
+    V1 = to_i64(V),
+    if Pos < 0; Pos > ?U64MAX -> {error, einval};
+       true -> patomic_nif(R, Pos, Code, V1)
+    end;
+atomic(_, _, _, _) ->
+    erlang:error(badarg).
+
+%% Integers in [-2^63, 2^64) as the signed 64-bit value with the same bits.
+to_i64(V) when is_integer(V), V >= ?I64MIN, V =< ?I64MAX -> V;
+to_i64(V) when is_integer(V), V > ?I64MAX, V =< ?U64MAX -> V - (1 bsl 64);
+to_i64(_) -> erlang:error(badarg).
+
+%% @doc `patomic(Mem, Pos, add, Value)'.
+-spec patomic_add(mmap_file(), integer(), integer()) -> {ok, integer()} | {error, posix_reason()}.
+patomic_add(M, Pos, V) -> patomic(M, Pos, add, V).
+
+%% @doc `patomic(Mem, Pos, sub, Value)'.
+-spec patomic_sub(mmap_file(), integer(), integer()) -> {ok, integer()} | {error, posix_reason()}.
+patomic_sub(M, Pos, V) -> patomic(M, Pos, sub, V).
+
+%% @doc `patomic(Mem, Pos, '"'"'band'"'"', Value)'.
+-spec patomic_and(mmap_file(), integer(), integer()) -> {ok, integer()} | {error, posix_reason()}.
+patomic_and(M, Pos, V) -> patomic(M, Pos, 'band', V).
+
+%% @doc `patomic(Mem, Pos, bor, Value)'.
+-spec patomic_or(mmap_file(), integer(), integer()) -> {ok, integer()} | {error, posix_reason()}.
+patomic_or(M, Pos, V) -> patomic(M, Pos, 'bor', V).
+
+%% @doc `patomic(Mem, Pos, bxor, Value)'.
+-spec patomic_xor(mmap_file(), integer(), integer()) -> {ok, integer()} | {error, posix_reason()}.
+patomic_xor(M, Pos, V) -> patomic(M, Pos, 'bxor', V).
+
+%% @doc `patomic(Mem, Pos, xchg, Value)': stores `Value', returns the previous one.
+-spec patomic_xchg(mmap_file(), integer(), integer()) -> {ok, integer()} | {error, posix_reason()}.
+patomic_xchg(M, Pos, V) -> patomic(M, Pos, xchg, V).
+
+%% @doc Compare-and-swap: if the value at `Pos' is `Expected', stores `New' and returns
+%% `{true, Expected}'; otherwise returns `{false, Current}'.
+-spec patomic_cas(mmap_file(), integer(), integer(), integer()) ->
+          {boolean(), integer()} | {error, posix_reason()}.
+patomic_cas(?H(R), Pos, Expected, New) when is_integer(Pos), is_integer(Expected), is_integer(New) ->
+    E = to_i64(Expected),
+    N = to_i64(New),
+    if Pos < 0; Pos > ?U64MAX -> {error, einval};
+       true -> patomic_cas_nif(R, Pos, E, N)
+    end;
+patomic_cas(_, _, _, _) ->
+    erlang:error(badarg).
+
+%% @doc Atomically loads the signed 64-bit integer at `Pos'.
+-spec patomic_read_integer(mmap_file(), integer()) -> {ok, integer()} | {error, posix_reason()}.
+patomic_read_integer(?H(R), Pos) when is_integer(Pos) ->
+    if Pos < 0; Pos > ?U64MAX -> {error, einval};
+       true -> patomic_read_nif(R, Pos)
+    end;
+patomic_read_integer(_, _) ->
+    erlang:error(badarg).
+
+%% @doc Atomically stores the signed 64-bit integer `Value' at `Pos'.
+-spec patomic_write_integer(mmap_file(), integer(), integer()) -> ok | {error, posix_reason()}.
+patomic_write_integer(?H(R), Pos, Value) when is_integer(Pos), is_integer(Value) ->
+    V = to_i64(Value),
+    if Pos < 0; Pos > ?U64MAX -> {error, einval};
+       true -> patomic_write_nif(R, Pos, V)
+    end;
+patomic_write_integer(_, _, _) ->
+    erlang:error(badarg).
+
+%%%===========================================================================
+%%% Persistent counters
+%%%===========================================================================
+
+%% @doc Opens an existing counters file, with as many counters as its header says.
+%% Raises `{emmap_counters, File, Reason}' on failure.
+-spec open_counters(filename()) -> counters().
+open_counters(File) ->
+    open_counters(File, 0).
+
+%% @doc Opens (creating if needed) a file of `N' persistent 64-bit counters, all 0 in a
+%% new file. `N = 0' takes the count from an existing file's header. An existing file
+%% with a different count, a wrong size, or an unreadable header raises
+%% `{emmap_counters, File, Reason}'; nothing in it is changed.
+-spec open_counters(filename(), non_neg_integer()) -> counters().
+open_counters(File, N) when is_integer(N), N >= 0, N < (1 bsl 56) ->
+    Fail = fun(Why) -> erlang:error({emmap_counters, File, Why}) end,
+    Size = 16 + 8 * N,
+    Opts = [read, write, shared, nolock],
+    Res = case N of
+              0 -> open(File, 0, 0, Opts);
+              _ -> open(File, 0, 0, [create, {size, Size} | Opts])
+          end,
+    M = case Res of
+            {ok, M0} -> M0;
+            {error, einval} when N > 0 -> Fail(size_mismatch);
+            {error, Why} -> Fail(Why)
+        end,
+    #{exist := Existed, size := FileSize} = info(M),
+    case counters_header(M, Existed, 20) of
+        {ok, HN} when (HN =:= N orelse N =:= 0), FileSize =:= 16 + 8 * HN, HN > 0 ->
+            {M, HN};
+        {ok, HN} ->
+            close(M),
+            Fail({counters_mismatch, HN});
+        none when N > 0, FileSize =:= Size ->
+            %% New file, or one of the right size without a header: initialise it.
+            %% The count goes in first and the magic last, so a concurrent opener that
+            %% sees the magic also sees the count.
+            [ok = patomic_write_integer(M, 16 + 8 * I, 0) || Existed, I <- lists:seq(0, N - 1)],
+            ok = pwrite(M, 8, <<N:64/little>>),
+            <<Magic:64/signed-native>> = <<?COUNTERS_MAGIC>>,
+            ok = patomic_write_integer(M, 0, Magic),
+            {M, N};
+        none ->
+            close(M),
+            Fail(bad_header)
+    end;
+open_counters(_, _) ->
+    erlang:error(badarg).
+
+%% A valid header's count, or `none'. A file that is being initialised by another
+%% process (right size, zero header) is given a few milliseconds to get its header.
+counters_header(M, Existed, Tries) ->
+    case pread(M, 0, 16) of
+        {ok, <<"EMMAP", _, _, $\n, HN:64/little>>} ->
+            {ok, HN};
+        {ok, <<0:128>>} when Existed, Tries > 0 ->
+            timer:sleep(1),
+            counters_header(M, Existed, Tries - 1);
+        _ ->
+            none
+    end.
+
+%% @doc Closes a counters file. The values are already in the file.
+-spec close_counters(counters()) -> ok.
+close_counters({?H(_) = M, _}) -> close(M);
+close_counters(_) -> erlang:error(badarg).
+
+-define(COUNTER(I, N), is_integer(I), I >= 0, I < N).
+
+%% @doc Adds 1 to counter `I' and returns its previous value.
+-spec inc_counter(counters(), non_neg_integer()) -> integer().
+inc_counter(C, I) -> inc_counter(C, I, 1).
+
+%% @doc Adds `K' to counter `I' and returns its previous value.
+-spec inc_counter(counters(), non_neg_integer(), integer()) -> integer().
+inc_counter({?H(R), N}, I, K) when ?COUNTER(I, N), is_integer(K) ->
+    counter_result(patomic_old_nif(R, 16 + 8 * I, 0, to_i64(K)));
+inc_counter(_, _, _) ->
+    erlang:error(badarg).
+
+%% @doc Subtracts 1 from counter `I' and returns its previous value.
+-spec dec_counter(counters(), non_neg_integer()) -> integer().
+dec_counter(C, I) -> dec_counter(C, I, 1).
+
+%% @doc Subtracts `K' from counter `I' and returns its previous value.
+-spec dec_counter(counters(), non_neg_integer(), integer()) -> integer().
+dec_counter({?H(R), N}, I, K) when ?COUNTER(I, N), is_integer(K) ->
+    counter_result(patomic_old_nif(R, 16 + 8 * I, 1, to_i64(K)));
+dec_counter(_, _, _) ->
+    erlang:error(badarg).
+
+%% @doc Sets counter `I' to `V' and returns its previous value.
+-spec set_counter(counters(), non_neg_integer(), integer()) -> integer().
+set_counter({?H(R), N}, I, V) when ?COUNTER(I, N), is_integer(V) ->
+    counter_result(patomic_old_nif(R, 16 + 8 * I, 5, to_i64(V)));
+set_counter(_, _, _) ->
+    erlang:error(badarg).
+
+%% @doc The current value of counter `I'.
+-spec read_counter(counters(), non_neg_integer()) -> integer().
+read_counter({?H(R), N}, I) when ?COUNTER(I, N) ->
+    case patomic_read_nif(R, 16 + 8 * I) of
+        {ok, V} -> V;
+        {error, Why} -> erlang:error(Why)
+    end;
+read_counter(_, _) ->
+    erlang:error(badarg).
+
+counter_result(V) when is_integer(V) -> V;
+counter_result({error, Why}) -> erlang:error(Why).
