@@ -1,0 +1,58 @@
+# emmap: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+REBAR ?= rebar3
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+DEB_PKGS := erlang-nox erlang-dev erlang-eunit erlang-dialyzer erlang-tools rebar3 erlang-proper elixir
+
+.PHONY: all deps compile demo test test-rust test-erlang lint dialyzer bench clean
+
+all: compile
+
+## deps: install what is missing (Debian packages as root, else print the command)
+deps:
+	@missing=""; \
+	for c in erl rebar3 cargo; do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	[ -d /usr/lib/erlang/lib/proper-* ] 2>/dev/null || ls -d /usr/lib/erlang/lib/proper-* >/dev/null 2>&1 || missing="$$missing proper"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	echo "emmap: missing:$$missing"; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PKGS); \
+	else \
+	  echo "run: sudo apt-get update && sudo apt-get install -y $(DEB_PKGS)"; \
+	fi; \
+	command -v cargo >/dev/null || { echo "emmap: Rust is needed: https://rustup.rs (curl https://sh.rustup.rs -sSf | sh)"; exit 1; }; \
+	command -v rebar3 >/dev/null || exit 1
+
+compile: deps
+	$(REBAR) compile
+
+## demo: build, then run the README examples in a real VM and print what they print
+demo: deps
+	$(REBAR) as test compile
+	erl -noshell -pa _build/test/lib/emmap/ebin -pa _build/test/lib/emmap/test \
+	    -eval 'emmap_seed_tests:demo(), halt().'
+
+## test: every test: Rust unit tests, clippy/fmt, EUnit (incl. PropEr properties), dialyzer
+test: deps test-rust test-erlang lint
+
+test-rust:
+	cargo test --quiet --workspace
+
+test-erlang:
+	$(REBAR) eunit
+
+lint:
+	cargo fmt --check
+	cargo clippy --quiet --all-targets -- -D warnings
+	$(REBAR) dialyzer
+
+bench: compile
+	$(REBAR) as test compile
+	erl -noshell -pa _build/test/lib/emmap/ebin -pa _build/test/lib/emmap/test \
+	    -eval 'emmap_bench:main(), halt().'
+
+clean:
+	$(REBAR) clean
+	cargo clean
+	rm -f priv/emmap.so
