@@ -495,7 +495,6 @@ open_counters(File) ->
 %% `{emmap_counters, File, Reason}'; nothing in it is changed.
 -spec open_counters(filename(), non_neg_integer()) -> counters().
 open_counters(File, N) when is_integer(N), N >= 0, N < (1 bsl 56) ->
-    Fail = fun(Why) -> erlang:error({emmap_counters, File, Why}) end,
     Size = 16 + 8 * N,
     Opts = [read, write, shared, nolock],
     Res = case N of
@@ -504,8 +503,8 @@ open_counters(File, N) when is_integer(N), N >= 0, N < (1 bsl 56) ->
           end,
     M = case Res of
             {ok, M0} -> M0;
-            {error, einval} when N > 0 -> Fail(size_mismatch);
-            {error, Why} -> Fail(Why)
+            {error, einval} when N > 0 -> counters_fail(File, size_mismatch);
+            {error, Why} -> counters_fail(File, Why)
         end,
     #{exist := Existed, size := FileSize} = info(M),
     case counters_header(M, Existed, 20) of
@@ -513,7 +512,7 @@ open_counters(File, N) when is_integer(N), N >= 0, N < (1 bsl 56) ->
             {M, HN};
         {ok, HN} ->
             close(M),
-            Fail({counters_mismatch, HN});
+            counters_fail(File, {counters_mismatch, HN});
         none when N > 0, FileSize =:= Size ->
             %% New file, or one of the right size without a header: initialise it.
             %% The count goes in first and the magic last, so a concurrent opener that
@@ -525,10 +524,14 @@ open_counters(File, N) when is_integer(N), N >= 0, N < (1 bsl 56) ->
             {M, N};
         none ->
             close(M),
-            Fail(bad_header)
+            counters_fail(File, bad_header)
     end;
 open_counters(_, _) ->
     erlang:error(badarg).
+
+-spec counters_fail(filename(), term()) -> no_return().
+counters_fail(File, Why) ->
+    erlang:error({emmap_counters, File, Why}).
 
 %% A valid header's count, or `none'. A file that is being initialised by another
 %% process (right size, zero header) is given a few milliseconds to get its header.
