@@ -1,0 +1,746 @@
+%%% @doc Differential tests: emmap handles against raw files.
+%%%
+%%% The same random sequence of `file:pread/2,3', `file:pwrite/2,3', `file:read/2',
+%%% `file:read_line/1', `file:position/2' and `file:write/2' calls runs through the `file'
+%%% module on an emmap handle and on a raw handle (`[raw, binary, read, write]') of a
+%%% second file with the same initial contents. Every result, the position after every
+%%% call and the whole contents after every call must be equal. The sequences come from a
+%%% `proper_statem' model that only knows the contents and the position; it is used to keep
+%%% writes inside the file (emmap never grows a file by writing) and is itself checked
+%%% against the raw file's position after every call.
+%%%
+%%% Writes that do not fit are the one documented difference: emmap answers
+%%% `{error, einval}' and changes nothing, where a raw file would grow. Those are generated
+%%% as separate commands that check exactly that (and never touch the raw file).
+%%%
+%%% Variants: `[read, write, shared]', plus `direct', `nolock', `direct' + `nolock',
+%%% `private', and a window (`shared', non-zero offset, bytes before and after it).
+%%%
+%%% About raw files (OTP 25, prim_file): `read_line/1' reads ahead into a buffer, and a
+%%% later `pwrite/2,3' drops that buffer without moving the OS file position back, so the
+%%% raw handle's position jumps to the end of the look-ahead (see
+%%% `emmap_position_after_read_line_and_pwrite_test'). Every step here asks both handles for
+%%% `file:position(F, cur)', which for a raw file also drops that buffer properly, so the
+%%% oracle stays right.
+-module(emmap_diff_tests).
+-behaviour(proper_statem).
+
+%% Debian's erlang-proper package ships only the beams (proper.hrl is in erlang-proper-dev,
+%% which CI does not install), so the few PropEr macros used here are defined locally,
+%% exactly as proper.hrl defines them. eunit.hrl defines its own ?LET, hence ?BIND.
+-include_lib("eunit/include/eunit.hrl").
+
+-define(FORALL(X, RawType, Prop), proper:forall(RawType, fun(X) -> Prop end)).
+-define(BIND(X, RawType, Gen), proper_types:bind(RawType, fun(X) -> Gen end, false)).
+-define(SUCHTHAT(X, RawType, Cond), proper_types:add_constraint(RawType, fun(X) -> Cond end, true)).
+-define(WHENFAIL(Action, Prop), proper:whenfail(fun() -> Action end, fun() -> Prop end)).
+
+-import(proper_types, [range/2, elements/1, exactly/1, frequency/1, list/1, non_empty/1,
+                       vector/2]).
+
+%% proper_statem callbacks
+-export([initial_state/0, command/1, precondition/2, postcondition/3, next_state/3]).
+%% commands
+-export([do_pread/2, do_pread_list/1, do_pwrite/2, do_pwrite_list/1, do_read/1,
+         do_read_line/0, do_position/1, do_write/1, do_copy_within/3,
+         do_bad_pwrite/2, do_bad_write/1, do_bad_pwrite_list/1]).
+%% properties, for running by hand: proper:quickcheck(emmap_diff_tests:prop_diff(direct))
+-export([prop_diff/1, variants/0]).
+
+-define(KEY, '$emmap_diff_tests').
+-define(NUMTESTS, 300).
+
+%% Model: the bytes of the mapped range and the handle position.
+-record(s, {data = <<"x">> :: binary(), pos = 0 :: integer()}).
+
+%%%===========================================================================
+%%% EUnit entry point for the properties
+%%%===========================================================================
+
+variants() ->
+    [shared, direct, nolock, direct_nolock, private, window].
+
+opts(shared) -> [read, write, shared];
+opts(direct) -> [read, write, shared, direct];
+opts(nolock) -> [read, write, shared, nolock];
+opts(direct_nolock) -> [read, write, shared, direct, nolock];
+opts(private) -> [read, write, private];
+opts(window) -> [read, write, shared].
+
+diff_test_() ->
+    [{"differential vs raw file: " ++ atom_to_list(V),
+      {timeout, 120,
+       fun() ->
+               ?assert(proper:quickcheck(prop_diff(V), [{numtests, ?NUMTESTS}, {to_file, user}]))
+       end}}
+     || V <- variants()].
+
+%%%===========================================================================
+%%% Property
+%%%===========================================================================
+
+prop_diff(Variant) ->
+    ?FORALL(Setup, setup_gen(Variant),
+            ?FORALL(Cmds, proper_statem:commands(?MODULE, #s{data = expand(setup_chunks(Setup))}),
+                    run_case(Setup, Cmds))).
+
+%% {Variant, Chunks, Prefix, Suffix}: the mapped bytes are expand(Chunks); in the window
+%% variant the mapped file also has Prefix bytes before them and Suffix bytes after.
+setup_gen(window) ->
+    {exactly(window), contents_gen(), pad_gen(1), pad_gen(0)};
+setup_gen(V) ->
+    {exactly(V), contents_gen(), exactly(none), exactly(none)}.
+
+setup_chunks({_, Chunks, _, _}) -> Chunks.
+
+pad_gen(Min) ->
+    %% Newlines around the window: a read_line or read leaking out of it would show.
+    {elements([$\n, $P]),
+     frequency([{3, range(Min, 64)},
+                {1, elements([4095, 4096, 4097, 8191])},
+                {1, range(Min, 9000)}])}.
+
+pad(none) -> <<>>;
+pad({Byte, N}) -> binary:copy(<<Byte>>, N).
+
+run_case({Variant, Chunks, Pre, Suf}, Cmds) ->
+    Contents = expand(Chunks),
+    PreB = pad(Pre),
+    SufB = pad(Suf),
+    Size = byte_size(Contents),
+    Dir = tmp_dir(),
+    P1 = filename:join(Dir, "mapped"),
+    P2 = filename:join(Dir, "raw"),
+    ok = file:write_file(P1, [PreB, Contents, SufB]),
+    ok = file:write_file(P2, Contents),
+    {ok, Em} = emmap:open(P1, byte_size(PreB), Size, opts(Variant)),
+    {ok, Raw} = file:open(P2, [raw, binary, read, write]),
+    put(?KEY, {Em, Raw, Size}),
+    try
+        {History, State, Result} = proper_statem:run_commands(?MODULE, Cmds),
+        Final = final_checks(Variant, Em, P1, P2, Contents, PreB, SufB, State),
+        Ok = Result =:= ok andalso Final =:= [],
+        ?WHENFAIL(report(Cmds, History, State, Result, Final), Ok)
+    after
+        erase(?KEY),
+        _ = file:close(Em),
+        _ = file:close(Raw),
+        _ = file:delete(P1),
+        _ = file:delete(P2),
+        _ = file:del_dir(Dir)
+    end.
+
+%% After a sequence: the whole range through emmap, the raw file, the model and the mapped
+%% file on disk must all agree.
+final_checks(Variant, Em, P1, P2, Orig, PreB, SufB, #s{data = Model}) ->
+    Size = byte_size(Model),
+    {ok, RawAll} = file:read_file(P2),
+    EmAll = copy(file:pread(Em, 0, Size + 1)),
+    {ok, EmSeq} = file:position(Em, bof),
+    EmRead = copy(file:read(Em, Size + 1)),
+    Disk = file:read_file(P1),
+    DiskExpected = case Variant of
+                       private -> {ok, <<PreB/binary, Orig/binary>>};
+                       _ -> {ok, <<PreB/binary, RawAll/binary>>}
+                   end,
+    [{Name, Got, Expected}
+     || {Name, Got, Expected} <-
+            [{emmap_pread_all, EmAll, {ok, RawAll}},
+             {emmap_read_all, {EmSeq, EmRead}, {0, {ok, RawAll}}},
+             {model, Model, RawAll},
+             {size, maps:get(size, emmap:info(Em)), Size},
+             {disk, strip_suffix(Disk, SufB), DiskExpected}],
+        Got =/= Expected].
+
+strip_suffix({ok, Bin}, Suf) ->
+    N = byte_size(Bin) - byte_size(Suf),
+    case Bin of
+        <<Main:N/binary, Suf/binary>> -> {ok, Main};
+        _ -> {suffix_changed, Bin}
+    end;
+strip_suffix(Other, _) ->
+    Other.
+
+report(Cmds, History, State, Result, Final) ->
+    io:format(user, "~nResult: ~P~nFinal check failures: ~P~nModel position: ~p~nSteps:~n",
+              [Result, 40, Final, 40, State#s.pos]),
+    Steps = lists:zip(lists:sublist(strip_init(Cmds), length(History)), History),
+    lists:foreach(
+      fun({{set, _, Call}, {S, R}}) ->
+              io:format(user, "  pos ~p: ~P~n      -> ~P~n", [S#s.pos, Call, 20, R, 30])
+      end, Steps).
+
+strip_init([{init, _} | Cmds]) -> Cmds;
+strip_init(Cmds) -> Cmds.
+
+%%%===========================================================================
+%%% Generators
+%%%===========================================================================
+
+%% Initial contents as a list of chunks (readable when shrunk), expanded by expand/1.
+contents_gen() ->
+    ?SUCHTHAT(Cs,
+              frequency([{15, non_empty(list(chunk_gen()))},
+                         {1, big_contents_gen()}]),
+              byte_size(expand(Cs)) > 0).
+
+chunk_gen() ->
+    frequency([{4, {lf, text_gen()}},       % "text\n"
+               {3, {crlf, text_gen()}},     % "text\r\n"
+               {1, {cr, text_gen()}},       % "text\r" (a lone CR is not a line end)
+               {2, {text, text_gen()}},     % no line end
+               {2, {bytes, bytes_gen()}}]). % anything, \n and \r often
+
+%% A line longer than emmap's 64 KiB line scan on a normal scheduler, and longer than its
+%% 64 KiB copy limit for reads.
+big_contents_gen() ->
+    ?BIND({A, N, End, B},
+          {list(chunk_gen()), range(65530, 70000), elements([<<>>, <<"\n">>, <<"\r\n">>]),
+           list(chunk_gen())},
+          A ++ [{fill, $x, N}, {bytes, End} | B]).
+
+text_gen() ->
+    ?BIND(L, list(range($a, $z)), list_to_binary(L)).
+
+bytes_gen() ->
+    ?BIND(L, list(byte_gen()), list_to_binary(L)).
+
+byte_gen() ->
+    frequency([{3, elements([$\n, $\r])}, {6, range($a, $e)}, {1, range(0, 255)}]).
+
+expand(Chunks) ->
+    iolist_to_binary([chunk(C) || C <- Chunks]).
+
+chunk({lf, T}) -> [T, $\n];
+chunk({crlf, T}) -> [T, "\r\n"];
+chunk({cr, T}) -> [T, $\r];
+chunk({text, T}) -> T;
+chunk({bytes, B}) -> B;
+chunk({fill, Byte, N}) -> binary:copy(<<Byte>>, N).
+
+%% Data to write: a literal binary, or {fill, Byte, Len} for long ones.
+data_of_len(Len) when Len =< 64 ->
+    ?BIND(L, vector(Len, byte_gen()), list_to_binary(L));
+data_of_len(Len) ->
+    ?BIND(B, byte_gen(), {fill, B, Len}).
+
+data(B) when is_binary(B) -> B;
+data({fill, Byte, N}) -> binary:copy(<<Byte>>, N).
+
+dlen(B) when is_binary(B) -> byte_size(B);
+dlen({fill, _, N}) -> N.
+
+%% Data of at most Max bytes.
+data_gen(Max) ->
+    ?BIND(Len, len_upto(Max), data_of_len(Len)).
+
+len_upto(Max) ->
+    frequency([{6, range(0, min(Max, 12))}, {2, range(0, Max)}, {1, exactly(Max)},
+               {1, exactly(0)}]).
+
+%% Data that does not fit in Avail bytes (Avail may be negative: position past the end).
+bad_data_gen(Avail) ->
+    Min = max(0, Avail + 1),
+    ?BIND(Len, range(Min, Min + 8), data_of_len(Len)).
+
+pos_gen(Size) ->
+    frequency([{6, range(0, Size)}, {1, exactly(Size)}, {2, range(Size, Size + 10)},
+               {1, range(-3, -1)}]).
+
+len_gen(Size) ->
+    frequency([{4, range(0, 10)}, {3, range(0, Size + 10)}, {1, exactly(0)},
+               {1, exactly(200000)}]).
+
+location_gen(Size) ->
+    frequency([{3, pos_gen(Size)},
+               {1, elements([bof, cur, eof])},
+               {3, {elements([bof, cur, eof]), range(-Size - 5, Size + 5)}}]).
+
+%% [Pos, Data] with the data inside the file, or a negative position (einval for both).
+pwrite_args(Size) ->
+    frequency([{8, ?BIND(Len, len_upto(Size),
+                         ?BIND(Pos, range(0, Size - Len), [Pos, data_of_len(Len)]))},
+               {1, [range(-3, -1), data_gen(4)]}]).
+
+pwrite_pair(Size) ->
+    ?BIND([Pos, D], pwrite_args(Size), {Pos, D}).
+
+fit_pair(Size) ->
+    ?BIND(Len, len_upto(Size), ?BIND(Pos, range(0, Size - Len), {Pos, data_of_len(Len)})).
+
+%% [Pos, Data] that ends past the end of the file (an empty write past the end included).
+bad_pwrite_args(Size) ->
+    frequency([{4, ?BIND(Len, range(1, 10),
+                         ?BIND(Pos, range(max(0, Size - Len + 1), Size + 5),
+                               [Pos, data_of_len(Len)]))},
+               {1, [range(Size + 1, Size + 5), exactly(<<>>)]},
+               {1, [range(Size + 1, Size + 5), data_of_len(70000)]}]).
+
+%% A list of writes of which one (not the first, often) does not fit.
+bad_pwrite_list_gen(Size) ->
+    ?BIND({Good, Bad, Rest},
+          {list(fit_pair(Size)), bad_pwrite_args(Size), list(pwrite_pair(Size))},
+          [Good ++ [list_to_tuple(Bad) | Rest]]).
+
+%% [Src, Len, Dst]: pread Len at Src, pwrite the binary at Dst. In direct mode the binary
+%% points into the mapping itself, possibly overlapping the target.
+copy_args(Size) ->
+    ?BIND({Src, Len},
+          {range(0, Size - 1), frequency([{3, range(1, min(Size, 16))}, {1, range(1, Size)}])},
+          ?BIND(Dst, range(0, Size - min(Len, Size - Src)), [Src, Len, Dst])).
+
+%%%===========================================================================
+%%% proper_statem callbacks
+%%%===========================================================================
+
+initial_state() ->
+    #s{}.
+
+command(#s{data = D, pos = P}) ->
+    Size = byte_size(D),
+    Avail = Size - P,
+    Write = [{4, {call, ?MODULE, do_write, [data_gen(Avail)]}} || Avail >= 0],
+    frequency(
+      Write ++
+          [{5, {call, ?MODULE, do_pread, [pos_gen(Size), len_gen(Size)]}},
+           {2, {call, ?MODULE, do_pread_list, [list({pos_gen(Size), len_gen(Size)})]}},
+           {5, {call, ?MODULE, do_pwrite, pwrite_args(Size)}},
+           {2, {call, ?MODULE, do_pwrite_list, [list(pwrite_pair(Size))]}},
+           {4, {call, ?MODULE, do_read, [len_gen(Size)]}},
+           {7, {call, ?MODULE, do_read_line, []}},
+           {5, {call, ?MODULE, do_position, [location_gen(Size)]}},
+           {2, {call, ?MODULE, do_copy_within, copy_args(Size)}},
+           {1, {call, ?MODULE, do_bad_pwrite, bad_pwrite_args(Size)}},
+           {1, {call, ?MODULE, do_bad_write, [bad_data_gen(Avail)]}},
+           {1, {call, ?MODULE, do_bad_pwrite_list, bad_pwrite_list_gen(Size)}}]).
+
+precondition(#s{data = D, pos = P}, {call, _, do_write, [Data]}) ->
+    P + dlen(Data) =< byte_size(D);
+precondition(#s{data = D, pos = P}, {call, _, do_bad_write, [Data]}) ->
+    P + dlen(Data) > byte_size(D);
+precondition(#s{data = D}, {call, _, do_pwrite, [Pos, Data]}) ->
+    fits(Pos, Data, byte_size(D)) orelse Pos < 0;
+precondition(#s{data = D}, {call, _, do_bad_pwrite, [Pos, Data]}) ->
+    Pos >= 0 andalso not fits(Pos, Data, byte_size(D));
+precondition(#s{data = D}, {call, _, do_pwrite_list, [L]}) ->
+    lists:all(fun({Pos, Data}) -> fits(Pos, Data, byte_size(D)) orelse Pos < 0 end, L);
+precondition(#s{data = D}, {call, _, do_bad_pwrite_list, [L]}) ->
+    case lists:dropwhile(fun({Pos, Data}) -> fits(Pos, Data, byte_size(D)) end, L) of
+        [{Pos, _} | _] -> Pos >= 0;
+        [] -> false
+    end;
+precondition(_, _) ->
+    true.
+
+fits(Pos, Data, Size) ->
+    Pos >= 0 andalso Pos + dlen(Data) =< Size.
+
+next_state(S, _Res, {call, _, F, Args}) ->
+    next_model(S, F, Args).
+
+%% Every step answers #{em, raw, em_pos, raw_pos, same}; for the commands that only run
+%% on emmap, `raw' is the answer emmap must give.
+postcondition(S, {call, _, F, Args},
+              #{em := E, raw := R, em_pos := EP, raw_pos := RP, same := Same}) ->
+    #s{pos = ModelPos} = next_model(S, F, Args),
+    E =:= R andalso EP =:= RP andalso RP =:= {ok, ModelPos} andalso Same;
+postcondition(_, _, _) ->
+    false.
+
+%%%===========================================================================
+%%% Model
+%%%===========================================================================
+
+next_model(S, do_pread, _) ->
+    S;
+next_model(S, do_pread_list, _) ->
+    S;
+next_model(S, do_pwrite, [Pos, D]) ->
+    apply_pwrites(S, [{Pos, D}]);
+next_model(S, do_pwrite_list, [L]) ->
+    apply_pwrites(S, L);
+next_model(S, do_bad_pwrite, _) ->
+    S;
+next_model(S, do_bad_pwrite_list, [L]) ->
+    apply_pwrites(S, L);
+next_model(S = #s{data = D, pos = P}, do_read, [N]) ->
+    case N > 0 andalso P < byte_size(D) of
+        true -> S#s{pos = min(P + N, byte_size(D))};
+        false -> S
+    end;
+next_model(S = #s{data = D, pos = P}, do_read_line, []) ->
+    Size = byte_size(D),
+    if
+        P >= Size -> S;
+        true ->
+            case binary:match(D, <<"\n">>, [{scope, {P, Size - P}}]) of
+                {I, 1} -> S#s{pos = I + 1};
+                nomatch -> S#s{pos = Size}
+            end
+    end;
+next_model(S, do_position, [Loc]) ->
+    case seek(S, Loc) of
+        N when N >= 0 -> S#s{pos = N};
+        _ -> S
+    end;
+next_model(S = #s{data = D, pos = P}, do_write, [Data]) ->
+    S#s{data = patch(D, P, data(Data)), pos = P + dlen(Data)};
+next_model(S, do_bad_write, _) ->
+    S;
+next_model(S = #s{data = D}, do_copy_within, [Src, Len, Dst]) ->
+    N = min(Len, byte_size(D) - Src),
+    S#s{data = patch(D, Dst, binary:part(D, Src, N))}.
+
+%% Writes in order up to the first one that does not fit (negative, or past the end).
+apply_pwrites(S = #s{data = D}, [{Pos, Data} | Rest]) ->
+    case fits(Pos, Data, byte_size(D)) of
+        true -> apply_pwrites(S#s{data = patch(D, Pos, data(Data))}, Rest);
+        false -> S
+    end;
+apply_pwrites(S, []) ->
+    S.
+
+patch(D, Pos, B) ->
+    N = byte_size(B),
+    <<Pre:Pos/binary, _:N/binary, Post/binary>> = D,
+    <<Pre/binary, B/binary, Post/binary>>.
+
+seek(#s{}, N) when is_integer(N) -> N;
+seek(#s{}, bof) -> 0;
+seek(#s{pos = P}, cur) -> P;
+seek(#s{data = D}, eof) -> byte_size(D);
+seek(#s{}, {bof, N}) -> N;
+seek(#s{pos = P}, {cur, N}) -> P + N;
+seek(#s{data = D}, {eof, N}) -> byte_size(D) + N.
+
+%%%===========================================================================
+%%% Commands
+%%%===========================================================================
+
+handles() ->
+    get(?KEY).
+
+%% Runs F on the emmap handle (copying the answer at once: in direct mode its binaries
+%% point into the mapping) and then on the raw handle.
+both(F) ->
+    {Em, Raw, _} = handles(),
+    E = copy(F(Em)),
+    R = F(Raw),
+    step(E, R).
+
+step(E, R) ->
+    {Em, Raw, Size} = handles(),
+    %% position(cur) on the raw handle also drops prim_file's read_line look-ahead buffer
+    %% (see the module doc); on emmap it changes nothing.
+    EP = file:position(Em, cur),
+    RP = file:position(Raw, cur),
+    Same = copy(full(Em, Size)) =:= full(Raw, Size),
+    #{em => E, raw => R, em_pos => EP, raw_pos => RP, same => Same}.
+
+full(F, Size) ->
+    file:pread(F, 0, Size + 1).
+
+do_pread(Pos, Len) ->
+    both(fun(F) -> file:pread(F, Pos, Len) end).
+
+do_pread_list(L) ->
+    both(fun(F) -> file:pread(F, L) end).
+
+do_pwrite(Pos, D) ->
+    both(fun(F) -> file:pwrite(F, Pos, data(D)) end).
+
+do_pwrite_list(L) ->
+    L1 = [{Pos, data(D)} || {Pos, D} <- L],
+    both(fun(F) -> file:pwrite(F, L1) end).
+
+do_read(N) ->
+    both(fun(F) -> file:read(F, N) end).
+
+do_read_line() ->
+    both(fun(F) -> file:read_line(F) end).
+
+do_position(Loc) ->
+    both(fun(F) -> file:position(F, Loc) end).
+
+do_write(D) ->
+    both(fun(F) -> file:write(F, data(D)) end).
+
+do_copy_within(Src, Len, Dst) ->
+    both(fun(F) ->
+                 case file:pread(F, Src, Len) of
+                     {ok, B} -> file:pwrite(F, Dst, B);
+                     Other -> {pread, Other}
+                 end
+         end).
+
+%% Writes past the end: emmap must answer {error, einval} and change nothing (checked by
+%% step/2 against the untouched raw file and the model).
+do_bad_pwrite(Pos, D) ->
+    {Em, _, _} = handles(),
+    step(file:pwrite(Em, Pos, data(D)), {error, einval}).
+
+do_bad_write(D) ->
+    {Em, _, _} = handles(),
+    step(file:write(Em, data(D)), {error, einval}).
+
+%% A list whose K-th write does not fit: emmap answers {error, {K, einval}} after doing the
+%% K writes before it; the raw file gets just those K writes.
+do_bad_pwrite_list(L) ->
+    {Em, Raw, Size} = handles(),
+    L1 = [{Pos, data(D)} || {Pos, D} <- L],
+    {Good, _} = lists:splitwith(fun({Pos, B}) -> fits(Pos, B, Size) end, L1),
+    E = file:pwrite(Em, L1),
+    R = case file:pwrite(Raw, Good) of
+            ok -> {error, {length(Good), einval}};
+            Other -> {raw_prefix_failed, Other}
+        end,
+    step(E, R).
+
+copy(B) when is_binary(B) -> binary:copy(B);
+copy(L) when is_list(L) -> [copy(X) || X <- L];
+copy(T) when is_tuple(T) -> list_to_tuple(copy(tuple_to_list(T)));
+copy(X) -> X.
+
+tmp_dir() ->
+    Dir = filename:join(["/tmp", "emmap_diff_" ++ integer_to_list(erlang:unique_integer([positive]))]),
+    ok = file:make_dir(Dir),
+    Dir.
+
+%%%===========================================================================
+%%% Hand-picked edge cases
+%%%===========================================================================
+
+%% Runs Fun(Em, Raw) on an emmap handle (each option set given) and a raw handle over
+%% files holding Contents, and then checks that both files hold the same bytes.
+with_pair(Contents, Fun) ->
+    [with_pair(Contents, opts(V), Fun) || V <- [shared, direct, nolock, private]],
+    ok.
+
+with_pair(Contents, Opts, Fun) ->
+    Dir = tmp_dir(),
+    P1 = filename:join(Dir, "mapped"),
+    P2 = filename:join(Dir, "raw"),
+    ok = file:write_file(P1, Contents),
+    ok = file:write_file(P2, Contents),
+    {ok, Em} = emmap:open(P1, 0, 0, Opts),
+    {ok, Raw} = file:open(P2, [raw, binary, read, write]),
+    try
+        Fun(Em, Raw),
+        {ok, RawAll} = file:read_file(P2),
+        ?assertEqual({Opts, {ok, RawAll}},
+                     {Opts, copy(file:pread(Em, 0, byte_size(Contents) + 1))})
+    after
+        _ = file:close(Em),
+        _ = file:close(Raw),
+        _ = file:delete(P1),
+        _ = file:delete(P2),
+        _ = file:del_dir(Dir)
+    end.
+
+%% Asserts that Call gives the same answer and leaves the same position on both handles.
+same(Em, Raw, Call) ->
+    E = copy(Call(Em)),
+    R = Call(Raw),
+    ?assertEqual(R, E),
+    ?assertEqual(file:position(Raw, cur), file:position(Em, cur)),
+    E.
+
+pread_len0_test() ->
+    with_pair(<<"hello\n">>,
+              fun(Em, Raw) ->
+                      [?assertEqual(eof, same(Em, Raw, fun(F) -> file:pread(F, P, 0) end))
+                       || P <- [0, 3, 5, 6, 7, 100]],
+                      ?assertEqual({error, einval},
+                                   same(Em, Raw, fun(F) -> file:pread(F, -1, 0) end)),
+                      ?assertEqual({ok, [eof, <<"h">>, eof]},
+                                   same(Em, Raw, fun(F) -> file:pread(F, [{0, 0}, {0, 1}, {6, 1}]) end))
+              end).
+
+pread_clipped_and_negative_test() ->
+    with_pair(<<"0123456789">>,
+              fun(Em, Raw) ->
+                      ?assertEqual({ok, <<"89">>}, same(Em, Raw, fun(F) -> file:pread(F, 8, 10) end)),
+                      ?assertEqual({ok, <<"0123456789">>},
+                                   same(Em, Raw, fun(F) -> file:pread(F, 0, 1 bsl 20) end)),
+                      ?assertEqual({error, einval}, same(Em, Raw, fun(F) -> file:pread(F, -1, 2) end)),
+                      ?assertEqual({error, einval},
+                                   same(Em, Raw, fun(F) -> file:pread(F, [{0, 1}, {-5, 1}]) end)),
+                      ?assertEqual(eof, same(Em, Raw, fun(F) -> file:pread(F, 1 bsl 40, 1) end))
+              end).
+
+read0_test() ->
+    with_pair(<<"abc">>,
+              fun(Em, Raw) ->
+                      Read0 = fun(F) -> file:read(F, 0) end,
+                      ?assertEqual({ok, <<>>}, same(Em, Raw, Read0)),
+                      ?assertEqual({ok, <<"abc">>}, same(Em, Raw, fun(F) -> file:read(F, 5) end)),
+                      ?assertEqual({ok, <<>>}, same(Em, Raw, Read0)),   % at eof
+                      ?assertEqual(eof, same(Em, Raw, fun(F) -> file:read(F, 1) end)),
+                      ?assertEqual({ok, 10}, same(Em, Raw, fun(F) -> file:position(F, 10) end)),
+                      ?assertEqual({ok, <<>>}, same(Em, Raw, Read0)),   % past eof
+                      ?assertEqual(eof, same(Em, Raw, fun(F) -> file:read(F, 1) end))
+              end).
+
+position_before_start_test() ->
+    with_pair(<<"abcdef">>,
+              fun(Em, Raw) ->
+                      P = fun(Loc) -> same(Em, Raw, fun(F) -> file:position(F, Loc) end) end,
+                      ?assertEqual({ok, 2}, P(2)),
+                      ?assertEqual({error, einval}, P({eof, -7})),   % position stays 2
+                      ?assertEqual({ok, 2}, P(cur)),
+                      ?assertEqual({ok, 0}, P({eof, -6})),
+                      ?assertEqual({error, einval}, P({cur, -1})),
+                      ?assertEqual({error, einval}, P(-1)),
+                      ?assertEqual({error, einval}, P({bof, -1})),
+                      ?assertEqual({ok, 16}, P({eof, 10})),
+                      ?assertEqual({ok, 6}, P({cur, -10})),
+                      ?assertEqual({ok, 6}, P(eof))
+              end).
+
+read_line_test() ->
+    with_pair(<<"one\r\ntwo\n\r\n\nthree\r">>,
+              fun(Em, Raw) ->
+                      RL = fun() -> same(Em, Raw, fun(F) -> file:read_line(F) end) end,
+                      ?assertEqual({ok, <<"one\n">>}, RL()),
+                      ?assertEqual({ok, <<"two\n">>}, RL()),
+                      ?assertEqual({ok, <<"\n">>}, RL()),          % "\r\n"
+                      ?assertEqual({ok, <<"\n">>}, RL()),          % "\n"
+                      ?assertEqual({ok, <<"three\r">>}, RL()),     % lone CR at the end
+                      ?assertEqual(eof, RL()),
+                      ?assertEqual(eof, RL()),
+                      ?assertEqual({ok, 4}, same(Em, Raw, fun(F) -> file:position(F, 4) end)),
+                      ?assertEqual({ok, <<"\n">>}, RL()),          % between CR and LF
+                      ?assertEqual({ok, 3}, same(Em, Raw, fun(F) -> file:position(F, 3) end)),
+                      ?assertEqual({ok, <<"\n">>}, RL()),          % at the CR of CRLF
+                      ?assertEqual({ok, 99}, same(Em, Raw, fun(F) -> file:position(F, 99) end)),
+                      ?assertEqual(eof, RL())
+              end).
+
+long_lines_test() ->
+    Long = binary:copy(<<"y">>, 70000),
+    with_pair(<<"a\n", Long/binary, "\r\n", Long/binary, "\n", Long/binary>>,
+              fun(Em, Raw) ->
+                      RL = fun() -> same(Em, Raw, fun(F) -> file:read_line(F) end) end,
+                      ?assertEqual({ok, <<"a\n">>}, RL()),
+                      ?assertEqual({ok, <<Long/binary, "\n">>}, RL()),
+                      ?assertEqual({ok, <<Long/binary, "\n">>}, RL()),
+                      ?assertEqual({ok, Long}, RL()),
+                      ?assertEqual(eof, RL()),
+                      {ok, _} = same(Em, Raw, fun(F) -> file:position(F, 1) end),
+                      {ok, _} = same(Em, Raw, fun(F) -> file:read(F, 100000) end),
+                      {ok, _} = same(Em, Raw, fun(F) -> file:pread(F, 5, 150000) end),
+                      Big = binary:copy(<<"z\r\n">>, 30000),
+                      ok = same(Em, Raw, fun(F) -> file:pwrite(F, 10, Big) end),
+                      ok = same(Em, Raw, fun(F) -> file:write(F, Big) end),
+                      ?assertEqual({ok, <<"z\n">>}, RL())
+              end).
+
+iodata_writes_test() ->
+    with_pair(<<"0123456789">>,
+              fun(Em, Raw) ->
+                      ok = same(Em, Raw, fun(F) -> file:pwrite(F, 1, ["a", [<<"b">>, $c], []]) end),
+                      ok = same(Em, Raw, fun(F) -> file:write(F, [$x, <<"y">>]) end),
+                      ok = same(Em, Raw, fun(F) -> file:pwrite(F, [{5, [<<"p">>, "q"]}, {9, <<>>}]) end),
+                      ok = same(Em, Raw, fun(F) -> file:pwrite(F, 10, <<>>) end)  % empty at the end
+              end).
+
+negative_pwrite_test() ->
+    with_pair(<<"0123456789">>,
+              fun(Em, Raw) ->
+                      ?assertEqual({error, einval},
+                                   same(Em, Raw, fun(F) -> file:pwrite(F, -1, <<"x">>) end)),
+                      ?assertEqual({error, einval},
+                                   same(Em, Raw, fun(F) -> file:pwrite(F, -1, <<>>) end)),
+                      ?assertEqual({error, {1, einval}},
+                                   same(Em, Raw, fun(F) -> file:pwrite(F, [{0, <<"A">>}, {-2, <<"B">>}, {1, <<"C">>}]) end))
+              end).
+
+%% The documented difference: writes that do not fit answer {error, einval} and change
+%% nothing (neither the bytes, nor the position, nor the size of the file).
+write_past_end_test() ->
+    Orig = <<"0123456789">>,
+    [with_em(Orig, Opts,
+             fun(Em, Path) ->
+                     Unchanged = fun() ->
+                                         ?assertEqual({ok, Orig}, copy(file:pread(Em, 0, 100))),
+                                         ?assertEqual(10, maps:get(size, emmap:info(Em))),
+                                         ?assertEqual(10, filelib:file_size(Path))
+                                 end,
+                     ?assertEqual({error, einval}, file:pwrite(Em, 10, <<"x">>)),
+                     ?assertEqual({error, einval}, file:pwrite(Em, 9, <<"xy">>)),
+                     ?assertEqual({error, einval}, file:pwrite(Em, 0, binary:copy(<<"x">>, 11))),
+                     ?assertEqual({error, einval}, file:pwrite(Em, 5, binary:copy(<<"x">>, 70000))),
+                     %% raw files answer ok (and write nothing) for empty writes past the end
+                     ?assertEqual({error, einval}, file:pwrite(Em, 11, <<>>)),
+                     ?assertEqual({error, einval}, file:pwrite(Em, 1 bsl 63, <<"x">>)),
+                     ?assertEqual({error, einval}, file:pwrite(Em, 1 bsl 70, <<"x">>)),
+                     Unchanged(),
+                     ?assertEqual({ok, 8}, file:position(Em, 8)),
+                     ?assertEqual({error, einval}, file:write(Em, <<"abc">>)),
+                     ?assertEqual({ok, 8}, file:position(Em, cur)),
+                     ?assertEqual({ok, 12}, file:position(Em, 12)),
+                     ?assertEqual({error, einval}, file:write(Em, <<>>)),
+                     ?assertEqual({error, einval}, file:write(Em, <<"a">>)),
+                     ?assertEqual({ok, 12}, file:position(Em, cur)),
+                     Unchanged(),
+                     %% the writes before the failing one are done, and counted
+                     ?assertEqual({error, {2, einval}},
+                                  file:pwrite(Em, [{0, <<"A">>}, {9, <<"B">>}, {9, <<"CD">>}, {1, <<"E">>}])),
+                     ?assertEqual({ok, <<"A12345678B">>}, copy(file:pread(Em, 0, 100))),
+                     ?assertEqual({ok, 10}, file:position(Em, 10)),
+                     ?assertEqual(ok, file:write(Em, <<>>))     % empty, exactly at the end
+             end)
+     || Opts <- [opts(shared), opts(direct), opts(nolock), opts(private)]].
+
+with_em(Contents, Opts, Fun) ->
+    Dir = tmp_dir(),
+    Path = filename:join(Dir, "mapped"),
+    ok = file:write_file(Path, Contents),
+    {ok, Em} = emmap:open(Path, 0, 0, Opts),
+    try
+        Fun(Em, Path)
+    after
+        _ = file:close(Em),
+        _ = file:delete(Path),
+        _ = file:del_dir(Dir)
+    end.
+
+%% prim_file (OTP 25) loses a raw handle's position after read_line + pwrite (its
+%% look-ahead buffer is dropped without seeking back); emmap keeps it.
+emmap_position_after_read_line_and_pwrite_test() ->
+    [with_em(<<"ab\ncd\nef\n">>, Opts,
+             fun(Em, _) ->
+                     ?assertEqual({ok, <<"ab\n">>}, file:read_line(Em)),
+                     ?assertEqual(ok, file:pwrite(Em, 0, <<"x">>)),
+                     ?assertEqual({ok, 3}, file:position(Em, cur)),
+                     ?assertEqual({ok, <<"cd\n">>}, file:read_line(Em)),
+                     ?assertEqual(ok, file:pwrite(Em, [{0, <<"y">>}])),
+                     ?assertEqual({ok, <<"ef">>}, file:read(Em, 2))
+             end)
+     || Opts <- [opts(shared), opts(direct), opts(nolock)]].
+
+%% In direct mode binaries point into the mapping and show later writes; copies do not.
+direct_binaries_alias_test() ->
+    with_em(<<"abcdef\n">>, opts(direct),
+            fun(Em, _) ->
+                    {ok, B} = file:pread(Em, 0, 3),
+                    C = binary:copy(B),
+                    {ok, L} = file:read_line(Em),
+                    ok = file:pwrite(Em, 0, <<"XYZ">>),
+                    ?assertEqual(<<"XYZ">>, B),
+                    ?assertEqual(<<"abc">>, C),
+                    ?assertEqual(<<"XYZdef\n">>, L),
+                    %% a direct binary written back over an overlapping range
+                    ok = file:pwrite(Em, 2, B),
+                    ?assertEqual({ok, <<"XYXYZf\n">>}, copy(file:pread(Em, 0, 10)))
+            end).
+
+closed_handle_test() ->
+    with_em(<<"abc\n">>, opts(shared),
+            fun(Em, _) ->
+                    ok = file:close(Em),
+                    ?assertEqual({error, closed}, file:pread(Em, 0, 1)),
+                    ?assertEqual({error, closed}, file:read_line(Em)),
+                    ?assertEqual({error, closed}, file:pwrite(Em, 0, <<"x">>)),
+                    ?assertEqual({error, closed}, file:position(Em, 0))
+            end).
