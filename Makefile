@@ -47,10 +47,10 @@ lint:
 	cargo clippy --quiet --all-targets -- -D warnings
 	$(REBAR) dialyzer
 
-bench: compile
+## bench: ns/op table (emmap vs file, atomics, counters, ets ...); `make bench ARGS=quick` for a short run
+bench: deps
 	$(REBAR) as test compile
-	erl -noshell -pa _build/test/lib/emmap/ebin -pa _build/test/lib/emmap/test \
-	    -eval 'emmap_bench:main(), halt().'
+	escript test/bench/bench.escript $(ARGS)
 
 clean:
 	$(REBAR) clean

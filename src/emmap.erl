@@ -31,6 +31,10 @@
 -define(U64MAX, 16#FFFFFFFFFFFFFFFF).
 -define(I64MIN, -16#8000000000000000).
 -define(I64MAX, 16#7FFFFFFFFFFFFFFF).
+%% Largest small integer on a 64-bit VM: comparisons against it stay cheap (no bignum
+%% compare), so hot-path guards test it first and leave the full range to a slower clause.
+-define(SMALL, 16#7FFFFFFFFFFFFFF).
+-define(IS_POS(X), is_integer(X), X >= 0, X =< ?SMALL).
 %% Writes larger than this run on a dirty I/O scheduler.
 -define(DIRTY_WRITE, 65536).
 -define(COUNTERS_MAGIC, "EMMAP01\n").
@@ -94,6 +98,7 @@ patomic_nif(_R, _Pos, _Op, _V) -> ?NIF.
 patomic_old_nif(_R, _Pos, _Op, _V) -> ?NIF.
 patomic_cas_nif(_R, _Pos, _Exp, _New) -> ?NIF.
 patomic_read_nif(_R, _Pos) -> ?NIF.
+patomic_value_nif(_R, _Pos) -> ?NIF.
 patomic_write_nif(_R, _Pos, _V) -> ?NIF.
 
 %%%===========================================================================
@@ -178,6 +183,11 @@ info(_) -> erlang:error(badarg).
 %% points into the mapping and shows later writes.
 -spec pread(mmap_file(), integer(), non_neg_integer()) ->
           {ok, binary()} | eof | {error, posix_reason()}.
+pread(?H(R), Pos, Len) when ?IS_POS(Pos), ?IS_POS(Len) ->
+    case pread_nif(R, Pos, Len) of
+        dirty -> pread_dirty_nif(R, Pos, Len);
+        Res -> Res
+    end;
 pread(?H(R), Pos, Len)
   when is_integer(Pos), Pos >= 0, Pos =< ?U64MAX, is_integer(Len), Len >= 0 ->
     L = min(Len, ?U64MAX),
@@ -214,9 +224,7 @@ pread_list(_M, _, _) ->
 %% @doc Writes `Data' at `Pos': all of it, or nothing and `{error, einval}' if it does not
 %% fit in the mapping. A read-only mapping answers `{error, eacces}'.
 -spec pwrite(mmap_file(), integer(), iodata()) -> ok | {error, posix_reason()}.
-pwrite(?H(R), Pos, Bin)
-  when is_binary(Bin), byte_size(Bin) =< ?DIRTY_WRITE,
-       is_integer(Pos), Pos >= 0, Pos =< ?U64MAX ->
+pwrite(?H(R), Pos, Bin) when is_binary(Bin), byte_size(Bin) =< ?DIRTY_WRITE, ?IS_POS(Pos) ->
     pwrite_nif(R, Pos, Bin);
 pwrite(?H(R), Pos, Data) when is_integer(Pos) ->
     Bin = to_binary(Data),
@@ -406,9 +414,7 @@ op_code('xor') -> 4;
 op_code(xchg) -> 5;
 op_code(_) -> erlang:error(badarg).
 
-atomic(R, Pos, Code, V)
-  when is_integer(Pos), Pos >= 0, Pos =< ?U64MAX,
-       is_integer(V), V >= ?I64MIN, V =< ?I64MAX ->
+atomic(R, Pos, Code, V) when ?IS_POS(Pos), is_integer(V), V >= -?SMALL, V =< ?SMALL ->
     patomic_nif(R, Pos, Code, V);
 atomic(R, Pos, Code, V) when is_integer(Pos), is_integer(V) ->
     V1 = to_i64(V),
@@ -425,11 +431,13 @@ to_i64(_) -> erlang:error(badarg).
 
 %% @doc `patomic(Mem, Pos, add, Value)'.
 -spec patomic_add(mmap_file(), integer(), integer()) -> {ok, integer()} | {error, posix_reason()}.
-patomic_add(M, Pos, V) -> patomic(M, Pos, add, V).
+patomic_add(?H(R), Pos, V) -> atomic(R, Pos, 0, V);
+patomic_add(_, _, _) -> erlang:error(badarg).
 
 %% @doc `patomic(Mem, Pos, sub, Value)'.
 -spec patomic_sub(mmap_file(), integer(), integer()) -> {ok, integer()} | {error, posix_reason()}.
-patomic_sub(M, Pos, V) -> patomic(M, Pos, sub, V).
+patomic_sub(?H(R), Pos, V) -> atomic(R, Pos, 1, V);
+patomic_sub(_, _, _) -> erlang:error(badarg).
 
 %% @doc `patomic(Mem, Pos, '"'"'band'"'"', Value)'.
 -spec patomic_and(mmap_file(), integer(), integer()) -> {ok, integer()} | {error, posix_reason()}.
@@ -555,10 +563,15 @@ close_counters(_) -> erlang:error(badarg).
 
 %% @doc Adds 1 to counter `I' and returns its previous value.
 -spec inc_counter(counters(), non_neg_integer()) -> integer().
-inc_counter(C, I) -> inc_counter(C, I, 1).
+inc_counter({?H(R), N}, I) when ?COUNTER(I, N) ->
+    counter_result(patomic_old_nif(R, 16 + 8 * I, 0, 1));
+inc_counter(_, _) ->
+    erlang:error(badarg).
 
 %% @doc Adds `K' to counter `I' and returns its previous value.
 -spec inc_counter(counters(), non_neg_integer(), integer()) -> integer().
+inc_counter({?H(R), N}, I, K) when ?COUNTER(I, N), is_integer(K), K >= -?SMALL, K =< ?SMALL ->
+    counter_result(patomic_old_nif(R, 16 + 8 * I, 0, K));
 inc_counter({?H(R), N}, I, K) when ?COUNTER(I, N), is_integer(K) ->
     counter_result(patomic_old_nif(R, 16 + 8 * I, 0, to_i64(K)));
 inc_counter(_, _, _) ->
@@ -585,10 +598,7 @@ set_counter(_, _, _) ->
 %% @doc The current value of counter `I'.
 -spec read_counter(counters(), non_neg_integer()) -> integer().
 read_counter({?H(R), N}, I) when ?COUNTER(I, N) ->
-    case patomic_read_nif(R, 16 + 8 * I) of
-        {ok, V} -> V;
-        {error, Why} -> erlang:error(Why)
-    end;
+    counter_result(patomic_value_nif(R, 16 + 8 * I));
 read_counter(_, _) ->
     erlang:error(badarg).
 

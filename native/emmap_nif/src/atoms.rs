@@ -6,6 +6,8 @@ rustler::atoms! {
     eof,
     dirty,
     undefined,
+    true_ = "true",
+    false_ = "false",
     // info/1 keys
     size,
     exist,
