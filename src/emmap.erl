@@ -37,6 +37,8 @@
 -define(IS_POS(X), is_integer(X), X >= 0, X =< ?SMALL).
 %% Writes larger than this run on a dirty I/O scheduler.
 -define(DIRTY_WRITE, 65536).
+%% Copies larger than this are made on a dirty I/O scheduler (the NIF answers `dirty').
+-define(DIRTY_COPY, 65536).
 -define(COUNTERS_MAGIC, "EMMAP01\n").
 
 -type mmap_file() :: #file_descriptor{}.
@@ -183,6 +185,8 @@ info(_) -> erlang:error(badarg).
 %% points into the mapping and shows later writes.
 -spec pread(mmap_file(), integer(), non_neg_integer()) ->
           {ok, binary()} | eof | {error, posix_reason()}.
+pread(?H(R), Pos, Len) when ?IS_POS(Pos), is_integer(Len), Len >= 0, Len =< ?DIRTY_COPY ->
+    pread_nif(R, Pos, Len);                     % never answers `dirty' for such a length
 pread(?H(R), Pos, Len) when ?IS_POS(Pos), ?IS_POS(Len) ->
     case pread_nif(R, Pos, Len) of
         dirty -> pread_dirty_nif(R, Pos, Len);
@@ -398,6 +402,8 @@ resize(_, _) ->
 %% (`{error, alignment}') and `Pos + 8' must fit (`{error, einval}').
 -spec patomic(mmap_file(), integer(), atomic_op(), integer()) ->
           {ok, integer()} | {error, posix_reason()}.
+patomic(?H(R), Pos, add, V) when ?IS_POS(Pos), is_integer(V), V >= -?SMALL, V =< ?SMALL ->
+    patomic_nif(R, Pos, 0, V);
 patomic(?H(R), Pos, Op, Value) ->
     atomic(R, Pos, op_code(Op), Value);
 patomic(_, _, _, _) ->
@@ -431,6 +437,8 @@ to_i64(_) -> erlang:error(badarg).
 
 %% @doc `patomic(Mem, Pos, add, Value)'.
 -spec patomic_add(mmap_file(), integer(), integer()) -> {ok, integer()} | {error, posix_reason()}.
+patomic_add(?H(R), Pos, V) when ?IS_POS(Pos), is_integer(V), V >= -?SMALL, V =< ?SMALL ->
+    patomic_nif(R, Pos, 0, V);
 patomic_add(?H(R), Pos, V) -> atomic(R, Pos, 0, V);
 patomic_add(_, _, _) -> erlang:error(badarg).
 

@@ -10,6 +10,7 @@ pub mod bounds;
 pub mod error;
 pub mod mapping;
 pub mod options;
+pub mod readers;
 pub mod region;
 
 pub use error::{Error, Result};

@@ -17,12 +17,13 @@ use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{RwLock, RwLockReadGuard};
+use parking_lot::RwLock;
 
 use crate::atomics::{self, Op};
 use crate::bounds;
 use crate::error::{Error, Result};
 use crate::options::Options;
+use crate::readers::{ReadGuard, Readers};
 use crate::region::{page_size, MapSpec, Placement, Region};
 
 /// Base for `file:position/2`.
@@ -85,6 +86,8 @@ pub struct Mapping {
     offset: u64,
     exist: bool,
     state: RwLock<State>,
+    /// With `lock`: data operations are readers, close/resize the writer.
+    readers: Readers,
     /// The current region (owned by `state.current` or `state.retired`), for lock-free reads.
     cur: AtomicPtr<Region>,
     closed: AtomicBool,
@@ -95,7 +98,7 @@ pub struct Mapping {
 
 /// A guard that keeps the current region usable for the duration of one operation.
 pub struct Access<'a> {
-    _guard: Option<RwLockReadGuard<'a, State>>,
+    _guard: Option<ReadGuard<'a>>,
     region: &'a Region,
 }
 
@@ -269,6 +272,7 @@ impl Mapping {
                 file,
                 unlink,
             }),
+            readers: Readers::default(),
             cur,
             closed: AtomicBool::new(false),
             pos: AtomicU64::new(0),
@@ -284,7 +288,7 @@ impl Mapping {
     #[inline]
     pub fn access(&self) -> Result<Access<'_>> {
         let guard = if self.opts.lock {
-            Some(self.state.read())
+            Some(self.readers.read())
         } else {
             None
         };
@@ -296,8 +300,8 @@ impl Mapping {
             return Err(Error::Closed);
         }
         // SAFETY: `cur` always points at a region owned by `state.current` or
-        // `state.retired`. With `lock`, we hold the read guard, and regions are freed only
-        // under the write guard. Without `lock`, regions are never freed before `Drop`
+        // `state.retired`. With `lock`, we hold a read guard, and regions are freed only
+        // while `readers.write()` excludes every reader. Without `lock`, regions are never freed before `Drop`
         // (see `may_release_early`), and `Drop` cannot run while `&self` is borrowed.
         let region = unsafe { &*p };
         Ok(Access {
@@ -509,6 +513,7 @@ impl Mapping {
             return Err(Error::FixedSize);
         }
         let mut st = self.state.write();
+        let _excl = self.opts.lock.then(|| self.readers.write());
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
@@ -595,6 +600,7 @@ impl Mapping {
     /// binary can reach it, else when the handle is dropped. Idempotent.
     pub fn close(&self) {
         let mut st = self.state.write();
+        let _excl = self.opts.lock.then(|| self.readers.write());
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
