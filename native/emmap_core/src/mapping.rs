@@ -91,10 +91,16 @@ pub struct Mapping {
     /// The current region (owned by `state.current` or `state.retired`), for lock-free reads.
     cur: AtomicPtr<Region>,
     closed: AtomicBool,
-    pos: AtomicU64,
+    /// The shared file position, on a cache line of its own: `read`/`write` update it,
+    /// and `pread`/`pwrite` on other cores should not pay for that.
+    pos: Padded<AtomicU64>,
     /// Set once a binary pointing into the mapping may exist.
     exported: AtomicBool,
 }
+
+#[repr(align(128))]
+#[derive(Debug)]
+struct Padded<T>(T);
 
 /// A guard that keeps the current region usable for the duration of one operation.
 pub struct Access<'a> {
@@ -275,7 +281,7 @@ impl Mapping {
             readers: Readers::default(),
             cur,
             closed: AtomicBool::new(false),
-            pos: AtomicU64::new(0),
+            pos: Padded(AtomicU64::new(0)),
             exported: AtomicBool::new(false),
         }
     }
@@ -330,7 +336,10 @@ impl Mapping {
     /// The bytes `[s, e)` of the pinned region, marking the mapping exported in direct mode.
     fn bytes<'a>(&self, a: &'a Access<'_>, s: usize, e: usize) -> &'a [u8] {
         if self.opts.direct {
-            self.exported.store(true, Ordering::Release);
+            // Read first: a store on every read would bounce this cache line between cores.
+            if !self.exported.load(Ordering::Relaxed) {
+                self.exported.store(true, Ordering::Release);
+            }
         }
         // SAFETY: `s <= e <= len` (checked by the caller's bounds helper) and the region is
         // pinned by `a`. Other writers may change these bytes concurrently (that is what
@@ -350,7 +359,7 @@ impl Mapping {
     pub fn read<T>(&self, len: u64, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
         let a = self.access()?;
         loop {
-            let p = self.pos.load(Ordering::Acquire);
+            let p = self.pos.0.load(Ordering::Acquire);
             let Some((s, e)) = bounds::read_range(p, len, a.len()) else {
                 return Ok(None);
             };
@@ -369,7 +378,7 @@ impl Mapping {
     pub fn read_line<T>(&self, limit: usize, f: impl FnOnce(&[u8], bool) -> T) -> Result<Line<T>> {
         let a = self.access()?;
         loop {
-            let p = self.pos.load(Ordering::Acquire);
+            let p = self.pos.0.load(Ordering::Acquire);
             let Some((s, e)) = bounds::read_range(p, u64::MAX, a.len()) else {
                 return Ok(Line::Eof);
             };
@@ -419,9 +428,9 @@ impl Mapping {
 
     /// Writes at the current position and advances it.
     pub fn write(&self, data: &[u8]) -> Result<()> {
-        let p = self.pos.load(Ordering::Acquire);
+        let p = self.pos.0.load(Ordering::Acquire);
         self.pwrite(p, data)?;
-        self.pos.store(p + data.len() as u64, Ordering::Release);
+        self.pos.0.store(p + data.len() as u64, Ordering::Release);
         Ok(())
     }
 
@@ -430,11 +439,11 @@ impl Mapping {
         let a = self.access()?;
         let base = match whence {
             Whence::Bof => 0,
-            Whence::Cur => self.pos.load(Ordering::Acquire),
+            Whence::Cur => self.pos.0.load(Ordering::Acquire),
             Whence::Eof => a.len() as u64,
         };
         let p = bounds::seek(base, delta)?;
-        self.pos.store(p, Ordering::Release);
+        self.pos.0.store(p, Ordering::Release);
         Ok(p)
     }
 
