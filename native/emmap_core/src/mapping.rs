@@ -365,6 +365,7 @@ impl Mapping {
             };
             if self
                 .pos
+                .0
                 .compare_exchange(p, e as u64, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
@@ -391,6 +392,7 @@ impl Mapping {
             };
             if self
                 .pos
+                .0
                 .compare_exchange(p, end as u64, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
