@@ -10,8 +10,9 @@
 %%% against the raw file's position after every call.
 %%%
 %%% Writes that do not fit are the one documented difference: emmap answers
-%%% `{error, einval}' and changes nothing, where a raw file would grow. Those are generated
-%%% as separate commands that check exactly that (and never touch the raw file).
+%%% `{error, einval}' and changes nothing, where a raw file would grow (or, for an empty
+%%% write past the end, answer `ok' and change nothing). Those are generated as separate
+%%% commands that check exactly that against the untouched raw file.
 %%%
 %%% Variants: `[read, write, shared]', plus `direct', `nolock', `direct' + `nolock',
 %%% `private', and a window (`shared', non-zero offset, bytes before and after it).
@@ -48,10 +49,16 @@
 -export([prop_diff/1, variants/0]).
 
 -define(KEY, '$emmap_diff_tests').
+-define(OPENED, '$emmap_diff_tests_opened').
 -define(NUMTESTS, 300).
+%% PropEr's size grows to this over the run; sequences get up to about this many calls
+%% (proper_statem:more_commands/2 has no effect in PropEr 1.2, max_size does).
+-define(MAX_SIZE, 50).
 
-%% Model: the bytes of the mapped range and the handle position.
--record(s, {data = <<"x">> :: binary(), pos = 0 :: integer()}).
+%% Model: the bytes of the mapped range and the handle position. Until the first write the
+%% bytes stay in their generated form, {chunks, Chunks}, which keeps a counterexample
+%% short; the callbacks work on norm(State).
+-record(s, {data = <<"x">> :: binary() | {chunks, [tuple()]}, pos = 0 :: integer()}).
 
 %%%===========================================================================
 %%% EUnit entry point for the properties
@@ -71,7 +78,8 @@ diff_test_() ->
     [{"differential vs raw file: " ++ atom_to_list(V),
       {timeout, 120,
        fun() ->
-               ?assert(proper:quickcheck(prop_diff(V), [{numtests, ?NUMTESTS}, {to_file, user}]))
+               ?assert(proper:quickcheck(prop_diff(V), [{numtests, ?NUMTESTS}, {max_size, ?MAX_SIZE},
+                                                        {to_file, user}]))
        end}}
      || V <- variants()].
 
@@ -81,7 +89,7 @@ diff_test_() ->
 
 prop_diff(Variant) ->
     ?FORALL(Setup, setup_gen(Variant),
-            ?FORALL(Cmds, proper_statem:commands(?MODULE, #s{data = expand(setup_chunks(Setup))}),
+            ?FORALL(Cmds, proper_statem:commands(?MODULE, #s{data = {chunks, setup_chunks(Setup)}}),
                     run_case(Setup, Cmds))).
 
 %% {Variant, Chunks, Prefix, Suffix}: the mapped bytes are expand(Chunks); in the window
@@ -103,32 +111,44 @@ pad_gen(Min) ->
 pad(none) -> <<>>;
 pad({Byte, N}) -> binary:copy(<<Byte>>, N).
 
-run_case({Variant, Chunks, Pre, Suf}, Cmds) ->
-    Contents = expand(Chunks),
+%% The Debian build of PropEr 1.2 calls erlang:get_stacktrace/0 (gone since OTP 23) when
+%% a property raises, so exceptions are caught and reported here.
+run_case(Setup, Cmds) ->
+    try
+        run_case1(Setup, Cmds)
+    catch
+        Class:Reason:Stack ->
+            io:format(user, "~nException: ~p:~P~n~P~n", [Class, Reason, 30, Stack, 30]),
+            false
+    end.
+
+run_case1({Variant, _, Pre, Suf}, Cmds) ->
+    %% The initial state inside Cmds is the truth about the contents.
+    [{init, Init} | _] = Cmds,
+    #s{data = Contents} = norm(Init),
     PreB = pad(Pre),
     SufB = pad(Suf),
     Size = byte_size(Contents),
-    Dir = tmp_dir(),
-    P1 = filename:join(Dir, "mapped"),
-    P2 = filename:join(Dir, "raw"),
-    ok = file:write_file(P1, [PreB, Contents, SufB]),
-    ok = file:write_file(P2, Contents),
-    {ok, Em} = emmap:open(P1, byte_size(PreB), Size, opts(Variant)),
-    {ok, Raw} = file:open(P2, [raw, binary, read, write]),
-    put(?KEY, {Em, Raw, Size}),
-    try
-        {History, State, Result} = proper_statem:run_commands(?MODULE, Cmds),
-        Final = final_checks(Variant, Em, P1, P2, Contents, PreB, SufB, State),
-        Ok = Result =:= ok andalso Final =:= [],
-        ?WHENFAIL(report(Cmds, History, State, Result, Final), Ok)
-    after
-        erase(?KEY),
-        _ = file:close(Em),
-        _ = file:close(Raw),
-        _ = file:delete(P1),
-        _ = file:delete(P2),
-        _ = file:del_dir(Dir)
-    end.
+    in_tmp_dir(
+      fun(Dir) ->
+              P1 = filename:join(Dir, "mapped"),
+              P2 = filename:join(Dir, "raw"),
+              ok = file:write_file(P1, [PreB, Contents, SufB]),
+              ok = file:write_file(P2, Contents),
+              Em = opened(emmap:open(P1, byte_size(PreB), Size, opts(Variant))),
+              Raw = opened(file:open(P2, [raw, binary, read, write])),
+              put(?KEY, {Em, Raw, Size}),
+              {History, State, Result} = proper_statem:run_commands(?MODULE, Cmds),
+              Final = case Result of
+                          ok -> final_checks(Variant, Em, P1, P2, Contents, PreB, SufB,
+                                             norm(State));
+                          _ -> not_run
+                      end,
+              Ok = Result =:= ok andalso Final =:= [],
+              ?WHENFAIL(report(Variant, PreB, SufB, Contents, Cmds, History, State, Result,
+                               Final),
+                        Ok)
+      end).
 
 %% After a sequence: the whole range through emmap, the raw file, the model and the mapped
 %% file on disk must all agree.
@@ -161,13 +181,20 @@ strip_suffix({ok, Bin}, Suf) ->
 strip_suffix(Other, _) ->
     Other.
 
-report(Cmds, History, State, Result, Final) ->
-    io:format(user, "~nResult: ~P~nFinal check failures: ~P~nModel position: ~p~nSteps:~n",
-              [Result, 40, Final, 40, State#s.pos]),
+report(Variant, PreB, SufB, Contents, Cmds, History, State, Result, Final) ->
+    io:format(user, "~nVariant: ~p (~p), ~p bytes mapped~s~nInitial contents: ~P~n"
+              "Result: ~P~nFinal check failures: ~P~nModel position: ~p~nSteps:~n",
+              [Variant, opts(Variant), byte_size(Contents),
+               case PreB of
+                   <<>> -> "";
+                   _ -> io_lib:format(" at offset ~p, ~p bytes after them",
+                                      [byte_size(PreB), byte_size(SufB)])
+               end,
+               Contents, 60, Result, 40, Final, 40, State#s.pos]),
     Steps = lists:zip(lists:sublist(strip_init(Cmds), length(History)), History),
     lists:foreach(
       fun({{set, _, Call}, {S, R}}) ->
-              io:format(user, "  pos ~p: ~P~n      -> ~P~n", [S#s.pos, Call, 20, R, 30])
+              io:format(user, "  pos ~p: ~lP~n      -> ~lP~n", [S#s.pos, Call, 20, R, 30])
       end, Steps).
 
 strip_init([{init, _} | Cmds]) -> Cmds;
@@ -296,7 +323,13 @@ copy_args(Size) ->
 initial_state() ->
     #s{}.
 
-command(#s{data = D, pos = P}) ->
+norm(S = #s{data = {chunks, C}}) -> S#s{data = expand(C)};
+norm(S = #s{}) -> S.
+
+command(S) ->
+    command1(norm(S)).
+
+command1(#s{data = D, pos = P}) ->
     Size = byte_size(D),
     Avail = Size - P,
     Write = [{4, {call, ?MODULE, do_write, [data_gen(Avail)]}} || Avail >= 0],
@@ -314,6 +347,8 @@ command(#s{data = D, pos = P}) ->
            {1, {call, ?MODULE, do_bad_write, [bad_data_gen(Avail)]}},
            {1, {call, ?MODULE, do_bad_pwrite_list, bad_pwrite_list_gen(Size)}}]).
 
+precondition(S = #s{data = {chunks, _}}, Call) ->
+    precondition(norm(S), Call);
 precondition(#s{data = D, pos = P}, {call, _, do_write, [Data]}) ->
     P + dlen(Data) =< byte_size(D);
 precondition(#s{data = D, pos = P}, {call, _, do_bad_write, [Data]}) ->
@@ -336,13 +371,18 @@ fits(Pos, Data, Size) ->
     Pos >= 0 andalso Pos + dlen(Data) =< Size.
 
 next_state(S, _Res, {call, _, F, Args}) ->
-    next_model(S, F, Args).
+    N = norm(S),
+    N1 = next_model(N, F, Args),
+    case N1#s.data =:= N#s.data of
+        true -> N1#s{data = S#s.data};    % keep the compact form while nothing is written
+        false -> N1
+    end.
 
 %% Every step answers #{em, raw, em_pos, raw_pos, same}; for the commands that only run
 %% on emmap, `raw' is the answer emmap must give.
 postcondition(S, {call, _, F, Args},
               #{em := E, raw := R, em_pos := EP, raw_pos := RP, same := Same}) ->
-    #s{pos = ModelPos} = next_model(S, F, Args),
+    #s{pos = ModelPos} = next_model(norm(S), F, Args),
     E =:= R andalso EP =:= RP andalso RP =:= {ok, ModelPos} andalso Same;
 postcondition(_, _, _) ->
     false.
@@ -424,18 +464,26 @@ handles() ->
 %% point into the mapping) and then on the raw handle.
 both(F) ->
     {Em, Raw, _} = handles(),
-    E = copy(F(Em)),
-    R = F(Raw),
+    E = safe(F, Em),
+    R = safe(F, Raw),
     step(E, R).
 
 step(E, R) ->
     {Em, Raw, Size} = handles(),
     %% position(cur) on the raw handle also drops prim_file's read_line look-ahead buffer
     %% (see the module doc); on emmap it changes nothing.
-    EP = file:position(Em, cur),
-    RP = file:position(Raw, cur),
-    Same = copy(full(Em, Size)) =:= full(Raw, Size),
+    EP = safe(fun(F) -> file:position(F, cur) end, Em),
+    RP = safe(fun(F) -> file:position(F, cur) end, Raw),
+    Same = safe(fun(F) -> full(F, Size) end, Em) =:= safe(fun(F) -> full(F, Size) end, Raw),
     #{em => E, raw => R, em_pos => EP, raw_pos => RP, same => Same}.
+
+%% F(Handle), with the answer copied at once (in direct mode its binaries point into the
+%% mapping) and exceptions turned into values: the Debian build of PropEr 1.2 crashes on
+%% erlang:get_stacktrace/0 when a command raises, losing the history.
+safe(F, H) ->
+    try copy(F(H))
+    catch Class:Reason -> {raised, Class, Reason}
+    end.
 
 full(F, Size) ->
     file:pread(F, 0, Size + 1).
@@ -477,11 +525,11 @@ do_copy_within(Src, Len, Dst) ->
 %% step/2 against the untouched raw file and the model).
 do_bad_pwrite(Pos, D) ->
     {Em, _, _} = handles(),
-    step(file:pwrite(Em, Pos, data(D)), {error, einval}).
+    step(safe(fun(F) -> file:pwrite(F, Pos, data(D)) end, Em), {error, einval}).
 
 do_bad_write(D) ->
     {Em, _, _} = handles(),
-    step(file:write(Em, data(D)), {error, einval}).
+    step(safe(fun(F) -> file:write(F, data(D)) end, Em), {error, einval}).
 
 %% A list whose K-th write does not fit: emmap answers {error, {K, einval}} after doing the
 %% K writes before it; the raw file gets just those K writes.
@@ -489,8 +537,8 @@ do_bad_pwrite_list(L) ->
     {Em, Raw, Size} = handles(),
     L1 = [{Pos, data(D)} || {Pos, D} <- L],
     {Good, _} = lists:splitwith(fun({Pos, B}) -> fits(Pos, B, Size) end, L1),
-    E = file:pwrite(Em, L1),
-    R = case file:pwrite(Raw, Good) of
+    E = safe(fun(F) -> file:pwrite(F, L1) end, Em),
+    R = case safe(fun(F) -> file:pwrite(F, Good) end, Raw) of
             ok -> {error, {length(Good), einval}};
             Other -> {raw_prefix_failed, Other}
         end,
@@ -501,10 +549,44 @@ copy(L) when is_list(L) -> [copy(X) || X <- L];
 copy(T) when is_tuple(T) -> list_to_tuple(copy(tuple_to_list(T)));
 copy(X) -> X.
 
-tmp_dir() ->
+%% Runs Fun(Dir) in a new directory under /tmp; afterwards closes every handle that went
+%% through opened/1 and removes the directory with its files.
+in_tmp_dir(Fun) ->
+    Dir = make_tmp_dir(),
+    try
+        Fun(Dir)
+    after
+        erase(?KEY),
+        [_ = file:close(H) || H <- erase_opened()],
+        [_ = file:delete(filename:join(Dir, N)) || {ok, Ns} <- [file:list_dir(Dir)], N <- Ns],
+        _ = file:del_dir(Dir)
+    end.
+
+%% unique_integer/1 starts afresh in every VM, so a directory left by a killed run may
+%% have the name: then take the next one.
+make_tmp_dir() ->
     Dir = filename:join(["/tmp", "emmap_diff_" ++ integer_to_list(erlang:unique_integer([positive]))]),
-    ok = file:make_dir(Dir),
-    Dir.
+    case file:make_dir(Dir) of
+        ok -> Dir;
+        {error, eexist} -> make_tmp_dir()
+    end.
+
+opened({ok, H}) ->
+    put(?OPENED, [H | get_opened()]),
+    H;
+opened(Error) ->
+    erlang:error({open_failed, Error}).
+
+get_opened() ->
+    case get(?OPENED) of
+        undefined -> [];
+        Hs -> Hs
+    end.
+
+erase_opened() ->
+    Hs = get_opened(),
+    erase(?OPENED),
+    Hs.
 
 %%%===========================================================================
 %%% Hand-picked edge cases
@@ -517,25 +599,19 @@ with_pair(Contents, Fun) ->
     ok.
 
 with_pair(Contents, Opts, Fun) ->
-    Dir = tmp_dir(),
-    P1 = filename:join(Dir, "mapped"),
-    P2 = filename:join(Dir, "raw"),
-    ok = file:write_file(P1, Contents),
-    ok = file:write_file(P2, Contents),
-    {ok, Em} = emmap:open(P1, 0, 0, Opts),
-    {ok, Raw} = file:open(P2, [raw, binary, read, write]),
-    try
-        Fun(Em, Raw),
-        {ok, RawAll} = file:read_file(P2),
-        ?assertEqual({Opts, {ok, RawAll}},
-                     {Opts, copy(file:pread(Em, 0, byte_size(Contents) + 1))})
-    after
-        _ = file:close(Em),
-        _ = file:close(Raw),
-        _ = file:delete(P1),
-        _ = file:delete(P2),
-        _ = file:del_dir(Dir)
-    end.
+    in_tmp_dir(
+      fun(Dir) ->
+              P1 = filename:join(Dir, "mapped"),
+              P2 = filename:join(Dir, "raw"),
+              ok = file:write_file(P1, Contents),
+              ok = file:write_file(P2, Contents),
+              Em = opened(emmap:open(P1, 0, 0, Opts)),
+              Raw = opened(file:open(P2, [raw, binary, read, write])),
+              Fun(Em, Raw),
+              {ok, RawAll} = file:read_file(P2),
+              ?assertEqual({Opts, {ok, RawAll}},
+                           {Opts, copy(file:pread(Em, 0, byte_size(Contents) + 1))})
+      end).
 
 %% Asserts that Call gives the same answer and leaves the same position on both handles.
 same(Em, Raw, Call) ->
@@ -632,7 +708,30 @@ long_lines_test() ->
                       Big = binary:copy(<<"z\r\n">>, 30000),
                       ok = same(Em, Raw, fun(F) -> file:pwrite(F, 10, Big) end),
                       ok = same(Em, Raw, fun(F) -> file:write(F, Big) end),
+                      ?assertEqual({ok, 10}, same(Em, Raw, fun(F) -> file:position(F, 10) end)),
                       ?assertEqual({ok, <<"z\n">>}, RL())
+              end).
+
+%% Lines, reads and writes right at emmap's 64 KiB limits (line scan, copy on a normal
+%% scheduler, write on a normal scheduler), with CRLF straddling the scan limit.
+limits_test() ->
+    Lines = [<<(binary:copy(<<"q">>, N))/binary, End/binary>>
+             || N <- [65534, 65535, 65536, 65537], End <- [<<"\r\n">>, <<"\n">>]],
+    with_pair(iolist_to_binary(Lines),
+              fun(Em, Raw) ->
+                      [?assertMatch({ok, _}, same(Em, Raw, fun(F) -> file:read_line(F) end))
+                       || _ <- Lines],
+                      ?assertEqual(eof, same(Em, Raw, fun(F) -> file:read_line(F) end)),
+                      [begin
+                           {ok, _} = same(Em, Raw, fun(F) -> file:position(F, P) end),
+                           {ok, _} = same(Em, Raw, fun(F) -> file:read(F, N) end),
+                           {ok, _} = same(Em, Raw, fun(F) -> file:pread(F, P + 1, N) end),
+                           ok = same(Em, Raw, fun(F) -> file:pwrite(F, P, binary:copy(<<"w">>, N)) end),
+                           ok = same(Em, Raw, fun(F) -> file:write(F, binary:copy(<<"\r">>, N)) end),
+                           {ok, _} = same(Em, Raw, fun(F) -> file:position(F, P + 65530) end),
+                           {ok, _} = same(Em, Raw, fun(F) -> file:read_line(F) end)
+                       end
+                       || P <- [0, 3, 70000], N <- [65535, 65536, 65537]]
               end).
 
 iodata_writes_test() ->
@@ -693,17 +792,12 @@ write_past_end_test() ->
      || Opts <- [opts(shared), opts(direct), opts(nolock), opts(private)]].
 
 with_em(Contents, Opts, Fun) ->
-    Dir = tmp_dir(),
-    Path = filename:join(Dir, "mapped"),
-    ok = file:write_file(Path, Contents),
-    {ok, Em} = emmap:open(Path, 0, 0, Opts),
-    try
-        Fun(Em, Path)
-    after
-        _ = file:close(Em),
-        _ = file:delete(Path),
-        _ = file:del_dir(Dir)
-    end.
+    in_tmp_dir(
+      fun(Dir) ->
+              Path = filename:join(Dir, "mapped"),
+              ok = file:write_file(Path, Contents),
+              Fun(opened(emmap:open(Path, 0, 0, Opts)), Path)
+      end).
 
 %% prim_file (OTP 25) loses a raw handle's position after read_line + pwrite (its
 %% look-ahead buffer is dropped without seeking back); emmap keeps it.
