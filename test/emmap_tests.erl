@@ -577,3 +577,21 @@ counters_test() ->
     ok = file:delete(P),
     ?assertError({emmap_counters, P, enoent}, emmap:open_counters(P)),
     ?assertEqual(false, filelib:is_file(P)).
+
+%% Options whose outcome depends on the kernel or file system: a mapping or a clean error.
+hugetlb_and_map_sync_test() ->
+    [case emmap:open("", 0, 2 * 1024 * 1024, [anon, read, write | Opts]) of
+         {ok, M} ->
+             ok = emmap:pwrite(M, 0, <<"huge">>),
+             ?assertEqual({ok, <<"huge">>}, emmap:pread(M, 0, 4)),
+             emmap:close(M);
+         {error, Reason} ->
+             ?assert(is_atom(Reason))
+     end || Opts <- [[hugetlb], [huge_2mb], [hugetlb, huge_1gb]]],
+    with_file(<<0:4096/unit:8>>, fun(P) ->
+        %% MAP_SYNC needs a DAX file system; elsewhere the kernel refuses it.
+        case emmap:open(P, [read, write, shared_validate, sync]) of
+            {ok, M} -> emmap:close(M);
+            {error, R} -> ?assertEqual(eopnotsupp, R)
+        end
+    end).
