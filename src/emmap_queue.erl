@@ -109,7 +109,7 @@
 %% gen_server callbacks
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
--export_type([queue/0, metadata/0, server/0, fold_fun/0]).
+-export_type([queue/0, metadata/0, server/0, fold_fun/0, failure/0]).
 
 -compile({no_auto_import, [length/1, erase/1]}).
 
@@ -137,6 +137,7 @@
 %% Called on each message in turn; `{cont, Acc}' goes on to the next, `{halt, Acc}' stops.
 
 -type failure() :: {error, corrupt_header | emmap:posix_reason()}.
+%% `corrupt_header': see the module doc; otherwise an `emmap' error, such as `closed'.
 
 -record(state, {q :: queue()}).
 
@@ -157,7 +158,8 @@
 %% `16 =< Size =< 4294967295'. Returns `{error, corrupt_header}' (and changes nothing)
 %% for a file that is not a valid queue, `{error, enoent}' for a missing file with
 %% `Size = 0', and `emmap:open/4''s errors otherwise.
--spec open(file:name_all(), non_neg_integer(), [emmap:open_option()]) ->
+-spec open(File :: file:name_all(), Size :: non_neg_integer(),
+           Opts :: [emmap:open_option()]) ->
           {ok, queue()} | failure().
 open(File, Size, Opts) when is_integer(Size), Size >= 0, is_list(Opts) ->
     _ = erlang:length(Opts),                    % badarg for an improper list
@@ -257,32 +259,32 @@ all_zero(M, Pos, End) ->
     end.
 
 %% @doc Closes the queue. Everything pushed is already in the file. Idempotent.
--spec close(queue()) -> ok.
+-spec close(Q :: queue()) -> ok.
 close(?Q(Q)) -> emmap:close(Q);
 close(_) -> erlang:error(badarg).
 
 %% @doc Asks the OS to write the queue's dirty pages to disk soon (`emmap:flush/1');
 %% returns at once. Not needed to survive a crash of the VM, only a power loss.
--spec flush(queue()) -> ok | failure().
+-spec flush(Q :: queue()) -> ok | failure().
 flush(?Q(Q)) -> emmap:flush(Q);
 flush(_) -> erlang:error(badarg).
 
 %% @doc Writes the queue's dirty pages to disk and waits (`emmap:sync/1'): what was pushed
 %% before survives a power loss.
--spec sync(queue()) -> ok | failure().
+-spec sync(Q :: queue()) -> ok | failure().
 sync(?Q(Q)) -> emmap:sync(Q);
 sync(_) -> erlang:error(badarg).
 
 %% @doc Appends `Term' (uncompressed). Same as `push(Q, Term, 0)'.
--spec push(queue(), term()) -> ok | {error, full} | failure().
+-spec push(Q :: queue(), Term :: term()) -> ok | {error, full} | failure().
 push(Q, Term) ->
     push(Q, Term, 0).
 
 %% @doc Appends `Term', encoded by `term_to_binary/2' with compression level `Level'
-%% (0 = none .. 9 = best). Grows the file when the message does not fit (see the module
-%% doc); returns `{error, full}' if it cannot grow (`fixed_size', or the 4 GiB limit of
-%% the format). Constant time, apart from growth.
--spec push(queue(), term(), 0..9) -> ok | {error, full} | failure().
+%% (from 0, none, to 9, the smallest). Grows the file when the message does not fit (see
+%% the module doc); returns `{error, full}' if it cannot grow (`fixed_size', or the
+%% 4 GiB limit of the format). Constant time, apart from growth.
+-spec push(Q :: queue(), Term :: term(), Level :: 0..9) -> ok | {error, full} | failure().
 push(?Q(Q), Term, Level) when is_integer(Level), Level >= 0, Level =< 9 ->
     Bin = term_to_binary(Term, [{compressed, Level}, {minor_version, 2}]),
     Sz0 = byte_size(Bin) + 8,
@@ -332,13 +334,13 @@ grow_target(Cur, Inc, End) -> grow_target(Cur + min(max(Cur, 1), Inc), Inc, End)
 
 %% @doc Removes and returns the oldest term; `nil' if the queue is empty. The space it
 %% took is reclaimed only by a later purge (see `pop_and_purge/1').
--spec pop(queue()) -> term() | nil | failure().
+-spec pop(Q :: queue()) -> term() | nil | failure().
 pop(?Q(Q)) -> take(Q, none, false);
 pop(_) -> erlang:error(badarg).
 
 %% @doc Like `pop/1', and when this empties the queue, also resets the header to
 %% 16/16/16 so the whole segment is free again.
--spec pop_and_purge(queue()) -> term() | nil | failure().
+-spec pop_and_purge(Q :: queue()) -> term() | nil | failure().
 pop_and_purge(?Q(Q)) -> take(Q, none, true);
 pop_and_purge(_) -> erlang:error(badarg).
 
@@ -346,12 +348,13 @@ pop_and_purge(_) -> erlang:error(badarg).
 %% returns what `Fun' returned (`nil' without calling it if the queue is empty). If `Fun'
 %% raises, the exception reaches the caller and the queue is unchanged. `Fun' may push to
 %% the same queue but must not pop from it.
--spec try_pop(queue(), fun((term()) -> Result)) -> Result | nil | failure().
+-spec try_pop(Q :: queue(), Fun :: fun((term()) -> Result)) -> Result | nil | failure().
 try_pop(?Q(Q), Fun) when is_function(Fun, 1) -> take(Q, Fun, false);
 try_pop(_, _) -> erlang:error(badarg).
 
 %% @doc `try_pop/2' that purges the queue when it becomes empty (see `pop_and_purge/1').
--spec try_pop_and_purge(queue(), fun((term()) -> Result)) -> Result | nil | failure().
+-spec try_pop_and_purge(Q :: queue(), Fun :: fun((term()) -> Result)) ->
+          Result | nil | failure().
 try_pop_and_purge(?Q(Q), Fun) when is_function(Fun, 1) -> take(Q, Fun, true);
 try_pop_and_purge(_, _) -> erlang:error(badarg).
 
@@ -402,7 +405,7 @@ purge_header(Q, S) ->
            fun() -> put_word(Q, 0, S, ?HDR) end]).
 
 %% @doc The oldest term, left in the queue; `nil' if the queue is empty.
--spec peek_front(queue()) -> term() | nil | failure().
+-spec peek_front(Q :: queue()) -> term() | nil | failure().
 peek_front(?Q(Q)) ->
     case header(Q) of
         {ok, {_S, H, H, _N}} -> nil;
@@ -413,7 +416,7 @@ peek_front(_) ->
     erlang:error(badarg).
 
 %% @doc The newest term, left in the queue; `nil' if the queue is empty.
--spec peek_back(queue()) -> term() | nil | failure().
+-spec peek_back(Q :: queue()) -> term() | nil | failure().
 peek_back(?Q(Q)) ->
     case header(Q) of
         {ok, {_S, H, H, _N}} -> nil;
@@ -429,7 +432,7 @@ term_of({error, _} = E) -> E.
 %% @doc Folds `Fun' over the terms from the oldest to the newest, without removing them.
 %% `Fun(Term, Acc)' returns `{cont, Acc1}' to go on or `{halt, Acc1}' to stop; the result
 %% is the last `Acc'. `Fun' must not modify the queue.
--spec peek(queue(), Acc, fold_fun()) -> Acc | failure().
+-spec peek(Q :: queue(), Acc, Fun :: fold_fun()) -> Acc | failure().
 peek(?Q(Q), Acc, Fun) when is_function(Fun, 2) ->
     case header(Q) of
         {ok, {_S, H, T, _N}} -> fold_fwd(Q, H, T, Acc, Fun);
@@ -453,7 +456,7 @@ fold_fwd(Q, Pos, T, Acc, Fun) ->
     end.
 
 %% @doc Like `peek/3', from the newest term to the oldest.
--spec rpeek(queue(), Acc, fold_fun()) -> Acc | failure().
+-spec rpeek(Q :: queue(), Acc, Fun :: fold_fun()) -> Acc | failure().
 rpeek(?Q(Q), Acc, Fun) when is_function(Fun, 2) ->
     case header(Q) of
         {ok, {_S, H, T, _N}} -> fold_back(Q, H, T, Acc, Fun);
@@ -482,7 +485,7 @@ fold_back(Q, H, End, Acc, Fun) ->
 %% empty. If `Fun' raises (or returns anything else), the term it was given stays in the
 %% queue, the ones before are gone, and the exception reaches the caller. Does not purge.
 %% `Fun' may push to the same queue but must not pop from it.
--spec pop(queue(), Acc, fold_fun()) -> Acc | failure().
+-spec pop(Q :: queue(), Acc, Fun :: fold_fun()) -> Acc | failure().
 pop(?Q(Q), Acc, Fun) when is_function(Fun, 2) ->
     pop_fold(Q, Acc, Fun);
 pop(_, _, _) ->
@@ -513,7 +516,7 @@ pop_fold(Q, Acc, Fun) ->
     end.
 
 %% @doc Whether the queue holds no message.
--spec is_empty(queue()) -> boolean() | failure().
+-spec is_empty(Q :: queue()) -> boolean() | failure().
 is_empty(?Q(Q)) ->
     case header(Q) of
         {ok, {_S, H, T, _N}} -> H =:= T;
@@ -523,7 +526,7 @@ is_empty(_) ->
     erlang:error(badarg).
 
 %% @doc The number of messages. Walks the queue: linear in the number of messages.
--spec length(queue()) -> non_neg_integer() | failure().
+-spec length(Q :: queue()) -> non_neg_integer() | failure().
 length(?Q(Q)) ->
     case header(Q) of
         {ok, {_S, H, T, _N}} -> count(Q, H, T, 0);
@@ -543,7 +546,7 @@ count(Q, Pos, T, N) ->
 
 %% @doc Reclaims the whole segment if the queue is empty (resets the header to
 %% 16/16/16) and returns `true'; returns `false', changing nothing, if it is not empty.
--spec purge(queue()) -> boolean() | failure().
+-spec purge(Q :: queue()) -> boolean() | failure().
 purge(?Q(Q)) ->
     case header(Q) of
         {ok, {_S, ?HDR, ?HDR, ?HDR}} ->
@@ -563,7 +566,7 @@ purge(_) ->
 
 %% @doc Drops every message and resets the header to 16/16/16 (with `Size' set to the
 %% mapping's size). Works on a queue whose header went bad while it was open, too.
--spec erase(queue()) -> ok | failure().
+-spec erase(Q :: queue()) -> ok | failure().
 erase(?Q(Q)) ->
     case emmap:info(Q) of
         #{closed := true} -> {error, closed};
@@ -574,7 +577,7 @@ erase(_) ->
 
 %% @doc The header fields as stored: `#{head, tail, next_tail, size}'. Not checked, so
 %% it also shows a corrupt header.
--spec metadata(queue()) -> metadata() | failure().
+-spec metadata(Q :: queue()) -> metadata() | failure().
 metadata(?Q(Q)) ->
     case emmap:pread(Q, 0, ?HDR) of
         {ok, <<S:32, H:32, T:32, N:32>>} -> #{head => H, tail => T, next_tail => N, size => S};
@@ -678,7 +681,8 @@ decode(Body, Sz, Pos) ->
 %% `undefined' for no name. Returns `{error, Reason}' if the queue cannot be opened (the
 %% server then exits with `Reason', which a linked caller that does not trap exits
 %% receives as an exit signal, as with any `gen_server').
--spec start_link(Name, file:name_all(), non_neg_integer(), [emmap:open_option()]) ->
+-spec start_link(Name, File :: file:name_all(), Size :: non_neg_integer(),
+                 Opts :: [emmap:open_option()]) ->
           {ok, pid()} | {error, term()}
       when Name :: undefined | atom() | {local, atom()} | {global, term()}
                  | {via, module(), term()}.
@@ -696,17 +700,17 @@ start_link(_, _, _, _) ->
     erlang:error(badarg).
 
 %% @doc Stops the server, closing the queue.
--spec stop(server()) -> ok.
+-spec stop(Server :: server()) -> ok.
 stop(Server) ->
     gen_server:stop(Server).
 
 %% @doc Appends `Term' to the server's queue (`push/2').
--spec enqueue(server(), term()) -> ok | {error, full} | failure().
+-spec enqueue(Server :: server(), Term :: term()) -> ok | {error, full} | failure().
 enqueue(Server, Term) ->
     gen_server:call(Server, {push, Term}, infinity).
 
 %% @doc Removes and returns the oldest term (`pop_and_purge/1'); `nil' if empty.
--spec dequeue(server()) -> term() | nil | failure().
+-spec dequeue(Server :: server()) -> term() | nil | failure().
 dequeue(Server) ->
     gen_server:call(Server, pop, infinity).
 
@@ -715,7 +719,8 @@ dequeue(Server) ->
 %% queue is empty. An exception in `Fun' is raised again in the caller, with the same
 %% class, reason and stack trace, and the queue is unchanged. `Fun' runs in the server:
 %% it must not call the server, and the server answers nobody else while it runs.
--spec try_dequeue(server(), fun((term()) -> Result)) -> Result | nil | failure().
+-spec try_dequeue(Server :: server(), Fun :: fun((term()) -> Result)) ->
+          Result | nil | failure().
 try_dequeue(Server, Fun) when is_function(Fun, 1) ->
     case gen_server:call(Server, {try_pop, Fun}, infinity) of
         {ok, Res} -> Res;
@@ -725,12 +730,12 @@ try_dequeue(_, _) ->
     erlang:error(badarg).
 
 %% @doc The oldest term, left in the queue (`peek_front/1'); `nil' if empty.
--spec inspect(server()) -> term() | nil | failure().
+-spec inspect(Server :: server()) -> term() | nil | failure().
 inspect(Server) ->
     gen_server:call(Server, peek, infinity).
 
 %% @doc The server's queue header (`metadata/1').
--spec info(server()) -> metadata() | failure().
+-spec info(Server :: server()) -> metadata() | failure().
 info(Server) ->
     gen_server:call(Server, info, infinity).
 
