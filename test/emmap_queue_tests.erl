@@ -88,7 +88,11 @@ walk(B, Pos, T) ->
     ?assertEqual(<<0:(byte_size(Pad) * 8)>>, Pad),
     [{Pos, Bin} | walk(B, Pos + Sz, T)].
 
-all(Q) -> emmap_queue:peek(Q, [], fun(T, A) -> {cont, A ++ [T]} end).
+all(Q) ->
+    case emmap_queue:peek(Q, [], fun(T, A) -> {cont, [T | A]} end) of
+        L when is_list(L) -> lists:reverse(L);
+        Other -> Other
+    end.
 
 %%%===========================================================================
 %%% Byte compatibility
@@ -660,7 +664,8 @@ header_corrupted_while_open_test() ->
             tail = 16 :: non_neg_integer(),
             size = 1024 :: pos_integer(),
             fixed = false :: boolean(),
-            inc = 64 bsl 20 :: pos_integer()}).
+            inc = 64 bsl 20 :: pos_integer(),
+            extra = [] :: [atom()]}).                % more emmap options
 
 prop_queue_test_() ->
     {timeout, 120,
@@ -674,15 +679,17 @@ prop_queue() ->
                     run_case(Cmds))).
 
 config_gen() ->
-    ?BIND({Size, Fixed, Inc},
+    ?BIND({Size, Fixed, Inc, Extra},
           {frequency([{3, elements([16, 64, 100, 1024])}, {2, range(16, 5000)}]),
            frequency([{4, exactly(false)}, {1, exactly(true)}]),
-           elements([64 bsl 20, 300, 4096, 100000])},
+           elements([64 bsl 20, 300, 4096, 100000]),
+           frequency([{4, exactly([])}, {1, elements([[direct], [nolock], [direct, nolock],
+                                                      [populate]])}])},
           exactly(#s{size = case Fixed of true -> Size * 8; false -> Size end,
-                     fixed = Fixed, inc = Inc})).
+                     fixed = Fixed, inc = Inc, extra = Extra})).
 
-opts(#s{fixed = Fixed, inc = Inc}) ->
-    [{max_inc_size, Inc} | [fixed_size || Fixed]].
+opts(#s{fixed = Fixed, inc = Inc, extra = Extra}) ->
+    [{max_inc_size, Inc} | [fixed_size || Fixed]] ++ Extra.
 
 %% The Debian build of PropEr 1.2 calls erlang:get_stacktrace/0 (gone since OTP 23) when a
 %% property raises, so exceptions are caught and reported here.
@@ -1040,7 +1047,7 @@ kill_9_test_() ->
     {timeout, 60,
      fun() ->
              rand:seed(exsss),
-             [crash_round(Mode) || Mode <- [push, mixed, push, mixed, mixed]]
+             [crash_round(Mode) || Mode <- lists:append(lists:duplicate(4, [push, mixed]))]
      end}.
 
 %% The payload of message N: checkable, of varying size (the segment grows meanwhile).
