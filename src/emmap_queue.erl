@@ -686,7 +686,9 @@ decode(Body, Sz, Pos) ->
           {ok, pid()} | {error, term()}
       when Name :: undefined | atom() | {local, atom()} | {global, term()}
                  | {via, module(), term()}.
-start_link(Name, File, Size, Opts) when is_integer(Size), Size >= 0, is_list(Opts) ->
+start_link(Name, File, Size, Opts)
+  when is_list(File) orelse is_binary(File) orelse is_atom(File),
+       is_integer(Size), Size >= 0, is_list(Opts) ->
     Args = {File, Size, Opts},
     case Name of
         undefined -> gen_server:start_link(?MODULE, Args, []);

@@ -413,7 +413,10 @@ bad_arguments_raise_badarg_test() ->
         fun() -> emmap_queue:pop(NotQ) end,
         fun() -> emmap_queue:close(not_a_queue) end,
         fun() -> emmap_queue:metadata(make_ref()) end,
-        fun() -> emmap_queue:start_link("name", tmp(), 1024, []) end
+        fun() -> emmap_queue:start_link("name", tmp(), 1024, []) end,
+        fun() -> emmap_queue:start_link(undefined, {not_a, name}, 1024, []) end,
+        fun() -> emmap_queue:start_link(undefined, tmp(), -1, []) end,
+        fun() -> emmap_queue:start_link(undefined, tmp(), 1024, nolist) end
     ]],
     with_queue(1024, [], fun(Q, _) ->
         [?assertError(badarg, F()) || F <- [
