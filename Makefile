@@ -33,8 +33,8 @@ demo: deps
 	erl -noshell -pa _build/test/lib/emmap/ebin -pa _build/test/lib/emmap/test \
 	    -eval 'emmap_seed_tests:demo(), halt().'
 
-## test: every test: Rust unit tests, clippy/fmt, EUnit (incl. PropEr properties), dialyzer
-test: deps test-rust test-erlang lint
+## test: every check: fmt/clippy/dialyzer, Rust tests, then EUnit (incl. PropEr properties)
+test: deps lint test-rust test-erlang
 
 test-rust:
 	cargo test --quiet --workspace
