@@ -79,6 +79,7 @@ init() ->
 -define(NIF, erlang:nif_error({not_loaded, ?MODULE, ?LINE})).
 
 open_nif(_Path, _Off, _Len, _Opts) -> ?NIF.
+handle_nif(_R) -> ?NIF.
 close_nif(_R) -> ?NIF.
 info_nif(_R) -> ?NIF.
 pread_nif(_R, _Pos, _Len) -> ?NIF.
@@ -199,7 +200,8 @@ pread(?H(R), Pos, Len)
         dirty -> pread_dirty_nif(R, Pos, L);
         Res -> Res
     end;
-pread(?H(_), Pos, Len) when is_integer(Pos), is_integer(Len), Len >= 0 ->
+pread(?H(R), Pos, Len) when is_integer(Pos), is_integer(Len), Len >= 0 ->
+    true = handle_nif(R),
     if Pos < 0 -> {error, einval};
        true -> eof
     end;
@@ -233,7 +235,7 @@ pwrite(?H(R), Pos, Bin) when is_binary(Bin), byte_size(Bin) =< ?DIRTY_WRITE, ?IS
 pwrite(?H(R), Pos, Data) when is_integer(Pos) ->
     Bin = to_binary(Data),
     if
-        Pos < 0; Pos > ?U64MAX -> {error, einval};
+        Pos < 0; Pos > ?U64MAX -> true = handle_nif(R), {error, einval};
         byte_size(Bin) > ?DIRTY_WRITE -> pwrite_dirty_nif(R, Pos, Bin);
         true -> pwrite_nif(R, Pos, Bin)
     end;
@@ -319,7 +321,7 @@ position(?H(R), Where) ->
             _ -> erlang:error(badarg)
         end,
     if
-        Delta < ?I64MIN; Delta > ?I64MAX -> {error, einval};
+        Delta < ?I64MIN; Delta > ?I64MAX -> true = handle_nif(R), {error, einval};
         true -> position_nif(R, Whence, Delta)
     end;
 position(_, _) ->
@@ -360,7 +362,7 @@ advise(?H(R), Off, Len, Advice) when is_integer(Off), is_integer(Len) ->
                _ -> erlang:error(badarg)
            end,
     if
-        Off < 0; Len < 0; Off > ?U64MAX; Len > ?U64MAX -> {error, einval};
+        Off < 0; Len < 0; Off > ?U64MAX; Len > ?U64MAX -> true = handle_nif(R), {error, einval};
         true -> advise_nif(R, Off, Len, Code)
     end;
 advise(_, _, _, _) ->
@@ -369,7 +371,7 @@ advise(_, _, _, _) ->
 %% @doc Not supported: a mapping never shrinks (a binary or another process could still
 %% point past the new end). Always `{error, enotsup}'.
 -spec truncate(mmap_file()) -> {error, enotsup}.
-truncate(?H(_)) -> {error, enotsup};
+truncate(?H(R)) -> true = handle_nif(R), {error, enotsup};
 truncate(_) -> erlang:error(badarg).
 
 %% @doc Grows the mapping: doubles it while it is below `max_inc_size' (default 64 MiB),
@@ -384,10 +386,11 @@ resize(_) -> erlang:error(badarg).
 %% shared file.
 -spec resize(mmap_file(), pos_integer()) -> {ok, pos_integer()} | {error, posix_reason()}.
 resize(?H(R), NewSize) when is_integer(NewSize), NewSize > 0 ->
-    if NewSize > ?U64MAX -> {error, einval};
+    if NewSize > ?U64MAX -> true = handle_nif(R), {error, einval};
        true -> resize_nif(R, NewSize)
     end;
-resize(?H(_), NewSize) when is_integer(NewSize) ->
+resize(?H(R), NewSize) when is_integer(NewSize) ->
+    true = handle_nif(R),
     {error, einval};
 resize(_, _) ->
     erlang:error(badarg).
@@ -424,7 +427,7 @@ atomic(R, Pos, Code, V) when ?IS_POS(Pos), is_integer(V), V >= -?SMALL, V =< ?SM
     patomic_nif(R, Pos, Code, V);
 atomic(R, Pos, Code, V) when is_integer(Pos), is_integer(V) ->
     V1 = to_i64(V),
-    if Pos < 0; Pos > ?U64MAX -> {error, einval};
+    if Pos < 0; Pos > ?U64MAX -> true = handle_nif(R), {error, einval};
        true -> patomic_nif(R, Pos, Code, V1)
     end;
 atomic(_, _, _, _) ->
@@ -470,7 +473,7 @@ patomic_xchg(M, Pos, V) -> patomic(M, Pos, xchg, V).
 patomic_cas(?H(R), Pos, Expected, New) when is_integer(Pos), is_integer(Expected), is_integer(New) ->
     E = to_i64(Expected),
     N = to_i64(New),
-    if Pos < 0; Pos > ?U64MAX -> {error, einval};
+    if Pos < 0; Pos > ?U64MAX -> true = handle_nif(R), {error, einval};
        true -> patomic_cas_nif(R, Pos, E, N)
     end;
 patomic_cas(_, _, _, _) ->
@@ -479,7 +482,7 @@ patomic_cas(_, _, _, _) ->
 %% @doc Atomically loads the signed 64-bit integer at `Pos'.
 -spec patomic_read_integer(mmap_file(), integer()) -> {ok, integer()} | {error, posix_reason()}.
 patomic_read_integer(?H(R), Pos) when is_integer(Pos) ->
-    if Pos < 0; Pos > ?U64MAX -> {error, einval};
+    if Pos < 0; Pos > ?U64MAX -> true = handle_nif(R), {error, einval};
        true -> patomic_read_nif(R, Pos)
     end;
 patomic_read_integer(_, _) ->
@@ -489,7 +492,7 @@ patomic_read_integer(_, _) ->
 -spec patomic_write_integer(mmap_file(), integer(), integer()) -> ok | {error, posix_reason()}.
 patomic_write_integer(?H(R), Pos, Value) when is_integer(Pos), is_integer(Value) ->
     V = to_i64(Value),
-    if Pos < 0; Pos > ?U64MAX -> {error, einval};
+    if Pos < 0; Pos > ?U64MAX -> true = handle_nif(R), {error, einval};
        true -> patomic_write_nif(R, Pos, V)
     end;
 patomic_write_integer(_, _, _) ->

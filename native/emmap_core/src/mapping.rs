@@ -204,11 +204,10 @@ impl Mapping {
         if !meta.is_file() {
             return Err(Error::Einval);
         }
-        let mut fsize = meta.len();
-        if opts.truncate && !created {
-            set_len(&file, 0)?;
-            fsize = 0;
-        }
+        // Decide everything first, change the file last: an open that fails leaves an
+        // existing file as it was (a created one is removed by the caller).
+        let truncate = opts.truncate && !created;
+        let fsize = if truncate { 0 } else { meta.len() };
         let fresh = created || fsize == 0 && (opts.create || opts.truncate);
         let len = if len == 0 {
             fsize
@@ -219,27 +218,42 @@ impl Mapping {
             len
         };
         let end = offset.checked_add(len).ok_or(Error::Einval)?;
-        let len = if end > fsize {
+        let (len, new_size) = if end > fsize {
             if !(fresh || opts.fit) {
                 return Err(Error::Einval);
             }
             if !(opts.write || created) {
                 return Err(Error::Eacces);
             }
-            set_len(&file, end)?;
-            len
+            (len, Some(end))
         } else if end < fsize && opts.fit {
-            fsize - offset
+            (fsize - offset, None)
         } else if end < fsize && offset == 0 {
             // A length other than the file's is a mistake unless `fit` says otherwise;
             // windows into a file start at a non-zero offset.
             return Err(Error::Einval);
         } else {
-            len
+            (len, None)
         };
+        let new_size = if truncate { Some(end) } else { new_size };
         let len = usize::try_from(len).map_err(|_| Error::Einval)?;
         spec.fd = Some(file.as_raw_fd());
+        if new_size.is_some() {
+            // Pages past the current end cannot be prefaulted yet.
+            spec.flags &= !libc::MAP_POPULATE;
+        }
+        // Mapping past the end of the file is allowed; nothing touches those pages until
+        // the file has been sized below.
         let region = Region::map(&spec, len, place)?;
+        if let Some(size) = new_size {
+            if truncate {
+                set_len(&file, 0)?;
+            }
+            set_len(&file, size)?;
+            if opts.populate {
+                let _ = region.advise(0, 0, libc::MADV_WILLNEED);
+            }
+        }
         let unlink = (opts.auto_unlink && created).then(|| UnlinkOnDrop {
             path: path.to_path_buf(),
             dev: meta.dev(),
@@ -542,6 +556,8 @@ impl Mapping {
         if target == old_len {
             return Ok(old_len);
         }
+        // Growing needs write access: to extend the file, and to copy into new memory.
+        self.check_writable()?;
         let file_backed = st.file.is_some() && self.opts.is_shared();
         if file_backed {
             self.check_writable()?;
@@ -554,8 +570,12 @@ impl Mapping {
                 set_len(f, end)?;
             }
         }
+        // A private file mapping cannot grow in place (pages past the file's end would
+        // fault), nor can anonymous shared memory (its backing object keeps its size:
+        // the new pages would fault with SIGBUS). Both get new memory and a copy.
         let private_file = st.file.is_some() && !file_backed;
-        let grown = if private_file {
+        let anon_shared = self.opts.anon && self.opts.is_shared();
+        let grown = if private_file || anon_shared {
             None
         } else {
             old.grow_in_place(target)

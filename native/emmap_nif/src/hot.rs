@@ -181,3 +181,10 @@ raw_nif!("patomic_cas_nif", patomic_cas_nif, 4, |env, a| {
     });
     Some(reply(env, r))
 });
+
+// `true` for an emmap handle, `badarg` for anything else: lets emmap.erl refuse forged
+// handles on paths that answer without calling into the mapping.
+raw_nif!("handle_nif", handle_nif, 1, |env, a| {
+    resource::get(env, a[0])?;
+    Some(raw::atom(atoms::true_()))
+});
