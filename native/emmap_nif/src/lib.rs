@@ -5,6 +5,7 @@
 //! there); anything else that reaches a NIF fails to decode and raises `badarg`.
 
 mod atoms;
+mod blocks;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

@@ -1,0 +1,218 @@
+//! NIFs behind `emmap_blocks.erl`: decode, call `emmap_core::blocks`, encode.
+//!
+//! Every call on a normal scheduler is bounded: a store or read touches one block (blocks
+//! above `DIRTY_COPY` bytes go to a dirty scheduler), and the chunked scans and repairs
+//! stop after a fixed amount of work and hand back a continuation, which the Erlang side
+//! loops over. Growing the mapping (ftruncate, mremap or a copy) is done on a dirty I/O
+//! scheduler: a normal-scheduler store that needs it answers `dirty`.
+
+use emmap_core::blocks::{self, BlockError, Budget, StoreOutcome};
+use rustler::{Atom, Binary, Encoder, Env, NifResult, ResourceArc, Term};
+
+use crate::{atoms, copy_binary, direct_binary, err, Handle, DIRTY_COPY};
+
+/// Bytes one normal-scheduler call may copy or checksum (about 20-50 µs of work).
+const CALL_BYTES: u64 = 128 * 1024;
+/// The same on a dirty scheduler, where only huge blocks go.
+const DIRTY_CALL_BYTES: u64 = 16 * 1024 * 1024;
+/// Blocks one call returns at most (each is a binary, a tuple and a list cell).
+const CALL_BLOCKS: u64 = 1024;
+/// Bitmap words one scan call looks at (262,144 slots: a few µs of loads).
+const CALL_WORDS: u64 = 4096;
+
+fn block_err<'a>(env: Env<'a>, e: BlockError) -> NifResult<Term<'a>> {
+    match e {
+        BlockError::BadSize => Err(rustler::Error::BadArg),
+        BlockError::Map(e) => Ok(err(env, e)),
+        e => Ok((atoms::error(), Atom::from_str(env, e.atom())?).encode(env)),
+    }
+}
+
+/// How many blocks of `size` bytes one call may handle, at most `max`.
+fn per_call(max: u64, size: u64, dirty: bool) -> u64 {
+    let bytes = if dirty { DIRTY_CALL_BYTES } else { CALL_BYTES };
+    max.min(CALL_BLOCKS)
+        .min((bytes / size.max(1)).max(1))
+        .max(1)
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn block_init_nif<'a>(
+    env: Env<'a>,
+    h: &Handle,
+    block_size: u64,
+    max_blocks: u64,
+) -> NifResult<Term<'a>> {
+    let cap = (max_blocks != 0).then_some(max_blocks);
+    match blocks::init(&h.0, block_size, cap) {
+        Ok(_) => Ok(atoms::ok().encode(env)),
+        Err(e) => block_err(env, e),
+    }
+}
+
+fn store_any<'a>(env: Env<'a>, h: &Handle, data: Binary, dirty: bool) -> NifResult<Term<'a>> {
+    match blocks::store(&h.0, data.as_slice(), dirty) {
+        Ok(StoreOutcome::Stored(addr)) => Ok(addr.encode(env)),
+        Ok(StoreOutcome::MustGrow) => Ok(atoms::dirty().encode(env)),
+        Err(e) => block_err(env, e),
+    }
+}
+
+#[rustler::nif]
+fn block_store_nif<'a>(env: Env<'a>, h: &Handle, data: Binary) -> NifResult<Term<'a>> {
+    store_any(env, h, data, false)
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn block_store_dirty_nif<'a>(env: Env<'a>, h: &Handle, data: Binary) -> NifResult<Term<'a>> {
+    store_any(env, h, data, true)
+}
+
+/// In direct mode, the handle itself: binaries are made of it.
+fn direct_res(term: Term) -> NifResult<Option<ResourceArc<Handle>>> {
+    let h: &Handle = term.decode()?;
+    Ok(if h.0.options().direct {
+        Some(term.decode()?)
+    } else {
+        None
+    })
+}
+
+fn read_any<'a>(env: Env<'a>, term: Term<'a>, addr: u64, dirty: bool) -> NifResult<Term<'a>> {
+    let h: &Handle = term.decode()?;
+    let res = direct_res(term)?;
+    let mut too_big = false;
+    let r = blocks::read(&h.0, addr, |b| match &res {
+        Some(res) => direct_binary(env, res, b.as_ptr(), b.len()),
+        None if b.len() > DIRTY_COPY && !dirty => {
+            too_big = true;
+            atoms::dirty().encode(env)
+        }
+        None => copy_binary(env, b),
+    });
+    match r {
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => Ok(atoms::eof().encode(env)),
+        Err(e) => block_err(env, e),
+    }
+}
+
+#[rustler::nif]
+fn block_read_nif<'a>(env: Env<'a>, term: Term<'a>, addr: u64) -> NifResult<Term<'a>> {
+    read_any(env, term, addr, false)
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn block_read_dirty_nif<'a>(env: Env<'a>, term: Term<'a>, addr: u64) -> NifResult<Term<'a>> {
+    read_any(env, term, addr, true)
+}
+
+#[rustler::nif]
+fn block_free_nif<'a>(env: Env<'a>, h: &Handle, addr: u64) -> NifResult<Term<'a>> {
+    match blocks::free(&h.0, addr) {
+        Ok(b) => Ok(b.encode(env)),
+        Err(e) => block_err(env, e),
+    }
+}
+
+fn next_term(env: Env, next: Option<u64>) -> Term {
+    match next {
+        Some(n) => n.encode(env),
+        None => atoms::eof().encode(env),
+    }
+}
+
+/// One bounded step of `read_blocks`: `{[{Addr, Bin}], Next | eof}` with at most `max`
+/// blocks, or `dirty` when blocks are too large to copy here.
+fn chunk_any<'a>(
+    env: Env<'a>,
+    term: Term<'a>,
+    start: u64,
+    max: u64,
+    dirty: bool,
+) -> NifResult<Term<'a>> {
+    let h: &Handle = term.decode()?;
+    let lay = match blocks::layout(&h.0) {
+        Ok(l) => l,
+        Err(e) => return block_err(env, e),
+    };
+    if !dirty && lay.block_size > DIRTY_COPY as u64 {
+        return Ok(atoms::dirty().encode(env));
+    }
+    let n = per_call(max, lay.block_size, dirty);
+    let budget = Budget {
+        blocks: n as usize,
+        checks: n,
+        words: CALL_WORDS,
+    };
+    let res = direct_res(term)?;
+    let r = blocks::scan(&h.0, start, budget, |b| match &res {
+        Some(res) => direct_binary(env, res, b.as_ptr(), b.len()),
+        None => copy_binary(env, b),
+    });
+    match r {
+        Ok((found, next)) => {
+            let list: Vec<Term> = found
+                .into_iter()
+                .map(|(addr, bin)| (addr, bin).encode(env))
+                .collect();
+            Ok((list, next_term(env, next)).encode(env))
+        }
+        Err(e) => block_err(env, e),
+    }
+}
+
+#[rustler::nif]
+fn block_chunk_nif<'a>(env: Env<'a>, term: Term<'a>, start: u64, max: u64) -> NifResult<Term<'a>> {
+    chunk_any(env, term, start, max, false)
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn block_chunk_dirty_nif<'a>(
+    env: Env<'a>,
+    term: Term<'a>,
+    start: u64,
+    max: u64,
+) -> NifResult<Term<'a>> {
+    chunk_any(env, term, start, max, true)
+}
+
+/// One bounded step of `repair_block_storage` over at most `max` slots from `start`:
+/// `Next | eof`, or `dirty` when blocks are too large to checksum here.
+fn repair_any<'a>(
+    env: Env<'a>,
+    h: &Handle,
+    start: u64,
+    max: u64,
+    dirty: bool,
+) -> NifResult<Term<'a>> {
+    let lay = match blocks::layout(&h.0) {
+        Ok(l) => l,
+        Err(e) => return block_err(env, e),
+    };
+    if !dirty && lay.block_size > DIRTY_COPY as u64 {
+        return Ok(atoms::dirty().encode(env));
+    }
+    // No more slots than one call could checksum within its budget if all were in use.
+    let bytes = if dirty { DIRTY_CALL_BYTES } else { CALL_BYTES };
+    let n = max.min((bytes / lay.stride).max(1));
+    match blocks::repair(&h.0, start, n) {
+        Ok((next, _)) => Ok(next_term(env, next)),
+        Err(e) => block_err(env, e),
+    }
+}
+
+#[rustler::nif]
+fn block_repair_nif<'a>(env: Env<'a>, h: &Handle, start: u64, max: u64) -> NifResult<Term<'a>> {
+    repair_any(env, h, start, max, false)
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn block_repair_dirty_nif<'a>(
+    env: Env<'a>,
+    h: &Handle,
+    start: u64,
+    max: u64,
+) -> NifResult<Term<'a>> {
+    repair_any(env, h, start, max, true)
+}
