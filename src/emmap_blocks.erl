@@ -198,8 +198,6 @@ repair_block_storage(?H(R), Start, Max)
 repair_block_storage(_, _, _) ->
     erlang:error(badarg).
 
-repair(_R, eof, _Left) ->
-    eof;
 repair(_R, Next, Left) when is_integer(Left), Left =< 0 ->
     Next;
 repair(R, Start, Left) ->

@@ -243,22 +243,33 @@ misaligned_mapping_test() ->
     end).
 
 anonymous_and_private_mappings_test() ->
-    [begin
-         {ok, M} = emmap:open("", 0, 4096, Opts),
-         ok = ?B:init_block_storage(M, 100, #{max_blocks => 5000}),
-         Addrs = [?B:store_block(M, <<I:800>>) || I <- lists:seq(1, 3000)],
-         ?assertEqual(lists:seq(0, 2999), Addrs),
-         ?assertEqual(<<2000:800>>, ?B:read_block(M, 1999)),
-         ?assertEqual(3000, length(?B:read_blocks(M))),
-         ok = emmap:close(M)
-     end || Opts <- [[anon, write, shared], [anon, write]]],
+    {ok, M} = emmap:open("", 0, 4096, [anon, write]),
+    ok = ?B:init_block_storage(M, 100, #{max_blocks => 5000}),
+    Addrs = [?B:store_block(M, <<I:800>>) || I <- lists:seq(1, 3000)],
+    ?assertEqual(lists:seq(0, 2999), Addrs),
+    ?assertEqual(<<2000:800>>, ?B:read_block(M, 1999)),
+    ?assertEqual(3000, length(?B:read_blocks(M))),
+    ok = emmap:close(M),
     with_file(fun(P) ->
-        {ok, M} = emmap:open(P, 0, 1, [create, write, private]),
-        ok = ?B:init_block_storage(M, 10),
-        [_ = ?B:store_block(M, <<I:80>>) || I <- lists:seq(1, 2000)],
-        ?assertEqual(<<7:80>>, ?B:read_block(M, 6)),
-        ok = emmap:close(M)
+        {ok, Mp} = emmap:open(P, 0, 1, [create, write, private]),
+        ok = ?B:init_block_storage(Mp, 10),
+        [_ = ?B:store_block(Mp, <<I:80>>) || I <- lists:seq(1, 2000)],
+        ?assertEqual(<<7:80>>, ?B:read_block(Mp, 6)),
+        ok = emmap:close(Mp),
+        ?assertEqual(1, filelib:file_size(P))      % private: the file is not touched
     end).
+
+%% Anonymous shared memory is not grown by block storage (see may_resize in blocks.rs):
+%% it behaves as a fixed_size mapping.
+anonymous_shared_mappings_do_not_grow_test() ->
+    {ok, Small} = emmap:open("", 0, 4096, [anon, write, shared]),
+    ?assertEqual({error, fixed_size}, ?B:init_block_storage(Small, 100)),
+    %% 256 bytes of header and bitmap for 1000 slots, then 10 slots of 108 bytes.
+    {ok, M} = emmap:open("", 0, 256 + 10 * 112, [anon, write, shared]),
+    ok = ?B:init_block_storage(M, 100, #{max_blocks => 1000}),
+    ?assertEqual(lists:seq(0, 9), [?B:store_block(M, <<I:800>>) || I <- lists:seq(1, 10)]),
+    ?assertEqual({error, full}, ?B:store_block(M, <<0:800>>)),
+    ok = emmap:close(M).
 
 %% Blocks above 64 KiB are copied and checked on dirty schedulers.
 big_blocks_test() ->

@@ -400,6 +400,26 @@ pub enum Stored {
     Grow { need: u64 },
 }
 
+/// How much one [`Storage::scan`] step may do; each limit is taken as at least 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Blocks returned.
+    pub blocks: usize,
+    /// Set bits looked at (each costs a checksum of one block).
+    pub checks: u64,
+    /// Bitmap words looked at.
+    pub words: u64,
+}
+
+impl Budget {
+    /// No limit but the end of the storage.
+    pub const ALL: Budget = Budget {
+        blocks: usize::MAX,
+        checks: u64::MAX,
+        words: u64::MAX,
+    };
+}
+
 /// What a [`Storage::repair`] pass changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Repaired {
@@ -651,29 +671,29 @@ impl<'a> Storage<'a> {
         Ok(false)
     }
 
-    /// Blocks with addresses from `start` on, in address order: at most `max_blocks` of
-    /// them, looking at no more than `max_words` bitmap words. Returns them with where to
-    /// go on (`None`: the end of the mapped slots was reached).
+    /// Blocks with addresses from `start` on, in address order, within `budget`. Returns
+    /// them with where to go on (`None`: the end of the mapped slots was reached). A call
+    /// always makes progress: the continuation is past `start`.
     pub fn scan<T>(
         &self,
         start: u64,
-        max_blocks: usize,
-        max_words: u64,
+        budget: Budget,
         mut make: impl FnMut(&'a [u8]) -> T,
     ) -> Result<Chunk<T>> {
         let end = self.mapped;
         let mut out = Vec::new();
-        if start >= end || max_blocks == 0 {
-            return Ok((out, (start < end).then_some(start)));
+        if start >= end {
+            return Ok((out, None));
         }
+        let (mut words, mut checks) = (budget.words.max(1), budget.checks.max(1));
+        let max_blocks = budget.blocks.max(1);
         let mut w = start / 64;
         let mut from = start % 64;
-        let mut looked = 0u64;
         while w * 64 < end {
-            if looked >= max_words.max(1) {
+            if words == 0 {
                 return Ok((out, Some(w * 64)));
             }
-            looked += 1;
+            words -= 1;
             let mut bits = self.bit_word(w)?.load(Ordering::Acquire)
                 & self.lay.valid_bits(w)
                 & (u64::MAX << from);
@@ -686,10 +706,11 @@ impl<'a> Storage<'a> {
                 }
                 if let Some(v) = self.read(addr, &mut make)? {
                     out.push((addr, v));
-                    if out.len() >= max_blocks {
-                        let next = addr + 1;
-                        return Ok((out, (next < end).then_some(next)));
-                    }
+                }
+                checks -= 1;
+                if out.len() >= max_blocks || checks == 0 {
+                    let next = addr + 1;
+                    return Ok((out, (next < end).then_some(next)));
                 }
             }
             w += 1;
@@ -775,6 +796,15 @@ fn check_writable(m: &Mapping) -> Result<()> {
     }
 }
 
+/// Whether block storage grows `m` through `resize`. Not with `fixed_size`, and not for
+/// anonymous shared memory either: `Mapping::resize` may grow such a mapping in place with
+/// `mremap`, which does not grow the shmem object behind it, so the new pages raise SIGBUS
+/// when touched. Until `resize` avoids that, these mappings act as `fixed_size` here.
+fn may_resize(m: &Mapping) -> bool {
+    let o = m.options();
+    !(o.fixed_size || o.anon && o.is_shared())
+}
+
 /// Grows `m` to hold at least `need` bytes: by the mapping's usual step (its size, at most
 /// `max_inc_size`, at least 64 KiB), never past `total`. `fixed_size` means full.
 fn grow(m: &Mapping, need: u64, total: u64) -> Result<()> {
@@ -782,7 +812,7 @@ fn grow(m: &Mapping, need: u64, total: u64) -> Result<()> {
     if cur >= need {
         return Ok(());
     }
-    if m.options().fixed_size {
+    if !may_resize(m) {
         return Err(BlockError::Full);
     }
     let step = cur.max(64 * 1024).min(m.options().max_inc_size.max(1));
@@ -829,7 +859,7 @@ pub fn init(m: &Mapping, block_size: u64, capacity: Option<u64>) -> Result<Layou
             return Storage::format(mem, lay).map(|s| *s.layout());
         }
         drop(a);
-        if m.options().fixed_size {
+        if !may_resize(m) {
             return Err(BlockError::Map(Error::FixedSize));
         }
         match m.resize(lay.data_off) {
@@ -860,7 +890,7 @@ pub fn store(m: &Mapping, data: &[u8], may_grow: bool) -> Result<StoreOutcome> {
         match r {
             Stored::At(addr) => return Ok(StoreOutcome::Stored(addr)),
             Stored::Grow { .. } if !may_grow => {
-                if m.options().fixed_size {
+                if !may_resize(m) {
                     return Err(BlockError::Full);
                 }
                 return Ok(StoreOutcome::MustGrow);
@@ -898,12 +928,11 @@ pub fn free(m: &Mapping, addr: u64) -> Result<bool> {
 pub fn scan<T>(
     m: &Mapping,
     start: u64,
-    max_blocks: usize,
-    max_words: u64,
+    budget: Budget,
     make: impl FnMut(&[u8]) -> T,
 ) -> Result<Chunk<T>> {
     mark_exported(m)?;
-    with_storage(m, |s| s.scan(start, max_blocks, max_words, make))
+    with_storage(m, |s| s.scan(start, budget, make))
 }
 
 /// One bounded step of `repair_block_storage`: see [`Storage::repair`].

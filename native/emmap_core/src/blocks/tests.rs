@@ -40,7 +40,7 @@ fn block(rng: &mut Rng, lay: &Layout) -> Vec<u8> {
 }
 
 fn all_blocks(s: &Storage<'_>) -> Vec<(u64, Vec<u8>)> {
-    s.scan(0, usize::MAX, u64::MAX, |b| b.to_vec()).unwrap().0
+    s.scan(0, Budget::ALL, |b| b.to_vec()).unwrap().0
 }
 
 // ------------------------------------------------------------------------------ layout
@@ -244,7 +244,7 @@ fn garbage_regions_never_panic_and_repair_to_consistency() {
             let a = rng.below(cap + 10);
             let _ = s.read(a, |b| b.len()).unwrap();
         }
-        let (listed, _) = s.scan(0, usize::MAX, u64::MAX, |b| b.to_vec()).unwrap();
+        let (listed, _) = s.scan(0, Budget::ALL, |b| b.to_vec()).unwrap();
         for (a, b) in &listed {
             assert_eq!(s.read(*a, |x| x.to_vec()).unwrap().as_ref(), Some(b));
         }
@@ -340,15 +340,27 @@ fn scan_respects_both_budgets_and_continues_exactly() {
             model.remove(&i);
         }
     }
-    for (max_blocks, max_words) in [(1, 1), (1, 100), (3, 1), (5, 2), (1000, 1), (usize::MAX, 3)] {
+    let budgets = [
+        (1, 1, 1),
+        (1, 100, 100),
+        (3, 1, 1),
+        (5, 9, 2),
+        (1000, 2, 1000),
+        (1000, 1000, 1),
+        (usize::MAX, u64::MAX, 3),
+    ];
+    for (blocks, checks, words) in budgets {
         let mut got = Vec::new();
         let mut at = Some(0);
         let mut calls = 0;
         while let Some(start) = at {
-            let (v, next) = s
-                .scan(start, max_blocks, max_words, |b| b.to_vec())
-                .unwrap();
-            assert!(v.len() <= max_blocks);
+            let b = Budget {
+                blocks,
+                checks,
+                words,
+            };
+            let (v, next) = s.scan(start, b, |b| b.to_vec()).unwrap();
+            assert!(v.len() <= blocks && v.len() as u64 <= checks);
             assert!(v.iter().all(|(a, _)| *a >= start));
             if let Some(n) = next {
                 assert!(n > start, "progress");
@@ -357,12 +369,15 @@ fn scan_respects_both_budgets_and_continues_exactly() {
             at = next;
             calls += 1;
         }
-        assert!(calls <= 1000 + 16);
+        assert!(calls <= 2000 + 16);
         assert_eq!(got, model.clone().into_iter().collect::<Vec<_>>());
     }
-    assert_eq!(s.scan(1000, 10, 10, |b| b.len()).unwrap(), (vec![], None));
     assert_eq!(
-        s.scan(u64::MAX, 10, 10, |b| b.len()).unwrap(),
+        s.scan(1000, Budget::ALL, |b| b.len()).unwrap(),
+        (vec![], None)
+    );
+    assert_eq!(
+        s.scan(u64::MAX, Budget::ALL, |b| b.len()).unwrap(),
         (vec![], None)
     );
 }
@@ -513,10 +528,12 @@ fn random_operations_match_a_map_model() {
                 }
                 8 => {
                     let start = rng.below(cap + 2);
-                    let max = 1 + rng.below(20) as usize;
-                    let (v, next) = s
-                        .scan(start, max, 1 + rng.below(4), |b| b.to_vec())
-                        .unwrap();
+                    let b = Budget {
+                        blocks: 1 + rng.below(20) as usize,
+                        checks: 1 + rng.below(30),
+                        words: 1 + rng.below(4),
+                    };
+                    let (v, next) = s.scan(start, b, |b| b.to_vec()).unwrap();
                     let want: Vec<_> = model
                         .range(start..)
                         .take(v.len())
@@ -608,7 +625,7 @@ fn mapping_grows_persists_and_reopens() {
     let m = Mapping::open(Some(&p), 0, 0, opts(&["write", "shared"])).unwrap();
     assert_eq!(read(&m, 7, |b| b.to_vec()), Ok(None));
     assert_eq!(read(&m, 499, |b| b.to_vec()), Ok(Some(vec![243; 1531])));
-    let (v, next) = scan(&m, 0, 1000, 100, |b| b[0]).unwrap();
+    let (v, next) = scan(&m, 0, Budget::ALL, |b| b[0]).unwrap();
     assert_eq!(v.len(), 499);
     assert_eq!(next, None);
     assert_eq!(repair(&m, 0, u64::MAX).map(|r| r.1.dropped), Ok(0));
@@ -664,27 +681,47 @@ fn fixed_size_mappings_fill_up_and_bad_arguments_are_refused() {
 }
 
 #[test]
-fn anonymous_and_private_mappings_grow_by_copying() {
-    for o in [&["anon", "write", "shared"][..], &["anon", "write"][..]] {
-        let m = Mapping::open(None, 0, 4096, opts(o)).unwrap();
-        init(&m, 40, Some(5000)).unwrap();
-        for i in 0..3000u64 {
-            let data = [(i % 256) as u8; 40];
-            assert_eq!(store(&m, &data, true), Ok(StoreOutcome::Stored(i)));
-        }
-        for i in (0..3000u64).step_by(97) {
-            assert_eq!(read(&m, i, |b| b[0]), Ok(Some((i % 256) as u8)));
-        }
-        for _ in 0..2000 {
-            assert_eq!(store(&m, &[0; 40], true).map(|_| ()), Ok(()));
-        }
-        assert_eq!(store(&m, &[0; 40], true), Err(BlockError::Full));
+fn anonymous_private_mappings_grow_by_copying() {
+    let m = Mapping::open(None, 0, 4096, opts(&["anon", "write"])).unwrap();
+    init(&m, 40, Some(5000)).unwrap();
+    for i in 0..3000u64 {
+        let data = [(i % 256) as u8; 40];
+        assert_eq!(store(&m, &data, true), Ok(StoreOutcome::Stored(i)));
     }
+    for i in (0..3000u64).step_by(97) {
+        assert_eq!(read(&m, i, |b| b[0]), Ok(Some((i % 256) as u8)));
+    }
+    for _ in 0..2000 {
+        assert_eq!(store(&m, &[0; 40], true).map(|_| ()), Ok(()));
+    }
+    assert_eq!(store(&m, &[0; 40], true), Err(BlockError::Full));
+}
+
+/// Anonymous shared memory is never resized by block storage (in-place `mremap` growth of
+/// it would leave pages past the shmem object, which raise SIGBUS): it acts as fixed-size.
+#[test]
+fn anonymous_shared_mappings_do_not_grow() {
+    let lay = Layout::new(40, 5000).unwrap();
+    let size = lay.data_off + 100 * lay.stride;
+    let small = Mapping::open(None, 0, 4096, opts(&["anon", "write", "shared"])).unwrap();
+    // The default capacity's bitmap needs 33 KiB.
+    assert_eq!(
+        init(&small, 40, None),
+        Err(BlockError::Map(Error::FixedSize))
+    );
+    let m = Mapping::open(None, 0, size, opts(&["anon", "write", "shared"])).unwrap();
+    init(&m, 40, Some(5000)).unwrap();
+    for i in 0..100u64 {
+        assert_eq!(store(&m, &[1; 40], true), Ok(StoreOutcome::Stored(i)));
+    }
+    assert_eq!(store(&m, &[1; 40], true), Err(BlockError::Full));
+    assert_eq!(store(&m, &[1; 40], false), Err(BlockError::Full));
+    assert_eq!(m.size().unwrap() as u64, size);
 }
 
 #[test]
 fn direct_mode_reads_point_into_the_mapping_and_survive_growth() {
-    let m = Mapping::open(None, 0, 4096, opts(&["anon", "write", "shared", "direct"])).unwrap();
+    let m = Mapping::open(None, 0, 4096, opts(&["anon", "write", "direct"])).unwrap();
     init(&m, 8, Some(100_000)).unwrap();
     assert_eq!(store(&m, b"12345678", true), Ok(StoreOutcome::Stored(0)));
     let (p, n) = read(&m, 0, |b| (b.as_ptr() as usize, b.len()))
