@@ -107,7 +107,11 @@ read_block(_, _) ->
 %% @doc Frees the block at `Addr': `true' if there was one, `false' if there was none.
 -spec free_block(emmap:mmap_file(), integer()) -> boolean() | {error, block_error()}.
 free_block(?H(R), Addr) when is_integer(Addr) ->
-    emmap:block_free_nif(R, addr(Addr));
+    A = addr(Addr),
+    case emmap:block_free_nif(R, A) of
+        dirty -> emmap:block_free_dirty_nif(R, A);
+        Res -> Res
+    end;
 free_block(_, _) ->
     erlang:error(badarg).
 

@@ -6,7 +6,7 @@
 %%% Include this file before the first function definition of the including module.
 
 -export([block_init_nif/3, block_store_nif/2, block_store_dirty_nif/2,
-         block_read_nif/2, block_read_dirty_nif/2, block_free_nif/2,
+         block_read_nif/2, block_read_dirty_nif/2, block_free_nif/2, block_free_dirty_nif/2,
          block_chunk_nif/3, block_chunk_dirty_nif/3,
          block_repair_nif/3, block_repair_dirty_nif/3]).
 
@@ -28,8 +28,11 @@ block_read_nif(_R, _Addr) -> ?BLOCK_NIF.
 -spec block_read_dirty_nif(reference(), non_neg_integer()) -> binary() | eof | {error, atom()}.
 block_read_dirty_nif(_R, _Addr) -> ?BLOCK_NIF.
 %% @private
--spec block_free_nif(reference(), non_neg_integer()) -> boolean() | {error, atom()}.
+-spec block_free_nif(reference(), non_neg_integer()) -> boolean() | dirty | {error, atom()}.
 block_free_nif(_R, _Addr) -> ?BLOCK_NIF.
+%% @private
+-spec block_free_dirty_nif(reference(), non_neg_integer()) -> boolean() | {error, atom()}.
+block_free_dirty_nif(_R, _Addr) -> ?BLOCK_NIF.
 %% @private
 -spec block_chunk_nif(reference(), non_neg_integer(), pos_integer()) ->
           {[{non_neg_integer(), binary()}], non_neg_integer() | eof} | dirty | {error, atom()}.

@@ -272,8 +272,11 @@ anonymous_shared_mappings_do_not_grow_test() ->
     ok = emmap:close(M).
 
 %% Blocks above 64 KiB are copied and checked on dirty schedulers.
-big_blocks_test() ->
-    with_storage(100000, #{max_blocks => 20}, [], fun(M, _) ->
+big_blocks_test_() ->
+    [fun() -> big_blocks(Opts) end || Opts <- [[], [direct]]].
+
+big_blocks(Opts) ->
+    with_storage(100000, #{max_blocks => 20}, Opts, fun(M, _) ->
         Bins = [rand:bytes(100000) || _ <- lists:seq(1, 20)],
         ?assertEqual(lists:seq(0, 19), [?B:store_block(M, B) || B <- Bins]),
         ?assertEqual({error, full}, ?B:store_block(M, hd(Bins))),

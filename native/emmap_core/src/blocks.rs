@@ -64,6 +64,9 @@ pub enum BlockError {
     Mismatch,
     /// A block whose length is not the storage's block size (`badarg` in Erlang).
     BadSize,
+    /// The storage's blocks are larger than the caller's limit (a NIF on a normal
+    /// scheduler): nothing was done, retry without the limit on a dirty scheduler.
+    TooBig,
     /// An error of the mapping itself (closed, eacces, alignment, fixed_size, ...).
     Map(Error),
 }
@@ -77,6 +80,7 @@ impl BlockError {
             BlockError::Full => "full",
             BlockError::Mismatch => "mismatch",
             BlockError::BadSize => "badarg",
+            BlockError::TooBig => "dirty",
             BlockError::Map(e) => e.atom(),
         }
     }
@@ -911,17 +915,31 @@ fn mark_exported(m: &Mapping) -> Result<()> {
     Ok(())
 }
 
-/// `read_block`: `f` gets the block's bytes inside the mapping (in direct mode they stay
-/// mapped until the handle is dropped), `None` if there is no block at `addr`.
-pub fn read<T>(m: &Mapping, addr: u64, f: impl FnMut(&[u8]) -> T) -> Result<Option<T>> {
-    mark_exported(m)?;
-    with_storage(m, |s| s.read(addr, f))
+fn within(s: &Storage<'_>, limit: u64) -> Result<()> {
+    if s.layout().block_size > limit {
+        return Err(BlockError::TooBig);
+    }
+    Ok(())
 }
 
-/// `free_block`.
-pub fn free(m: &Mapping, addr: u64) -> Result<bool> {
+/// `read_block`: `f` gets the block's bytes inside the mapping (in direct mode they stay
+/// mapped until the handle is dropped), `None` if there is no block at `addr`.
+/// `Err(TooBig)`, having done nothing, if blocks are larger than `limit` bytes.
+pub fn read<T>(m: &Mapping, addr: u64, limit: u64, f: impl FnMut(&[u8]) -> T) -> Result<Option<T>> {
+    mark_exported(m)?;
+    with_storage(m, |s| {
+        within(s, limit)?;
+        s.read(addr, f)
+    })
+}
+
+/// `free_block`; `Err(TooBig)`, having done nothing, if blocks are larger than `limit`.
+pub fn free(m: &Mapping, addr: u64, limit: u64) -> Result<bool> {
     check_writable(m)?;
-    with_storage(m, |s| s.free(addr))
+    with_storage(m, |s| {
+        within(s, limit)?;
+        s.free(addr)
+    })
 }
 
 /// One bounded step of `read_blocks`: see [`Storage::scan`].

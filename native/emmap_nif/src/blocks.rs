@@ -1,7 +1,8 @@
 //! NIFs behind `emmap_blocks.erl`: decode, call `emmap_core::blocks`, encode.
 //!
-//! Every call on a normal scheduler is bounded: a store or read touches one block (blocks
-//! above `DIRTY_COPY` bytes go to a dirty scheduler), and the chunked scans and repairs
+//! Every call on a normal scheduler is bounded: a store, read or free touches one block
+//! (storages of blocks above `DIRTY_COPY` bytes answer `dirty`, and the Erlang side calls
+//! the dirty-scheduler variant), and the chunked scans and repairs
 //! stop after a fixed amount of work and hand back a continuation, which the Erlang side
 //! loops over. Growing the mapping (ftruncate, mremap or a copy) is done on a dirty I/O
 //! scheduler: a normal-scheduler store that needs it answers `dirty`.
@@ -23,6 +24,7 @@ const CALL_WORDS: u64 = 4096;
 fn block_err<'a>(env: Env<'a>, e: BlockError) -> NifResult<Term<'a>> {
     match e {
         BlockError::BadSize => Err(rustler::Error::BadArg),
+        BlockError::TooBig => Ok(atoms::dirty().encode(env)),
         BlockError::Map(e) => Ok(err(env, e)),
         e => Ok((atoms::error(), Atom::from_str(env, e.atom())?).encode(env)),
     }
@@ -78,16 +80,20 @@ fn direct_res(term: Term) -> NifResult<Option<ResourceArc<Handle>>> {
     })
 }
 
+/// The block size above which a normal-scheduler call answers `dirty`.
+fn limit(dirty: bool) -> u64 {
+    if dirty {
+        u64::MAX
+    } else {
+        DIRTY_COPY as u64
+    }
+}
+
 fn read_any<'a>(env: Env<'a>, term: Term<'a>, addr: u64, dirty: bool) -> NifResult<Term<'a>> {
     let h: &Handle = term.decode()?;
     let res = direct_res(term)?;
-    let mut too_big = false;
-    let r = blocks::read(&h.0, addr, |b| match &res {
+    let r = blocks::read(&h.0, addr, limit(dirty), |b| match &res {
         Some(res) => direct_binary(env, res, b.as_ptr(), b.len()),
-        None if b.len() > DIRTY_COPY && !dirty => {
-            too_big = true;
-            atoms::dirty().encode(env)
-        }
         None => copy_binary(env, b),
     });
     match r {
@@ -107,12 +113,21 @@ fn block_read_dirty_nif<'a>(env: Env<'a>, term: Term<'a>, addr: u64) -> NifResul
     read_any(env, term, addr, true)
 }
 
-#[rustler::nif]
-fn block_free_nif<'a>(env: Env<'a>, h: &Handle, addr: u64) -> NifResult<Term<'a>> {
-    match blocks::free(&h.0, addr) {
+fn free_any<'a>(env: Env<'a>, h: &Handle, addr: u64, dirty: bool) -> NifResult<Term<'a>> {
+    match blocks::free(&h.0, addr, limit(dirty)) {
         Ok(b) => Ok(b.encode(env)),
         Err(e) => block_err(env, e),
     }
+}
+
+#[rustler::nif]
+fn block_free_nif<'a>(env: Env<'a>, h: &Handle, addr: u64) -> NifResult<Term<'a>> {
+    free_any(env, h, addr, false)
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn block_free_dirty_nif<'a>(env: Env<'a>, h: &Handle, addr: u64) -> NifResult<Term<'a>> {
+    free_any(env, h, addr, true)
 }
 
 fn next_term(env: Env, next: Option<u64>) -> Term {

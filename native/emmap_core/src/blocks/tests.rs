@@ -606,7 +606,10 @@ fn mapping_grows_persists_and_reopens() {
     let o = opts(&["create", "write", "shared"]);
     let m = Mapping::open(Some(&p), 0, 1, o.clone()).unwrap();
     assert_eq!(layout(&m), Err(BlockError::NotInitialized));
-    assert_eq!(read(&m, 0, |b| b.to_vec()), Err(BlockError::NotInitialized));
+    assert_eq!(
+        read(&m, 0, u64::MAX, |b| b.to_vec()),
+        Err(BlockError::NotInitialized)
+    );
     let lay = init(&m, 1531, None).unwrap();
     assert_eq!(lay.capacity, DEFAULT_CAPACITY);
     assert_eq!(m.size().unwrap() as u64, lay.data_off);
@@ -620,11 +623,18 @@ fn mapping_grows_persists_and_reopens() {
         assert_eq!(store(&m, &data, true), Ok(StoreOutcome::Stored(i)));
     }
     assert!(m.size().unwrap() as u64 >= lay.slot_end(499).unwrap());
-    assert_eq!(free(&m, 7), Ok(true));
+    // A caller that cannot afford 1531-byte blocks is told so, and nothing happens.
+    assert_eq!(read(&m, 7, 1530, |b| b.len()), Err(BlockError::TooBig));
+    assert_eq!(free(&m, 7, 1530), Err(BlockError::TooBig));
+    assert_eq!(read(&m, 7, 1531, |b| b.len()), Ok(Some(1531)));
+    assert_eq!(free(&m, 7, u64::MAX), Ok(true));
     drop(m);
     let m = Mapping::open(Some(&p), 0, 0, opts(&["write", "shared"])).unwrap();
-    assert_eq!(read(&m, 7, |b| b.to_vec()), Ok(None));
-    assert_eq!(read(&m, 499, |b| b.to_vec()), Ok(Some(vec![243; 1531])));
+    assert_eq!(read(&m, 7, u64::MAX, |b| b.to_vec()), Ok(None));
+    assert_eq!(
+        read(&m, 499, u64::MAX, |b| b.to_vec()),
+        Ok(Some(vec![243; 1531]))
+    );
     let (v, next) = scan(&m, 0, Budget::ALL, |b| b[0]).unwrap();
     assert_eq!(v.len(), 499);
     assert_eq!(next, None);
@@ -632,10 +642,10 @@ fn mapping_grows_persists_and_reopens() {
     assert_eq!(store(&m, &[0; 1531], true), Ok(StoreOutcome::Stored(7)));
     // Read-only handles read but neither store, free, repair nor init.
     let ro = Mapping::open(Some(&p), 0, 0, opts(&["shared"])).unwrap();
-    assert_eq!(read(&ro, 7, |b| b.len()), Ok(Some(1531)));
+    assert_eq!(read(&ro, 7, u64::MAX, |b| b.len()), Ok(Some(1531)));
     let eacces = Some(BlockError::Map(Error::Eacces));
     assert_eq!(store(&ro, &[0; 1531], true).err(), eacces);
-    assert_eq!(free(&ro, 7).err(), eacces);
+    assert_eq!(free(&ro, 7, u64::MAX).err(), eacces);
     assert_eq!(init(&ro, 1531, None).err(), eacces);
     assert_eq!(repair(&ro, 0, 10).err(), eacces);
     m.close();
@@ -676,7 +686,7 @@ fn fixed_size_mappings_fill_up_and_bad_arguments_are_refused() {
     assert_eq!(store(&m, &[0; 100], true), Err(BlockError::Full));
     assert_eq!(store(&m, &[0; 100], false), Err(BlockError::Full));
     assert_eq!(store(&m, &[0; 99], true), Err(BlockError::BadSize));
-    assert_eq!(free(&m, 3), Ok(true));
+    assert_eq!(free(&m, 3, u64::MAX), Ok(true));
     assert_eq!(store(&m, &[0; 100], true), Ok(StoreOutcome::Stored(3)));
 }
 
@@ -689,7 +699,7 @@ fn anonymous_private_mappings_grow_by_copying() {
         assert_eq!(store(&m, &data, true), Ok(StoreOutcome::Stored(i)));
     }
     for i in (0..3000u64).step_by(97) {
-        assert_eq!(read(&m, i, |b| b[0]), Ok(Some((i % 256) as u8)));
+        assert_eq!(read(&m, i, u64::MAX, |b| b[0]), Ok(Some((i % 256) as u8)));
     }
     for _ in 0..2000 {
         assert_eq!(store(&m, &[0; 40], true).map(|_| ()), Ok(()));
@@ -724,7 +734,7 @@ fn direct_mode_reads_point_into_the_mapping_and_survive_growth() {
     let m = Mapping::open(None, 0, 4096, opts(&["anon", "write", "direct"])).unwrap();
     init(&m, 8, Some(100_000)).unwrap();
     assert_eq!(store(&m, b"12345678", true), Ok(StoreOutcome::Stored(0)));
-    let (p, n) = read(&m, 0, |b| (b.as_ptr() as usize, b.len()))
+    let (p, n) = read(&m, 0, u64::MAX, |b| (b.as_ptr() as usize, b.len()))
         .unwrap()
         .unwrap();
     for _ in 0..50_000 {
