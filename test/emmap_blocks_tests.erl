@@ -8,7 +8,7 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
--export([crash_child/3]).
+-export([crash_child/4]).
 
 -define(B, emmap_blocks).
 
@@ -317,7 +317,7 @@ direct_mode_reads_point_into_the_mapping_test() ->
 
 proper_model_test_() ->
     {timeout, 300, fun() ->
-        ?assert(proper:quickcheck(prop_model(), [{numtests, 200}, {to_file, user}]))
+        ?assert(proper:quickcheck(prop_model(), [{numtests, 500}, {to_file, user}]))
     end}.
 
 prop_model() ->
@@ -498,42 +498,47 @@ worker(M, W, N, Mine) ->
 %%% bytes, every acknowledged free is gone, and nothing else is.
 %%%---------------------------------------------------------------------------
 
--define(CRASH_BS, 200).
-
 crash_test_() ->
     {timeout, 60, fun() ->
         T0 = erlang:monotonic_time(millisecond),
-        Acked = [crash_round(Seed) || Seed <- lists:seq(1, 6)],
+        %% Small blocks give many operations per round; with 1 MiB blocks the child
+        %% spends much of its time inside store (copying and checksumming on a dirty
+        %% scheduler), so that the kill often interrupts one.
+        Small = [{Seed, 200, 300, KillAt} || {Seed, KillAt} <- [{1, 2000}, {2, 900}, {3, 3100}]],
+        Big = [{Seed, 1 bsl 20, 16, 20 + Seed * 37 rem 100} || Seed <- lists:seq(4, 12)],
+        Rounds = [crash_round(Seed, BS, MaxLive, KillAt)
+                  || {Seed, BS, MaxLive, KillAt} <- Small ++ Big],
         Ms = erlang:monotonic_time(millisecond) - T0,
-        ?debugFmt("crash rounds: acknowledged ops ~w, ~w ms", [Acked, Ms]),
+        %% For each round: acknowledged operations, operations done past the last
+        %% acknowledgement, and whether repair had to clear bits (an interrupted call).
+        ?debugFmt("crash rounds {acked, unacked done, repaired}: ~w, ~w ms", [Rounds, Ms]),
         ?assert(Ms < 20000)
     end}.
 
-crash_round(Seed) ->
+crash_round(Seed, BS, MaxLive, KillAt) ->
     P = tmp(),
     try
         {ok, M0} = emmap:open(P, 0, 1, [create, write, shared]),
-        ok = ?B:init_block_storage(M0, ?CRASH_BS),
+        ok = ?B:init_block_storage(M0, BS),
         ok = emmap:close(M0),
         Erl = os:find_executable("erl"),
         Paths = lists:append([["-pa", filename:dirname(code:which(Mod))]
                               || Mod <- [emmap, ?MODULE]]),
-        Eval = lists:flatten(io_lib:format("~w:crash_child(~p, ~w, ~w)",
-                                           [?MODULE, P, Seed, ?CRASH_BS])),
+        Eval = lists:flatten(io_lib:format("~w:crash_child(~p, ~w, ~w, ~w)",
+                                           [?MODULE, P, Seed, BS, MaxLive])),
         Port = open_port({spawn_executable, Erl},
                          [{args, ["-noshell" | Paths] ++ ["-eval", Eval]},
                           {line, 256}, binary, exit_status, use_stdio]),
         OsPid = receive {Port, {data, {eol, <<"pid ", Pid/binary>>}}} -> Pid
                 after 20000 -> erlang:error(child_did_not_start)
                 end,
-        %% Let it run until a random number of acknowledgements (or time) has passed.
-        KillAt = 200 + (Seed * 7919) rem 3000,
+        %% Let it run until a number of acknowledgements (or time) has passed.
         Lines0 = collect_acks(Port, KillAt, []),
         _ = os:cmd("kill -9 " ++ binary_to_list(OsPid)),
         Lines = drain(Port, Lines0),
         Acks = [parse_ack(L) || L <- lists:reverse(Lines)],
-        check_after_crash(P, Seed, Acks),
-        length(Acks)
+        {K, Repaired} = check_after_crash(P, Seed, BS, MaxLive, Acks),
+        {length(Acks), K - length(Acks), Repaired}
     after
         file:delete(P)
     end.
@@ -562,16 +567,27 @@ parse_ack(L) ->
     [Kind, N, A] = binary:split(L, <<" ">>, [global]),
     {binary_to_atom(Kind), binary_to_integer(N), binary_to_integer(A)}.
 
-crash_data(N) ->
-    <<N:64, (binary:copy(<<(N rem 251)>>, ?CRASH_BS - 8))/binary>>.
+%% The bytes of the child's N-th operation: N at both ends of a fixed filler (built once
+%% per process, so that making a block costs one copy).
+crash_data(N, BS) ->
+    Filler = case get({crash_filler, BS}) of
+                 undefined ->
+                     F = binary:part(binary:copy(<<"emmap crash test">>, BS div 16 + 1),
+                                     0, BS - 16),
+                     put({crash_filler, BS}, F),
+                     F;
+                 F ->
+                     F
+             end,
+    <<N:64, Filler/binary, N:64>>.
 
 %% The child's choice of operation: a pure function of the random state and the live
 %% blocks, so that the parent can replay it. Returns `{Op, State}'.
-crash_next(Live, S) ->
+crash_next(Live, S, MaxLive) ->
     {X, S1} = rand:uniform_s(100, S),
     Size = map_size(Live),
     if
-        Size =:= 0; X =< 55, Size < 300 ->
+        Size =:= 0; X =< 55, Size < MaxLive ->
             {store, S1};
         true ->
             {I, S2} = rand:uniform_s(Size, S1),
@@ -579,35 +595,50 @@ crash_next(Live, S) ->
     end.
 
 %% @doc Body of the child VM: stores and frees forever, one acknowledgement per call.
-crash_child(Path, Seed, BS) ->
+%% Acknowledgements go straight to file descriptor 1 through a port (not through the I/O
+%% server), so that the child spends most of its time inside store and free.
+crash_child(Path, Seed, BS, MaxLive) ->
     {ok, M} = emmap:open(Path, [read, write, shared]),
-    io:put_chars(["pid ", os:getpid(), "\n"]),
-    crash_loop(M, BS, 1, #{}, rand:seed_s(exsss, Seed)).
+    Out = open_port({fd, 0, 1}, [out, binary]),
+    true = port_command(Out, ["pid ", os:getpid(), "\n"]),
+    crash_loop(M, Out, {BS, MaxLive}, 1, #{}, rand:seed_s(exsss, Seed)).
 
-crash_loop(M, BS, N, Live, S) ->
-    case crash_next(Live, S) of
+crash_loop(M, Out, {BS, MaxLive} = G, N, Live, S) ->
+    case crash_next(Live, S, MaxLive) of
         {store, S1} ->
-            A = ?B:store_block(M, crash_data(N)),
-            io:put_chars(["s ", integer_to_list(N), " ", integer_to_list(A), "\n"]),
-            crash_loop(M, BS, N + 1, Live#{A => N}, S1);
+            A = ?B:store_block(M, crash_data(N, BS)),
+            true = port_command(Out, ["s ", integer_to_list(N), " ", integer_to_list(A), "\n"]),
+            crash_loop(M, Out, G, N + 1, Live#{A => N}, S1);
         {{free, A}, S1} ->
             true = ?B:free_block(M, A),
-            io:put_chars(["f ", integer_to_list(N), " ", integer_to_list(A), "\n"]),
-            crash_loop(M, BS, N + 1, maps:remove(A, Live), S1)
+            true = port_command(Out, ["f ", integer_to_list(N), " ", integer_to_list(A), "\n"]),
+            crash_loop(M, Out, G, N + 1, maps:remove(A, Live), S1)
     end.
 
-check_after_crash(P, Seed, Acks) ->
+check_after_crash(P, Seed, BS, MaxLive, Acks) ->
     {ok, M} = emmap:open(P, [read, write, shared]),
     try
+        %% The bitmap of the default capacity: 32 KiB after the header.
+        {ok, Meta0} = emmap:pread(M, 64, 32768),
+        Before = ?B:read_blocks(M),
         ok = ?B:repair_block_storage(M),
+        {ok, Meta1} = emmap:pread(M, 64, 32768),
         Actual = ?B:read_blocks(M),
+        %% Reads never showed unfinished slots, so repair changes no read.
+        ?assertEqual(Before, Actual),
         %% Replay: the states after 0, 1, 2, ... operations, checking that the child's
         %% acknowledgements are exactly the operations the replay predicts.
-        States = replay(Acks, #{}, rand:seed_s(exsss, Seed), 1, length(Acks) + 500),
+        States = replay(Acks, #{}, rand:seed_s(exsss, Seed), MaxLive, 1, length(Acks) + 500),
         Acked = length(Acks),
+        %% Every block holds the exact bytes of the store that made it (its number is in
+        %% its first 8 bytes); which stores those are is compared with the replay.
+        ActualN = [begin
+                       <<N:64, _/binary>> = Bin,
+                       ?assertEqual(crash_data(N, BS), Bin),
+                       {A, N}
+                   end || {A, Bin} <- Actual],
         Matches = [K || {K, Live, _} <- States, K >= Acked,
-                        [{A, crash_data(N)} || {A, N} <- lists:sort(maps:to_list(Live))]
-                            =:= Actual],
+                        lists:sort(maps:to_list(Live)) =:= ActualN],
         ?assertMatch([_ | _], Matches),
         K = hd(Matches),
         %% The same in terms of acknowledgements: an address that no unacknowledged
@@ -615,24 +646,25 @@ check_after_crash(P, Seed, Acks) ->
         Touched = [A || {N, _, {_, A}} <- States, N > Acked, N =< K],
         LastAcked = maps:from_list([{A, {Kind, N}} || {N, _, {Kind, A}} <- States, N =< Acked]),
         [case maps:get(A, LastAcked) of
-             {s, N} -> ?assertEqual(crash_data(N), ?B:read_block(M, A));
+             {s, N} -> ?assertEqual(crash_data(N, BS), ?B:read_block(M, A));
              {f, _} -> ?assertEqual(eof, ?B:read_block(M, A))
          end || A <- maps:keys(LastAcked), not lists:member(A, Touched)],
         %% After repair the storage works on: the next store takes the lowest free slot.
         {_, LiveK, _} = lists:keyfind(K, 1, States),
-        ?assertEqual(lowest_free(LiveK, 262144), ?B:store_block(M, crash_data(0)))
+        ?assertEqual(lowest_free(LiveK, 262144), ?B:store_block(M, crash_data(0, BS))),
+        {K, Meta0 =/= Meta1}
     after
         emmap:close(M)
     end.
 
 %% `[{N, LiveAfterN, OpN}]' for N = 0 .. Max (op 0 is `none').
-replay(Acks, Live, S, N, Max) ->
-    [{N - 1, Live, none} | replay1(Acks, Live, S, N, Max)].
+replay(Acks, Live, S, MaxLive, N, Max) ->
+    [{N - 1, Live, none} | replay1(Acks, Live, S, MaxLive, N, Max)].
 
-replay1(_Acks, _Live, _S, N, Max) when N > Max ->
+replay1(_Acks, _Live, _S, _MaxLive, N, Max) when N > Max ->
     [];
-replay1(Acks, Live, S, N, Max) ->
-    {Op, S1} = crash_next(Live, S),
+replay1(Acks, Live, S, MaxLive, N, Max) ->
+    {Op, S1} = crash_next(Live, S, MaxLive),
     {Kind, A} = case Op of
                     store -> {s, lowest_free(Live, 262144)};
                     {free, Af} -> {f, Af}
@@ -642,7 +674,7 @@ replay1(Acks, Live, S, N, Max) ->
         [] -> ok
     end,
     Live1 = case Kind of s -> Live#{A => N}; f -> maps:remove(A, Live) end,
-    [{N, Live1, {Kind, A}} | replay1(tl_or_nil(Acks), Live1, S1, N + 1, Max)].
+    [{N, Live1, {Kind, A}} | replay1(tl_or_nil(Acks), Live1, S1, MaxLive, N + 1, Max)].
 
 tl_or_nil([]) -> [];
 tl_or_nil([_ | T]) -> T.
