@@ -23,6 +23,10 @@
          inc_counter/2, inc_counter/3, dec_counter/2, dec_counter/3,
          set_counter/3, read_counter/2]).
 
+-export([init_block_storage/2, init_block_storage/3, store_block/2, read_block/2,
+         free_block/2, read_blocks/1, read_blocks/3,
+         repair_block_storage/1, repair_block_storage/3]).
+
 -export_type([mmap_file/0, open_option/0, counters/0, atomic_op/0, posix_reason/0]).
 
 -on_load(init/0).
@@ -58,6 +62,7 @@
                       | enoent | enomem | eisdir | atom().
 -opaque counters() :: {mmap_file(), pos_integer()}.
 -type filename() :: file:name_all().
+-include("emmap_blocks_nif.hrl").  % block storage NIF stubs (see emmap_blocks)
 
 %%%===========================================================================
 %%% Loading
@@ -615,3 +620,51 @@ read_counter(_, _) ->
 
 counter_result(V) when is_integer(V) -> V;
 counter_result({error, Why}) -> erlang:error(Why).
+
+%%%===========================================================================
+%%% Block storage (implemented in emmap_blocks)
+%%%===========================================================================
+
+%% @doc Sets up fixed-size block storage (262,144 slots) in the mapping. See
+%% `emmap_blocks:init_block_storage/3'.
+-spec init_block_storage(mmap_file(), pos_integer()) -> ok | {error, emmap_blocks:block_error()}.
+init_block_storage(M, BlockSize) -> emmap_blocks:init_block_storage(M, BlockSize).
+
+%% @doc Sets up block storage with `#{max_blocks => N}' slots; an existing storage of the
+%% same geometry is kept.
+-spec init_block_storage(mmap_file(), pos_integer(), emmap_blocks:init_options()) ->
+          ok | {error, emmap_blocks:block_error()}.
+init_block_storage(M, BlockSize, Opts) -> emmap_blocks:init_block_storage(M, BlockSize, Opts).
+
+%% @doc Stores a block (exactly the storage's block size, else `badarg') at the lowest free
+%% address and returns it; `{error, full}' when no slot is left.
+-spec store_block(mmap_file(), binary()) -> emmap_blocks:addr() | {error, emmap_blocks:block_error()}.
+store_block(M, Bin) -> emmap_blocks:store_block(M, Bin).
+
+%% @doc The block at `Addr', or `eof' for a free or unknown address.
+-spec read_block(mmap_file(), integer()) -> binary() | eof | {error, emmap_blocks:block_error()}.
+read_block(M, Addr) -> emmap_blocks:read_block(M, Addr).
+
+%% @doc Frees the block at `Addr': `true' if there was one, else `false'.
+-spec free_block(mmap_file(), integer()) -> boolean() | {error, emmap_blocks:block_error()}.
+free_block(M, Addr) -> emmap_blocks:free_block(M, Addr).
+
+%% @doc Every stored block, `[{Addr, Bin}]' in address order.
+-spec read_blocks(mmap_file()) -> [{emmap_blocks:addr(), binary()}] | {error, emmap_blocks:block_error()}.
+read_blocks(M) -> emmap_blocks:read_blocks(M).
+
+%% @doc Up to `Max' blocks from `Start': `{Blocks, Continuation | eof}'.
+-spec read_blocks(mmap_file(), emmap_blocks:continuation() | eof, pos_integer()) ->
+          {[{emmap_blocks:addr(), binary()}], emmap_blocks:continuation() | eof}
+        | {error, emmap_blocks:block_error()}.
+read_blocks(M, Start, Max) -> emmap_blocks:read_blocks(M, Start, Max).
+
+%% @doc Makes the storage's bookkeeping consistent after a crash, keeping every block whose
+%% store returned. Not to be run while other processes store or free.
+-spec repair_block_storage(mmap_file()) -> ok | {error, emmap_blocks:block_error()}.
+repair_block_storage(M) -> emmap_blocks:repair_block_storage(M).
+
+%% @doc One bounded step of `repair_block_storage/1' over up to `Max' slots from `Start'.
+-spec repair_block_storage(mmap_file(), emmap_blocks:continuation() | eof, pos_integer()) ->
+          emmap_blocks:continuation() | eof | {error, emmap_blocks:block_error()}.
+repair_block_storage(M, Start, Max) -> emmap_blocks:repair_block_storage(M, Start, Max).

@@ -523,7 +523,7 @@ no_fd_or_mapping_leaks_test_() ->
     {timeout, 120, fun() ->
         P = tmp(),
         ok = file:write_file(P, <<0:4096/unit:8>>),
-        Fds0 = open_fds(), Maps0 = length(maps_lines()),
+        Fds0 = open_fds(),
         in_process(fun() ->
             [begin {ok, M} = emmap:open(P, [read, write, shared]), ok = emmap:close(M) end
              || _ <- lists:seq(1, 2000)],
@@ -533,9 +533,10 @@ no_fd_or_mapping_leaks_test_() ->
                     || _ <- lists:seq(1, 2000)],
             length(Bins)
         end),
+        %% (The VM's own allocators map and unmap memory as they please, so the total
+        %% number of mappings is no measure; the file's mappings and the fds are.)
         ?assert(eventually(fun() -> open_fds() =< Fds0 end)),
-        ?assert(eventually(fun() -> length(maps_lines()) =< Maps0 end)),
-        ?assertEqual(0, mapped(P)),
+        ?assert(eventually(fun() -> mapped(P) =:= 0 end)),
         ok = file:delete(P)
     end}.
 

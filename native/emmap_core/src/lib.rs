@@ -6,6 +6,7 @@
 //! with its release rules ([`mapping`]).
 
 pub mod atomics;
+pub mod blocks;
 pub mod bounds;
 pub mod error;
 pub mod mapping;

@@ -6,6 +6,7 @@
 //! The few calls on the hot path are raw NIFs in `hot.rs`; the rest use rustler's `#[nif]`.
 
 mod atoms;
+mod blocks;
 mod hot;
 mod raw;
 mod resource;

@@ -1,0 +1,742 @@
+//! Block storage tests: exhaustive layout arithmetic, garbage headers and bodies, every
+//! crash point of store/free, a randomised model test, and the Mapping glue.
+
+use super::*;
+use crate::options::Options;
+use std::collections::BTreeMap;
+
+/// xorshift64*: a small deterministic generator (no test dependency needed).
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+fn buffer(lay: &Layout, slots: u64) -> Vec<u64> {
+    let bytes = lay.data_off + slots * lay.stride;
+    vec![0u64; bytes.div_ceil(8) as usize]
+}
+
+fn fresh(buf: &mut [u64], lay: Layout) -> Storage<'_> {
+    Storage::format(Mem::from_words(buf), lay).unwrap()
+}
+
+fn block(rng: &mut Rng, lay: &Layout) -> Vec<u8> {
+    rng.bytes(lay.block_size as usize)
+}
+
+fn all_blocks(s: &Storage<'_>) -> Vec<(u64, Vec<u8>)> {
+    s.scan(0, Budget::ALL, |b| b.to_vec()).unwrap().0
+}
+
+// ------------------------------------------------------------------------------ layout
+
+fn check_layout(l: &Layout) {
+    let (bs, cap) = (l.block_size, l.capacity);
+    assert!(l.stride >= bs + 8 && l.stride.is_multiple_of(8) && l.stride < bs + 16);
+    assert!(l.words * 64 >= cap && (l.words - 1) * 64 < cap);
+    assert!(l.summary_words * 64 >= l.words && (l.summary_words - 1) * 64 < l.words);
+    assert_eq!(l.bitmap_off, HEADER_SIZE);
+    assert_eq!(l.summary_off, HEADER_SIZE + 8 * l.words);
+    assert!(l.data_off >= l.summary_off + 8 * l.summary_words);
+    assert!(
+        l.data_off.is_multiple_of(DATA_ALIGN)
+            && l.data_off < l.summary_off + 8 * l.summary_words + 64
+    );
+    assert_eq!(l.total, l.data_off + cap * l.stride);
+    assert!(l.total <= i64::MAX as u64);
+    assert_eq!(l.slot_off(0), Some(l.data_off));
+    assert_eq!(l.slot_end(cap - 1), Some(l.total));
+    assert_eq!(l.slot_off(cap), None);
+    assert_eq!(l.slot_off(u64::MAX), None);
+    assert_eq!(l.slot_end(u64::MAX), None);
+    assert_eq!(l.slots_in(l.total), cap);
+    assert_eq!(l.slots_in(u64::MAX), cap);
+    assert_eq!(l.slots_in(l.data_off - 1), 0);
+    assert_eq!(l.slots_in(l.data_off + l.stride - 1), 0);
+    assert_eq!(l.slots_in(l.data_off + l.stride), 1.min(cap));
+    assert_eq!(
+        l.valid_bits(l.words - 1).count_ones() as u64,
+        cap - (l.words - 1) * 64
+    );
+    assert_eq!(l.valid_bits(l.words), 0);
+    assert_eq!(l.valid_bits(u64::MAX), 0);
+    assert_eq!(Layout::decode(&l.encode()), Ok(*l));
+}
+
+/// Every block size 1..=200 with every capacity 1..=300, plus the edges of both ranges.
+#[test]
+fn layout_arithmetic_exhaustive_and_at_the_edges() {
+    for bs in 1..=200 {
+        for cap in 1..=300 {
+            let l = Layout::new(bs, cap).unwrap();
+            check_layout(&l);
+            // Consecutive slots never overlap and each slot's data fits in its stride.
+            for a in [0, cap / 2, cap.saturating_sub(2)] {
+                if a + 1 < cap {
+                    let (o, n) = (l.slot_off(a).unwrap(), l.slot_off(a + 1).unwrap());
+                    assert!(o + 8 + bs <= n && o % 8 == 0);
+                }
+            }
+        }
+    }
+    let sizes = [
+        0,
+        1,
+        7,
+        8,
+        9,
+        4095,
+        MAX_BLOCK_SIZE - 1,
+        MAX_BLOCK_SIZE,
+        MAX_BLOCK_SIZE + 1,
+        u64::MAX - 8,
+        u64::MAX,
+    ];
+    let caps = [
+        0,
+        1,
+        63,
+        64,
+        65,
+        4095,
+        4096,
+        4097,
+        DEFAULT_CAPACITY,
+        MAX_CAPACITY - 1,
+        MAX_CAPACITY,
+        MAX_CAPACITY + 1,
+        u64::MAX,
+    ];
+    for &bs in &sizes {
+        for &cap in &caps {
+            let ok = (1..=MAX_BLOCK_SIZE).contains(&bs) && (1..=MAX_CAPACITY).contains(&cap);
+            match Layout::new(bs, cap) {
+                Some(l) => {
+                    assert!(ok, "{bs} {cap}");
+                    check_layout(&l);
+                }
+                None => assert!(!ok, "{bs} {cap}"),
+            }
+        }
+    }
+    let d = Layout::new(1531, DEFAULT_CAPACITY).unwrap();
+    assert_eq!((d.stride, d.words, d.summary_words), (1544, 4096, 64));
+    assert_eq!((d.summary_off, d.data_off), (64 + 32768, 64 + 32768 + 512));
+}
+
+// ------------------------------------------------------------------------------ garbage
+
+#[test]
+fn every_single_byte_change_of_a_header_is_rejected() {
+    for (bs, cap) in [(1, 1), (1531, DEFAULT_CAPACITY), (8, 100)] {
+        let h = Layout::new(bs, cap).unwrap().encode();
+        for i in 0..64 {
+            for v in 0..=255u8 {
+                if v == h[i] {
+                    continue;
+                }
+                let mut g = h;
+                g[i] = v;
+                let want = if i < 8 {
+                    BlockError::NotInitialized
+                } else {
+                    BlockError::Corrupt
+                };
+                assert_eq!(Layout::decode(&g), Err(want), "byte {i} = {v}");
+            }
+        }
+    }
+}
+
+/// Headers with a correct checksum but fields that disagree with each other are corrupt;
+/// random headers (with and without the magic) never decode to anything out of range.
+#[test]
+fn forged_and_random_headers() {
+    let mut rng = Rng::new(1);
+    let seal = |mut h: [u8; 64]| {
+        let s = checksum(HEADER_SEED, &h[..56]);
+        h[56..].copy_from_slice(&s.to_le_bytes());
+        h
+    };
+    let good = Layout::new(100, 1000).unwrap().encode();
+    for field in [8usize, 12, 16, 24, 32, 40, 48] {
+        for _ in 0..200 {
+            let mut h = good;
+            let w = field == 8 || field == 12;
+            let n = if w { 4 } else { 8 };
+            let v = match rng.below(3) {
+                0 => rng.next(),
+                1 => rng.below(64),
+                _ => word_at(&good, field & !7)
+                    .wrapping_add(rng.below(17))
+                    .wrapping_sub(8),
+            };
+            h[field..field + n].copy_from_slice(&v.to_le_bytes()[..n]);
+            match Layout::decode(&seal(h)) {
+                Ok(l) => {
+                    check_layout(&l);
+                    assert_eq!(l.encode(), seal(h));
+                }
+                Err(e) => assert_eq!(e, BlockError::Corrupt),
+            }
+        }
+    }
+    for i in 0..100_000 {
+        let mut h = [0u8; 64];
+        h.copy_from_slice(&rng.bytes(64));
+        if i % 2 == 0 {
+            h[..8].copy_from_slice(&MAGIC);
+        }
+        if i % 4 == 0 {
+            h = seal(h);
+        }
+        if let Ok(l) = Layout::decode(&h) {
+            check_layout(&l);
+        }
+    }
+}
+
+/// Random bytes as a whole region: opening gives an error; with a valid header on top the
+/// storage is usable and consistent, and after repair it is empty.
+#[test]
+fn garbage_regions_never_panic_and_repair_to_consistency() {
+    let mut rng = Rng::new(2);
+    for round in 0..300 {
+        let words = 8 + rng.below(600) as usize;
+        let mut buf: Vec<u64> = (0..words).map(|_| rng.next()).collect();
+        if round % 3 == 0 {
+            let _ = Storage::open(Mem::from_words(&mut buf)).err().unwrap();
+            continue;
+        }
+        let bs = 1 + rng.below(40);
+        let cap = 1 + rng.below(300);
+        let lay = Layout::new(bs, cap).unwrap();
+        let h = lay.encode();
+        let bytes = std::mem::size_of_val(buf.as_slice()) as u64;
+        for (i, w) in buf.iter_mut().take(8).enumerate() {
+            *w = u64::from_ne_bytes(word_bytes(&h, i * 8));
+        }
+        let mem = Mem::from_words(&mut buf);
+        let s = match Storage::open(mem) {
+            Ok(s) => s,
+            Err(e) => {
+                assert!(bytes < lay.data_off);
+                assert_eq!(e, BlockError::Corrupt);
+                continue;
+            }
+        };
+        for _ in 0..50 {
+            let a = rng.below(cap + 10);
+            let _ = s.read(a, |b| b.len()).unwrap();
+        }
+        let (listed, _) = s.scan(0, Budget::ALL, |b| b.to_vec()).unwrap();
+        for (a, b) in &listed {
+            assert_eq!(s.read(*a, |x| x.to_vec()).unwrap().as_ref(), Some(b));
+        }
+        let (next, _) = s.repair(0, u64::MAX).unwrap();
+        assert_eq!(next, None);
+        assert_eq!(all_blocks(&s), listed, "random markers are never valid");
+        // Now a working storage: stores fill from the lowest slot up.
+        let mut want = 0;
+        while want < s.mapped_slots() {
+            let data = rng.bytes(bs as usize);
+            match s.store(&data).unwrap() {
+                Stored::At(a) => {
+                    assert_eq!(a, want);
+                    assert_eq!(s.read(a, |x| x.to_vec()).unwrap(), Some(data));
+                }
+                Stored::Grow { need } => {
+                    assert!(need > bytes);
+                    break;
+                }
+            }
+            want += 1;
+        }
+    }
+}
+
+#[test]
+fn misaligned_regions_are_refused() {
+    let lay = Layout::new(8, 64).unwrap();
+    let mut buf = buffer(&lay, 4);
+    let mem = Mem::from_words(&mut buf);
+    // SAFETY: four bytes into our own buffer, four bytes shorter: still inside it.
+    let shifted = unsafe { Mem::from_raw(mem.ptr.add(4), mem.len - 4) };
+    assert_eq!(
+        Storage::format(shifted, lay).err(),
+        Some(BlockError::Map(Error::Alignment))
+    );
+    assert_eq!(
+        Storage::open(shifted).err(),
+        Some(BlockError::Map(Error::Alignment))
+    );
+}
+
+// ------------------------------------------------------------------------------ operations
+
+#[test]
+fn store_read_free_reuse_lowest_and_full() {
+    let lay = Layout::new(10, 130).unwrap();
+    let mut buf = buffer(&lay, 130);
+    let s = fresh(&mut buf, lay);
+    let mut rng = Rng::new(3);
+    let mut model = BTreeMap::new();
+    for want in 0..130 {
+        let d = block(&mut rng, &lay);
+        assert_eq!(s.store(&d), Ok(Stored::At(want)));
+        model.insert(want, d);
+    }
+    assert_eq!(s.store(&[0; 10]), Err(BlockError::Full));
+    assert_eq!(s.store(&[0; 9]), Err(BlockError::BadSize));
+    assert_eq!(s.store(&[0; 11]), Err(BlockError::BadSize));
+    for a in [5, 64, 129, 0, 70] {
+        assert_eq!(s.free(a), Ok(true));
+        assert_eq!(s.free(a), Ok(false));
+        assert_eq!(s.read(a, |b| b.to_vec()), Ok(None));
+        model.remove(&a);
+    }
+    assert_eq!(s.free(130), Ok(false));
+    assert_eq!(s.free(u64::MAX), Ok(false));
+    assert_eq!(s.read(u64::MAX, |b| b.to_vec()), Ok(None));
+    for want in [0, 5, 64, 70, 129] {
+        let d = block(&mut rng, &lay);
+        assert_eq!(s.store(&d), Ok(Stored::At(want)));
+        model.insert(want, d);
+    }
+    assert_eq!(s.store(&[0; 10]), Err(BlockError::Full));
+    let got: BTreeMap<_, _> = all_blocks(&s).into_iter().collect();
+    assert_eq!(got, model);
+}
+
+#[test]
+fn scan_respects_both_budgets_and_continues_exactly() {
+    let lay = Layout::new(3, 1000).unwrap();
+    let mut buf = buffer(&lay, 1000);
+    let s = fresh(&mut buf, lay);
+    let mut model = BTreeMap::new();
+    for i in 0..1000u64 {
+        let d = [(i % 251) as u8, (i / 251) as u8, 7];
+        assert_eq!(s.store(&d), Ok(Stored::At(i)));
+        model.insert(i, d.to_vec());
+    }
+    for i in 0..1000 {
+        if i % 7 != 0 && i % 300 > 3 {
+            assert_eq!(s.free(i), Ok(true));
+            model.remove(&i);
+        }
+    }
+    let budgets = [
+        (1, 1, 1),
+        (1, 100, 100),
+        (3, 1, 1),
+        (5, 9, 2),
+        (1000, 2, 1000),
+        (1000, 1000, 1),
+        (usize::MAX, u64::MAX, 3),
+    ];
+    for (blocks, checks, words) in budgets {
+        let mut got = Vec::new();
+        let mut at = Some(0);
+        let mut calls = 0;
+        while let Some(start) = at {
+            let b = Budget {
+                blocks,
+                checks,
+                words,
+            };
+            let (v, next) = s.scan(start, b, |b| b.to_vec()).unwrap();
+            assert!(v.len() <= blocks && v.len() as u64 <= checks);
+            assert!(v.iter().all(|(a, _)| *a >= start));
+            if let Some(n) = next {
+                assert!(n > start, "progress");
+            }
+            got.extend(v);
+            at = next;
+            calls += 1;
+        }
+        assert!(calls <= 2000 + 16);
+        assert_eq!(got, model.clone().into_iter().collect::<Vec<_>>());
+    }
+    assert_eq!(
+        s.scan(1000, Budget::ALL, |b| b.len()).unwrap(),
+        (vec![], None)
+    );
+    assert_eq!(
+        s.scan(u64::MAX, Budget::ALL, |b| b.len()).unwrap(),
+        (vec![], None)
+    );
+}
+
+/// Only slots lying whole inside the region count; the lowest free slot past it asks for
+/// growth, with the exact size needed.
+#[test]
+fn short_regions_ask_to_grow() {
+    let lay = Layout::new(16, 100).unwrap();
+    let mut buf = buffer(&lay, 3);
+    let s = fresh(&mut buf, lay);
+    assert_eq!(s.mapped_slots(), 3);
+    for a in 0..3 {
+        assert_eq!(s.store(&[a as u8; 16]), Ok(Stored::At(a)));
+    }
+    assert_eq!(
+        s.store(&[9; 16]),
+        Ok(Stored::Grow {
+            need: lay.slot_end(3).unwrap()
+        })
+    );
+    assert_eq!(s.read(3, |b| b.to_vec()), Ok(None));
+    assert_eq!(s.free(3), Ok(false));
+    assert_eq!(all_blocks(&s).len(), 3);
+}
+
+// ------------------------------------------------------------------------------ crash points
+
+/// Every point at which a store or a free can be interrupted, written out as the state it
+/// leaves; repair must keep every block whose store completed and drop everything else.
+#[test]
+fn every_crash_point_of_store_and_free_is_repaired() {
+    let lay = Layout::new(24, 200).unwrap();
+    let mut rng = Rng::new(4);
+    // The state after: 0 = claimed bit only, 1 = marker zeroed, 2 = half the data,
+    // 3 = all data, no marker, 4 = free cleared the marker but not the bit,
+    // 5 = free cleared marker and bit but not the summary, 6 = torn data under a marker.
+    for point in 0..7 {
+        let mut buf = buffer(&lay, 200);
+        let s = fresh(&mut buf, lay);
+        let mut kept = BTreeMap::new();
+        for a in 0..130 {
+            let d = block(&mut rng, &lay);
+            assert_eq!(s.store(&d), Ok(Stored::At(a)));
+            kept.insert(a, d);
+        }
+        let victim = 64 + rng.below(60);
+        let off = lay.slot_off(victim).unwrap();
+        let word = s.bit_word(victim / 64).unwrap();
+        let bit = 1u64 << (victim % 64);
+        let marker = s.marker(victim).unwrap();
+        match point {
+            0..=3 => {
+                // Interrupted store into a free slot that once held another block.
+                assert_eq!(s.free(victim), Ok(true));
+                kept.remove(&victim);
+                word.fetch_or(bit, Ordering::SeqCst);
+                if point >= 2 {
+                    let d = block(&mut rng, &lay);
+                    let n = if point == 2 { 12 } else { 24 };
+                    s.mem.write(off + 8, &d[..n]).unwrap();
+                }
+            }
+            4 => {
+                marker.store(0, Ordering::SeqCst);
+                kept.remove(&victim);
+            }
+            5 => {
+                // The free finished but for the summary bit; make the word otherwise full.
+                assert_eq!(s.free(victim), Ok(true));
+                kept.remove(&victim);
+                s.summary_word(0).unwrap().fetch_and(!2, Ordering::SeqCst);
+            }
+            _ => {
+                let d = s.data(victim).unwrap()[0];
+                s.mem.write(off + 8, &[d ^ 0x40]).unwrap();
+                kept.remove(&victim);
+            }
+        }
+        // Before repair: reads already agree with the truth.
+        for a in 0..200 {
+            assert_eq!(s.read(a, |b| b.to_vec()).unwrap().as_ref(), kept.get(&a));
+        }
+        assert_eq!(s.free(victim), Ok(false));
+        let (next, rep) = s.repair(0, 37).unwrap();
+        assert_eq!(next, Some(37));
+        let mut at = next;
+        let mut total = rep;
+        while let Some(st) = at {
+            let (n, r) = s.repair(st, 37).unwrap();
+            total.kept += r.kept;
+            total.dropped += r.dropped;
+            at = n;
+        }
+        assert_eq!(total.kept, kept.len() as u64);
+        let dropped = u64::from(matches!(point, 0..=4 | 6));
+        assert_eq!(total.dropped, dropped, "point {point}");
+        let got: BTreeMap<_, _> = all_blocks(&s).into_iter().collect();
+        assert_eq!(got, kept);
+        // After repair the victim's slot is the lowest free one again.
+        assert_eq!(s.store(&[1; 24]), Ok(Stored::At(victim)));
+        // A second repair changes nothing.
+        assert_eq!(s.repair(0, u64::MAX).unwrap().1.dropped, 0);
+    }
+}
+
+// ------------------------------------------------------------------------------ model
+
+/// Random store/read/free/scan/repair against a map, over many geometries; checks that a
+/// store takes the lowest free address.
+#[test]
+fn random_operations_match_a_map_model() {
+    let mut rng = Rng::new(5);
+    for (bs, cap) in [
+        (1, 1),
+        (1, 70),
+        (7, 64),
+        (8, 129),
+        (9, 200),
+        (63, 130),
+        (100, 300),
+    ] {
+        let lay = Layout::new(bs, cap).unwrap();
+        let mut buf = buffer(&lay, cap);
+        let s = fresh(&mut buf, lay);
+        let mut model: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        for _ in 0..4000 {
+            match rng.below(10) {
+                0..=3 => {
+                    let d = block(&mut rng, &lay);
+                    let lowest = (0..cap).find(|a| !model.contains_key(a));
+                    match (s.store(&d).unwrap_or(Stored::Grow { need: 0 }), lowest) {
+                        (Stored::At(a), Some(l)) => {
+                            assert_eq!(a, l);
+                            model.insert(a, d);
+                        }
+                        (Stored::Grow { need: 0 }, None) => {}
+                        other => panic!("{other:?}"),
+                    }
+                }
+                4..=5 => {
+                    let a = rng.below(cap + 3);
+                    assert_eq!(s.free(a), Ok(model.remove(&a).is_some()));
+                }
+                6..=7 => {
+                    let a = rng.below(cap + 3);
+                    assert_eq!(s.read(a, |b| b.to_vec()).unwrap().as_ref(), model.get(&a));
+                }
+                8 => {
+                    let start = rng.below(cap + 2);
+                    let b = Budget {
+                        blocks: 1 + rng.below(20) as usize,
+                        checks: 1 + rng.below(30),
+                        words: 1 + rng.below(4),
+                    };
+                    let (v, next) = s.scan(start, b, |b| b.to_vec()).unwrap();
+                    let want: Vec<_> = model
+                        .range(start..)
+                        .take(v.len())
+                        .map(|(a, d)| (*a, d.clone()))
+                        .collect();
+                    assert_eq!(v, want);
+                    if next.is_none() {
+                        assert_eq!(v.len(), model.range(start..).count());
+                    }
+                }
+                _ => {
+                    let start = rng.below(cap + 2);
+                    let (_, rep) = s.repair(start, 1 + rng.below(cap)).unwrap();
+                    assert_eq!(rep.dropped, 0);
+                }
+            }
+        }
+        let got: BTreeMap<_, _> = all_blocks(&s).into_iter().collect();
+        assert_eq!(got, model);
+    }
+}
+
+#[test]
+fn concurrent_stores_and_frees_never_share_a_slot() {
+    let lay = Layout::new(32, 10_000).unwrap();
+    let mut buf = buffer(&lay, 10_000);
+    let s = fresh(&mut buf, lay);
+    std::thread::scope(|sc| {
+        for t in 0..4u8 {
+            let s = &s;
+            sc.spawn(move || {
+                let mut mine = Vec::new();
+                for i in 0..3000u32 {
+                    let mut d = [t; 32];
+                    d[..4].copy_from_slice(&i.to_le_bytes());
+                    match s.store(&d).unwrap() {
+                        Stored::At(a) => mine.push((a, d)),
+                        Stored::Grow { .. } => panic!("sized for all"),
+                    }
+                    if i % 3 == 0 {
+                        let (a, d) = mine.swap_remove(i as usize % mine.len());
+                        assert_eq!(s.read(a, |b| b.to_vec()).unwrap(), Some(d.to_vec()));
+                        assert_eq!(s.free(a), Ok(true));
+                    }
+                }
+                for (a, d) in mine {
+                    assert_eq!(s.read(a, |b| b.to_vec()).unwrap(), Some(d.to_vec()));
+                }
+            });
+        }
+    });
+    assert_eq!(all_blocks(&s).len(), 4 * 2000);
+    assert_eq!(s.repair(0, u64::MAX).unwrap().1.dropped, 0);
+}
+
+// ------------------------------------------------------------------------------ on a Mapping
+
+fn opts(items: &[&str]) -> Options {
+    let mut o = Options::default();
+    for i in items {
+        o.apply(i, None).unwrap();
+    }
+    o
+}
+
+#[test]
+fn mapping_grows_persists_and_reopens() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("blocks");
+    let o = opts(&["create", "write", "shared"]);
+    let m = Mapping::open(Some(&p), 0, 1, o.clone()).unwrap();
+    assert_eq!(layout(&m), Err(BlockError::NotInitialized));
+    assert_eq!(
+        read(&m, 0, u64::MAX, |b| b.to_vec()),
+        Err(BlockError::NotInitialized)
+    );
+    let lay = init(&m, 1531, None).unwrap();
+    assert_eq!(lay.capacity, DEFAULT_CAPACITY);
+    assert_eq!(m.size().unwrap() as u64, lay.data_off);
+    assert_eq!(init(&m, 1531, None), Ok(lay));
+    assert_eq!(init(&m, 1531, Some(DEFAULT_CAPACITY)), Ok(lay));
+    assert_eq!(init(&m, 1530, None), Err(BlockError::Mismatch));
+    assert_eq!(init(&m, 1531, Some(10)), Err(BlockError::Mismatch));
+    assert_eq!(store(&m, &[1; 1531], false), Ok(StoreOutcome::MustGrow));
+    for i in 0..500u64 {
+        let data = vec![i as u8; 1531];
+        assert_eq!(store(&m, &data, true), Ok(StoreOutcome::Stored(i)));
+    }
+    assert!(m.size().unwrap() as u64 >= lay.slot_end(499).unwrap());
+    // A caller that cannot afford 1531-byte blocks is told so, and nothing happens.
+    assert_eq!(read(&m, 7, 1530, |b| b.len()), Err(BlockError::TooBig));
+    assert_eq!(free(&m, 7, 1530), Err(BlockError::TooBig));
+    assert_eq!(read(&m, 7, 1531, |b| b.len()), Ok(Some(1531)));
+    assert_eq!(free(&m, 7, u64::MAX), Ok(true));
+    drop(m);
+    let m = Mapping::open(Some(&p), 0, 0, opts(&["write", "shared"])).unwrap();
+    assert_eq!(read(&m, 7, u64::MAX, |b| b.to_vec()), Ok(None));
+    assert_eq!(
+        read(&m, 499, u64::MAX, |b| b.to_vec()),
+        Ok(Some(vec![243; 1531]))
+    );
+    let (v, next) = scan(&m, 0, Budget::ALL, |b| b[0]).unwrap();
+    assert_eq!(v.len(), 499);
+    assert_eq!(next, None);
+    assert_eq!(repair(&m, 0, u64::MAX).map(|r| r.1.dropped), Ok(0));
+    assert_eq!(store(&m, &[0; 1531], true), Ok(StoreOutcome::Stored(7)));
+    // Read-only handles read but neither store, free, repair nor init.
+    let ro = Mapping::open(Some(&p), 0, 0, opts(&["shared"])).unwrap();
+    assert_eq!(read(&ro, 7, u64::MAX, |b| b.len()), Ok(Some(1531)));
+    let eacces = Some(BlockError::Map(Error::Eacces));
+    assert_eq!(store(&ro, &[0; 1531], true).err(), eacces);
+    assert_eq!(free(&ro, 7, u64::MAX).err(), eacces);
+    assert_eq!(init(&ro, 1531, None).err(), eacces);
+    assert_eq!(repair(&ro, 0, 10).err(), eacces);
+    m.close();
+    assert_eq!(
+        store(&m, &[0; 1531], true),
+        Err(BlockError::Map(Error::Closed))
+    );
+}
+
+#[test]
+fn fixed_size_mappings_fill_up_and_bad_arguments_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("fixed");
+    let lay = Layout::new(100, 50).unwrap();
+    let size = lay.data_off + 10 * lay.stride + 5;
+    let m = Mapping::open(
+        Some(&p),
+        0,
+        size,
+        opts(&["create", "write", "shared", "fixed_size"]),
+    )
+    .unwrap();
+    assert_eq!(init(&m, 100, Some(0)), Err(BlockError::Map(Error::Einval)));
+    assert_eq!(init(&m, 0, None), Err(BlockError::Map(Error::Einval)));
+    assert_eq!(
+        init(&m, 100, Some(MAX_CAPACITY + 1)),
+        Err(BlockError::Map(Error::Einval))
+    );
+    // Too small for the default capacity's bitmap, and it may not grow.
+    assert_eq!(init(&m, 100, None), Err(BlockError::Map(Error::FixedSize)));
+    assert_eq!(init(&m, 100, Some(50)), Ok(lay));
+    for a in 0..10 {
+        assert_eq!(
+            store(&m, &[a as u8; 100], true),
+            Ok(StoreOutcome::Stored(a))
+        );
+    }
+    assert_eq!(store(&m, &[0; 100], true), Err(BlockError::Full));
+    assert_eq!(store(&m, &[0; 100], false), Err(BlockError::Full));
+    assert_eq!(store(&m, &[0; 99], true), Err(BlockError::BadSize));
+    assert_eq!(free(&m, 3, u64::MAX), Ok(true));
+    assert_eq!(store(&m, &[0; 100], true), Ok(StoreOutcome::Stored(3)));
+}
+
+#[test]
+fn anonymous_private_mappings_grow_by_copying() {
+    let m = Mapping::open(None, 0, 4096, opts(&["anon", "write"])).unwrap();
+    init(&m, 40, Some(5000)).unwrap();
+    for i in 0..3000u64 {
+        let data = [(i % 256) as u8; 40];
+        assert_eq!(store(&m, &data, true), Ok(StoreOutcome::Stored(i)));
+    }
+    for i in (0..3000u64).step_by(97) {
+        assert_eq!(read(&m, i, u64::MAX, |b| b[0]), Ok(Some((i % 256) as u8)));
+    }
+    for _ in 0..2000 {
+        assert_eq!(store(&m, &[0; 40], true).map(|_| ()), Ok(()));
+    }
+    assert_eq!(store(&m, &[0; 40], true), Err(BlockError::Full));
+}
+
+/// Anonymous shared memory is never resized by block storage (in-place `mremap` growth of
+/// it would leave pages past the shmem object, which raise SIGBUS): it acts as fixed-size.
+#[test]
+fn anonymous_shared_mappings_grow() {
+    // Grown by a copy into new shared memory, never in place (which would SIGBUS).
+    let m = Mapping::open(None, 0, 4096, opts(&["anon", "write", "shared"])).unwrap();
+    init(&m, 40, Some(5000)).unwrap();
+    for i in 0..5000u64 {
+        assert_eq!(store(&m, &[i as u8; 40], true), Ok(StoreOutcome::Stored(i)));
+    }
+    assert_eq!(store(&m, &[1; 40], true), Err(BlockError::Full));
+    for i in (0..5000u64).step_by(97) {
+        let got = read(&m, i, u64::MAX, |b| b.to_vec()).unwrap().unwrap();
+        assert_eq!(got, vec![i as u8; 40]);
+    }
+}
+
+#[test]
+fn direct_mode_reads_point_into_the_mapping_and_survive_growth() {
+    let m = Mapping::open(None, 0, 4096, opts(&["anon", "write", "direct"])).unwrap();
+    init(&m, 8, Some(100_000)).unwrap();
+    assert_eq!(store(&m, b"12345678", true), Ok(StoreOutcome::Stored(0)));
+    let (p, n) = read(&m, 0, u64::MAX, |b| (b.as_ptr() as usize, b.len()))
+        .unwrap()
+        .unwrap();
+    for _ in 0..50_000 {
+        store(&m, b"abcdefgh", true).unwrap();
+    }
+    // SAFETY: direct mode with an exported region: the old region stays mapped until `m`
+    // is dropped, which is after this read.
+    let old = unsafe { std::slice::from_raw_parts(p as *const u8, n) };
+    assert_eq!(old, b"12345678");
+}
