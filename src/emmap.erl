@@ -475,6 +475,9 @@ patomic_xchg(M, Pos, V) -> patomic(M, Pos, xchg, V).
 %% `{true, Expected}'; otherwise returns `{false, Current}'.
 -spec patomic_cas(mmap_file(), integer(), integer(), integer()) ->
           {boolean(), integer()} | {error, posix_reason()}.
+patomic_cas(?H(R), Pos, E, N)
+  when ?IS_POS(Pos), is_integer(E), E >= -?SMALL, E =< ?SMALL, is_integer(N), N >= -?SMALL, N =< ?SMALL ->
+    patomic_cas_nif(R, Pos, E, N);
 patomic_cas(?H(R), Pos, Expected, New) when is_integer(Pos), is_integer(Expected), is_integer(New) ->
     E = to_i64(Expected),
     N = to_i64(New),
@@ -486,6 +489,8 @@ patomic_cas(_, _, _, _) ->
 
 %% @doc Atomically loads the signed 64-bit integer at `Pos'.
 -spec patomic_read_integer(mmap_file(), integer()) -> {ok, integer()} | {error, posix_reason()}.
+patomic_read_integer(?H(R), Pos) when ?IS_POS(Pos) ->
+    patomic_read_nif(R, Pos);
 patomic_read_integer(?H(R), Pos) when is_integer(Pos) ->
     if Pos < 0; Pos > ?U64MAX -> true = handle_nif(R), {error, einval};
        true -> patomic_read_nif(R, Pos)
@@ -495,6 +500,8 @@ patomic_read_integer(_, _) ->
 
 %% @doc Atomically stores the signed 64-bit integer `Value' at `Pos'.
 -spec patomic_write_integer(mmap_file(), integer(), integer()) -> ok | {error, posix_reason()}.
+patomic_write_integer(?H(R), Pos, V) when ?IS_POS(Pos), is_integer(V), V >= -?SMALL, V =< ?SMALL ->
+    patomic_write_nif(R, Pos, V);
 patomic_write_integer(?H(R), Pos, Value) when is_integer(Pos), is_integer(Value) ->
     V = to_i64(Value),
     if Pos < 0; Pos > ?U64MAX -> true = handle_nif(R), {error, einval};
