@@ -28,6 +28,9 @@
 %%% Variants (chosen by the generator): backing `shared_file', `private_file',
 %%% `anon_private', `anon_shared'; `direct' or copy; `lock' or `nolock'.
 %%% CI: 2 x 300 programs (lock, nolock). `make soak': 2 x 5,000.
+%%%
+%%% By hand: `{ok, P} = proper_gen:pick(emmap_statem_tests:program(lock)),
+%%% emmap_statem_tests:run(P)' runs one program and returns `{true, []}' or the failures.
 -module(emmap_statem_tests).
 
 -include_lib("eunit/include/eunit.hrl").
@@ -176,6 +179,7 @@ run({Cfg = #{actors := NA, backing := Backing}, Rounds}) ->
         C1 = open_handle(open_handle(Coord, false), false),
         C2 = lists:foldl(fun(R, C) -> do_round(C, R, Actors) end, C1, Rounds),
         C3 = final_checks(C2, Actors),
+        [ok = emmap:close(H) || #h{h = H} <- maps:get(hs, C3)],
         Fails = maps:get(fails, C3),
         bump(programs, 1),
         bump(rounds, length(Rounds)),
