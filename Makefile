@@ -5,7 +5,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 DEB_PKGS := erlang-nox erlang-dev erlang-eunit erlang-dialyzer erlang-tools rebar3 erlang-proper elixir
 
-.PHONY: all deps compile demo test test-rust test-erlang lint dialyzer bench clean
+.PHONY: all deps compile demo test test-rust test-erlang lint dialyzer bench soak clean
 
 all: compile
 
@@ -46,6 +46,11 @@ lint:
 	cargo fmt --check
 	cargo clippy --quiet --all-targets -- -D warnings
 	$(REBAR) dialyzer
+
+## soak: long variants of the reliability tests (EMMAP_SOAK=1): 2 x 5,000 concurrent
+## programs, 1,000,000 fuzzed calls, 60 kill -9 rounds, 2 x 2,000,000 cross-process increments
+soak: deps
+	EMMAP_SOAK=1 $(REBAR) eunit --module=emmap_statem_tests,emmap_fuzz_tests,emmap_os_tests
 
 ## bench: ns/op table (emmap vs file, atomics, counters, ets ...); `make bench ARGS=quick` for a short run
 bench: deps
