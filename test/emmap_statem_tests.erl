@@ -271,20 +271,6 @@ event(C, {resize, Sel, Grow}) ->
 resize(C = #{hs := Hs, cfg := #{backing := B}, fsize := FS}, Sel, Grow) ->
     H = #h{h = M, size = Size, ro = RO, closed = Closed} = pick(Hs, Sel),
     if
-        RO andalso B =/= shared_file ->
-            %% Not done: resizing a read-only private-file or anonymous mapping that cannot
-            %% grow in place kills the VM (SIGSEGV): a bug, reproduced in
-            %% emmap_os_tests:readonly_resize_never_crashes_the_vm_test_. Doing it here
-            %% would take the whole test run down.
-            bump(ro_resize_not_done, 1),
-            C;
-        B =:= anon_shared andalso not Closed ->
-            %% Not done: growing an [anon, shared] mapping in place leaves the memory
-            %% object at its old size, and the next access past the old end kills the VM
-            %% with SIGBUS: a bug found by this test, reproduced in
-            %% emmap_os_tests:anon_shared_resize_never_crashes_the_vm_test_.
-            bump(anon_shared_resize_not_done, 1),
-            C;
         true ->
             {Call, Expect, NewSize} =
                 case Grow of

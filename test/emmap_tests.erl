@@ -596,3 +596,28 @@ hugetlb_and_map_sync_test() ->
             {error, R} -> ?assertEqual(eopnotsupp, R)
         end
     end).
+
+%% Anonymous shared memory grows by a copy into new shared memory (in place, the pages past
+%% its backing object would fault with SIGBUS): contents kept, new bytes usable.
+anon_shared_resize_test() ->
+    {ok, M} = emmap:open("", 0, 4096, [anon, shared, read, write]),
+    ok = emmap:pwrite(M, 4092, <<"keep">>),
+    ?assertEqual({ok, 1 bsl 20}, emmap:resize(M, 1 bsl 20)),
+    ?assertEqual({ok, <<"keep">>}, emmap:pread(M, 4092, 4)),
+    ok = emmap:pwrite(M, (1 bsl 20) - 4, <<"tail">>),
+    ?assertEqual({ok, <<"tail">>}, emmap:pread(M, (1 bsl 20) - 4, 4)),
+    ok = emmap:close(M).
+
+%% Growing needs write access (a read-only mapping cannot be copied into or extended).
+read_only_resize_is_eacces_test() ->
+    with_file(<<0:32768>>, fun(P) ->
+        [begin
+             {ok, M} = emmap:open(P, [read | Opts]),
+             ?assertEqual({error, eacces}, emmap:resize(M, 65536)),
+             ?assertEqual({ok, <<0:32>>}, emmap:pread(M, 0, 4)),
+             ok = emmap:close(M)
+         end || Opts <- [[], [shared], [private]]]
+    end),
+    {ok, A} = emmap:open("", 0, 4096, [anon]),
+    ?assertEqual({error, eacces}, emmap:resize(A)),
+    ok = emmap:close(A).

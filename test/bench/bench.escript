@@ -88,26 +88,12 @@ run(Quick) ->
     _ = os:cmd("rm -rf " ++ Dir),
     SmallRows ++ BigRows ++ Scale ++ Resp ++ Extra.
 
-%% Rows from the queue and block-storage benches, when those modules are built.
+%% Rows from the queue and block-storage benches (each prints its own table too).
 extra_rows(_N) ->
-    lists:append([case code:ensure_loaded(M) of
-                      {module, M} ->
-                          [{Op, Impl, Ns, 1.0e9 / Ns} || {Name, Ns} <- M:run(),
-                                                         {Op, Impl} <- [split_name(Name)]];
-                      _ -> []
-                  end || M <- [emmap_queue_bench, emmap_blocks_bench]]).
-
-split_name(Name) when is_list(Name) ->
-    case string:split(Name, ": ") of
-        [Op, Impl] -> {Op, Impl};
-        _ -> {Name, ""}
-    end;
-split_name(Name) when is_atom(Name) -> split_name(atom_to_list(Name));
-split_name({Op, Impl}) -> {to_list(Op), to_list(Impl)}.
-
-to_list(A) when is_atom(A) -> atom_to_list(A);
-to_list(B) when is_binary(B) -> binary_to_list(B);
-to_list(L) -> L.
+    Queue = [{"queue push+pop pair", Name, Ns, 1.0e9 / Ns} || {Name, Ns} <- emmap_queue_bench:run()],
+    Blocks = [{"block storage 1531 B", atom_to_list(Op), Ns, 1.0e9 / Ns}
+              || {Op, Ns} <- emmap_blocks_bench:run()],
+    Queue ++ Blocks.
 
 offsets(Max) ->
     list_to_tuple([rand:uniform(Max + 1) - 1 || _ <- lists:seq(1, ?NOFFS)]).
