@@ -842,7 +842,7 @@ doc_section_example_test() ->
     [Md | _] = binary:split(FromSection, <<"\n## ">>),
     [Example, Output] = fenced(Md),
     _ = file:delete("/tmp/blocks_example.bin"),
-    Printed = capture(fun() -> eval(binary_to_list(Example)) end),
+    Printed = emmap_test_lib:capture(fun() -> eval(binary_to_list(Example)) end),
     _ = file:delete("/tmp/blocks_example.bin"),
     ?assertEqual(binary_to_list(Output), Printed).
 
@@ -876,28 +876,3 @@ nonlocal({M, F}, Args) ->
     apply(M, F, Args);
 nonlocal(F, Args) when is_function(F) ->
     apply(F, Args).
-
-%% What Fun prints through io:format to the standard output.
-capture(Fun) ->
-    Self = self(),
-    GL = group_leader(),
-    Catcher = spawn_link(fun() -> catcher(Self, []) end),
-    group_leader(Catcher, self()),
-    try Fun() after group_leader(GL, self()) end,
-    Catcher ! {done, Self},
-    receive {Catcher, Chars} -> Chars end.
-
-catcher(Owner, Acc) ->
-    receive
-        {io_request, From, Ref, {put_chars, Enc, Chars}} ->
-            From ! {io_reply, Ref, ok},
-            catcher(Owner, [unicode:characters_to_list(Chars, Enc) | Acc]);
-        {io_request, From, Ref, {put_chars, Enc, M, F, A}} ->
-            From ! {io_reply, Ref, ok},
-            catcher(Owner, [unicode:characters_to_list(apply(M, F, A), Enc) | Acc]);
-        {io_request, From, Ref, _} ->
-            From ! {io_reply, Ref, {error, enotsup}},
-            catcher(Owner, Acc);
-        {done, Owner} ->
-            Owner ! {self(), lists:flatten(lists:reverse(Acc))}
-    end.

@@ -12,6 +12,8 @@
 -include_lib("eunit/include/eunit.hrl").
 -include_lib("kernel/include/file.hrl").
 
+-import(emmap_test_lib, [mode/1, maps_lines/0, mapped/1, open_fds/0]).
+
 %% Run inside child VMs.
 -export([child_durability/3, child_hammer/4, child_truncate/3, child_ro_resize/2,
          child_anon_shared_resize/0]).
@@ -28,21 +30,6 @@ tmp(Tag) ->
     filename:join("/tmp", "emmap_os_" ++ Tag ++ "_" ++ os:getpid() ++ "_"
                   ++ integer_to_list(erlang:unique_integer([positive]))).
 
-open_fds() ->
-    {ok, Fds} = file:list_dir("/proc/self/fd"),
-    length(Fds).
-
-maps_lines() ->
-    {ok, B} = file:read_file("/proc/self/maps"),
-    binary:split(B, <<"\n">>, [global, trim]).
-
-mapped(Path) ->
-    P = list_to_binary(Path),
-    length([L || L <- maps_lines(), binary:match(L, P) =/= nomatch]).
-
-mode(P) ->
-    {ok, #file_info{mode = M}} = file:read_file_info(P),
-    M band 8#7777.
 
 %% Polls Pred every 10 ms for up to Ms milliseconds (destructors run after GC).
 wait_until(Pred, Ms) when Ms =< 0 -> Pred();

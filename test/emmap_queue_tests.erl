@@ -1246,53 +1246,15 @@ ok = emmap_queue:stop(jobs),
 io:format(\"~p~n\", [Sent]).  % Prints: {sent,\"ann@example.com\"}
 ").
 
-%% Evaluates Text as the shell would; returns what it printed.
-eval_printing(Text) ->
-    {ok, Tokens, _} = erl_scan:string(Text),
-    {ok, Exprs} = erl_parse:parse_exprs(Tokens),
-    {ok, Dev} = capture_start(),
-    OldGL = group_leader(),
-    group_leader(Dev, self()),
-    try erl_eval:exprs(Exprs, erl_eval:new_bindings())
-    after group_leader(OldGL, self())
-    end,
-    capture_stop(Dev).
-
-expected_print(Text) ->
-    [_, Expected] = string:split(Text, "% Prints: "),
-    string:trim(Expected) ++ "\n".
-
-capture_start() ->
-    {ok, spawn_link(fun() -> capture_loop([]) end)}.
-
-capture_stop(Dev) ->
-    Dev ! {get, self()},
-    receive {captured, S} -> S end.
-
-capture_loop(Acc) ->
-    receive
-        {io_request, From, Ref, {put_chars, unicode, M, F, A}} ->
-            From ! {io_reply, Ref, ok},
-            capture_loop([apply(M, F, A) | Acc]);
-        {io_request, From, Ref, {put_chars, unicode, Chars}} ->
-            From ! {io_reply, Ref, ok},
-            capture_loop([unicode:characters_to_list(Chars) | Acc]);
-        {io_request, From, Ref, _} ->
-            From ! {io_reply, Ref, {error, enotsup}},
-            capture_loop(Acc);
-        {get, From} ->
-            From ! {captured, lists:flatten(lists:reverse(Acc))}
-    end.
-
 readme_example_test() ->
     _ = file:delete("/tmp/orders.queue"),
-    ?assertEqual("[3,2]\n", expected_print(?README_EXAMPLE)),
-    ?assertEqual(expected_print(?README_EXAMPLE), eval_printing(?README_EXAMPLE)),
+    ?assertEqual("[3,2]\n", emmap_test_lib:expected_print(?README_EXAMPLE)),
+    ?assertEqual(emmap_test_lib:expected_print(?README_EXAMPLE), emmap_test_lib:eval_printing(?README_EXAMPLE)),
     ?assertNot(filelib:is_file("/tmp/orders.queue")).
 
 readme_server_example_test() ->
-    ?assertEqual("{sent,\"ann@example.com\"}\n", expected_print(?README_SERVER_EXAMPLE)),
-    ?assertEqual(expected_print(?README_SERVER_EXAMPLE), eval_printing(?README_SERVER_EXAMPLE)),
+    ?assertEqual("{sent,\"ann@example.com\"}\n", emmap_test_lib:expected_print(?README_SERVER_EXAMPLE)),
+    ?assertEqual(emmap_test_lib:expected_print(?README_SERVER_EXAMPLE), emmap_test_lib:eval_printing(?README_SERVER_EXAMPLE)),
     ?assertNot(filelib:is_file("/tmp/jobs.queue")).
 
 %% The examples are the documentation's text, verbatim: in doc_queue_section.md until

@@ -67,47 +67,10 @@ eval(Text, Bindings) ->
 local(io_format, Args) -> apply(io, format, Args);
 local(Name, Args) -> erlang:error({undefined_shell_command, Name, length(Args)}).
 
-%% The expected output of the counters example: its `% Prints:' comment.
-expected_print(Text) ->
-    [_, Expected] = string:split(Text, "% Prints: "),
-    string:trim(Expected) ++ "\n".
-
 %% Runs the counters example, returning what it printed.
 run_counters_example() ->
     _ = file:delete("/tmp/mem.bin"),
-    {ok, Dev} = capture_start(),
-    OldGL = group_leader(),
-    group_leader(Dev, self()),
-    try eval(?COUNTERS_EXAMPLE, erl_eval:new_bindings())
-    after group_leader(OldGL, self())
-    end,
-    capture_stop(Dev).
-
-capture_start() ->
-    {ok, spawn_link(fun() -> capture_loop([]) end)}.
-
-capture_stop(Dev) ->
-    Dev ! {get, self()},
-    receive {captured, S} -> S end.
-
-capture_loop(Acc) ->
-    receive
-        {io_request, From, Ref, Req} ->
-            {Reply, Acc1} = capture_req(Req, Acc),
-            From ! {io_reply, Ref, Reply},
-            capture_loop(Acc1);
-        {get, From} ->
-            From ! {captured, lists:flatten(lists:reverse(Acc))}
-    end.
-
-capture_req({put_chars, unicode, M, F, A}, Acc) ->
-    {ok, [apply(M, F, A) | Acc]};
-capture_req({put_chars, unicode, Chars}, Acc) ->
-    {ok, [unicode:characters_to_list(Chars) | Acc]};
-capture_req({put_chars, _Enc, Chars}, Acc) ->
-    {ok, [unicode:characters_to_list(Chars) | Acc]};
-capture_req(_, Acc) ->
-    {{error, enotsup}, Acc}.
+    emmap_test_lib:eval_printing(?COUNTERS_EXAMPLE).
 
 %% The two-shell example as a list of steps: {ShellNo, Command, Expected | none}.
 shell_steps(Text) ->
@@ -238,8 +201,8 @@ tmp_dir() ->
 %%%---------------------------------------------------------------------------
 
 counters_example_prints_what_it_says_test() ->
-    ?assertEqual("N1=0, N2=1, N3=6, N4=7, N5=9, N6=15\n", expected_print(?COUNTERS_EXAMPLE)),
-    ?assertEqual(expected_print(?COUNTERS_EXAMPLE), run_counters_example()),
+    ?assertEqual("N1=0, N2=1, N3=6, N4=7, N5=9, N6=15\n", emmap_test_lib:expected_print(?COUNTERS_EXAMPLE)),
+    ?assertEqual(emmap_test_lib:expected_print(?COUNTERS_EXAMPLE), run_counters_example()),
     %% ... and the counter is persistent: reopening shows the last value.
     F = emmap:open_counters("/tmp/mem.bin"),
     ?assertEqual(15, emmap:read_counter(F, 0)),

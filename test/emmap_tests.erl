@@ -5,6 +5,8 @@
 -include_lib("eunit/include/eunit.hrl").
 -include_lib("kernel/include/file.hrl").
 
+-import(emmap_test_lib, [mode/1, mapped/1, open_fds/0]).
+
 %%%---------------------------------------------------------------------------
 %%% helpers
 %%%---------------------------------------------------------------------------
@@ -17,22 +19,6 @@ with_file(Bytes, Fun) ->
     P = tmp(),
     ok = file:write_file(P, Bytes),
     try Fun(P) after file:delete(P) end.
-
-mode(P) ->
-    {ok, #file_info{mode = M}} = file:read_file_info(P),
-    M band 8#777.
-
-maps_lines() ->
-    {ok, B} = file:read_file("/proc/self/maps"),
-    binary:split(B, <<"\n">>, [global, trim]).
-
-mapped(Path) ->
-    P = list_to_binary(Path),
-    length([L || L <- maps_lines(), binary:match(L, P) =/= nomatch]).
-
-open_fds() ->
-    {ok, Fds} = file:list_dir("/proc/self/fd"),
-    length(Fds).
 
 %% Waits until `Pred()' holds (resource destructors run asynchronously after GC).
 eventually(Pred) -> eventually(Pred, 200).
