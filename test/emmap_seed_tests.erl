@@ -242,3 +242,13 @@ examples_match_the_readme_test() ->
 seed_readme() ->
     {ok, Cwd} = file:get_cwd(),                 % rebar3 runs tests from the project root
     filename:join([filename:dirname(Cwd), "shared", "spec", "seed-README.md"]).
+
+%% Our own README's version of the counters example (with `io:format') runs as written too.
+readme_counters_example_test() ->
+    {ok, Readme} = file:read_file("README.md"),
+    {match, Blocks} = re:run(Readme, "```erlang\n(.*?)```", [dotall, global, {capture, all_but_first, list}]),
+    [Example] = [B || [B] <- Blocks, string:find(B, "emmap:open_counters(\"/tmp/mem.bin\", 2)") =/= nomatch],
+    _ = file:delete("/tmp/mem.bin"),
+    ?assertEqual("N1=0, N2=1, N3=6, N4=7, N5=9, N6=15\n", emmap_test_lib:expected_print(Example)),
+    ?assertEqual(emmap_test_lib:expected_print(Example), emmap_test_lib:eval_printing(Example)),
+    ok = file:delete("/tmp/mem.bin").
