@@ -21,7 +21,7 @@ with_file(Bytes, Fun) ->
     try Fun(P) after file:delete(P) end.
 
 %% Waits until `Pred()' holds (resource destructors run asynchronously after GC).
-eventually(Pred) -> eventually(Pred, 200).
+eventually(Pred) -> eventually(Pred, 600).              % up to ~3 s
 eventually(Pred, 0) -> Pred();
 eventually(Pred, N) ->
     case Pred() of
