@@ -1,22 +1,116 @@
-//! A reader/writer exclusion whose read side scales across cores.
+//! A reader/writer exclusion whose read side costs no atomic read-modify-write.
 //!
-//! Readers (every data operation on a `lock` handle) announce themselves in one of several
-//! counters, each on its own cache line, picked per thread; two schedulers reading the same
-//! handle therefore never write to the same cache line. A writer (`close`, `resize`) raises
-//! a flag and waits until every counter is zero; readers that see the flag step back until
-//! it is lowered. Writers are serialised by the caller (they hold the handle's state lock).
+//! Data operations on a `lock` handle are readers; `close` and `resize` are the writer.
+//! Readers are many and frequent, the writer is rare, so the cost is put on the writer
+//! (the asymmetric scheme of user-space RCU):
+//!
+//! - Each thread owns one slot of a process-wide table, on its own cache line. A reader
+//!   stores the address of the `Readers` it enters in its slot (a plain store), checks the
+//!   writer flag, and clears the slot when done.
+//! - The writer raises the flag, then calls `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`,
+//!   which makes every running thread of the process execute a full memory barrier. After
+//!   it, either a reader's slot store is visible to the writer (which then waits for the
+//!   slot to clear), or that reader's later load of the flag sees it raised (and the
+//!   reader steps back). This is the store-then-load (Dekker) pattern, with the reader's
+//!   half of the fence paid by the writer.
+//! - Where `membarrier` is not available, or a thread finds no free slot, readers fall
+//!   back to per-`Readers` counters updated with sequentially consistent atomics.
+//!
+//! Reads must not nest on one thread (no emmap operation calls another while inside).
+//! Writers are serialised by the caller (they hold the handle's state lock).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
-const SLOTS: usize = 16;
+const COUNTERS: usize = 16;
+const GLOBAL_SLOTS: usize = 256;
 
 #[repr(align(128))]
-#[derive(Default)]
 struct Slot(AtomicUsize);
 
+/// Per-thread slots: 0 when the thread is not reading, else the `Readers` it is in.
+static SLOTS: [Slot; GLOBAL_SLOTS] = [const { Slot(AtomicUsize::new(0)) }; GLOBAL_SLOTS];
+/// Which slots belong to a live thread.
+static CLAIMED: [AtomicBool; GLOBAL_SLOTS] = [const { AtomicBool::new(false) }; GLOBAL_SLOTS];
+/// Next counter for threads on the fallback path.
+static NEXT_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+
+fn membarrier(cmd: libc::c_int) -> libc::c_long {
+    // SAFETY: membarrier takes two integers and touches no memory of ours.
+    unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0) }
+}
+
+/// Whether the process is registered for expedited private membarriers.
+fn membarrier_ready() -> bool {
+    static READY: OnceLock<bool> = OnceLock::new();
+    *READY.get_or_init(|| {
+        let cmds = membarrier(MEMBARRIER_CMD_QUERY);
+        cmds > 0
+            && cmds & libc::c_long::from(MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0
+            && membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0
+    })
+}
+
+/// A thread's claim on a global slot, given back when the thread exits.
+struct Claim(Option<usize>);
+
+impl Claim {
+    fn new() -> Claim {
+        if !membarrier_ready() {
+            return Claim(None);
+        }
+        let free = (0..GLOBAL_SLOTS).find(|&i| {
+            CLAIMED[i]
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        });
+        Claim(free)
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(i) = self.0 {
+            CLAIMED[i].store(false, Ordering::Release);
+        }
+    }
+}
+
+thread_local! {
+    static CLAIM: Claim = Claim::new();
+    static COUNTER: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// This thread's global slot, if it has one.
+#[inline]
+fn global_slot() -> Option<&'static AtomicUsize> {
+    CLAIM.try_with(|c| c.0).ok().flatten().map(|i| &SLOTS[i].0)
+}
+
+fn counter_index() -> usize {
+    COUNTER.with(|s| {
+        let v = s.get();
+        if v != usize::MAX {
+            return v;
+        }
+        let v = NEXT_COUNTER.fetch_add(1, Ordering::Relaxed) % COUNTERS;
+        s.set(v);
+        v
+    })
+}
+
+fn pause() {
+    std::hint::spin_loop();
+    std::thread::yield_now();
+}
+
 pub struct Readers {
-    slots: [Slot; SLOTS],
+    counters: [Slot; COUNTERS],
     writer: AtomicBool,
 }
 
@@ -28,37 +122,30 @@ impl std::fmt::Debug for Readers {
     }
 }
 
-static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-fn my_slot() -> usize {
-    SLOT.with(|s| {
-        let v = s.get();
-        if v != usize::MAX {
-            return v;
+impl Default for Readers {
+    fn default() -> Self {
+        Readers {
+            counters: [const { Slot(AtomicUsize::new(0)) }; COUNTERS],
+            writer: AtomicBool::new(false),
         }
-        let v = NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % SLOTS;
-        s.set(v);
-        v
-    })
-}
-
-fn pause() {
-    std::hint::spin_loop();
-    std::thread::yield_now();
+    }
 }
 
 /// Held by a reader; the writer waits for it to be dropped.
-pub struct ReadGuard<'a> {
-    count: &'a AtomicUsize,
+pub enum ReadGuard<'a> {
+    Slot(&'static AtomicUsize),
+    Counter(&'a AtomicUsize),
 }
 
 impl Drop for ReadGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::Release);
+        match self {
+            ReadGuard::Slot(s) => s.store(0, Ordering::Release),
+            ReadGuard::Counter(c) => {
+                c.fetch_sub(1, Ordering::Release);
+            }
+        }
     }
 }
 
@@ -73,27 +160,43 @@ impl Drop for WriteGuard<'_> {
     }
 }
 
-impl Default for Readers {
-    fn default() -> Self {
-        Readers {
-            slots: Default::default(),
-            writer: AtomicBool::new(false),
-        }
-    }
-}
-
 impl Readers {
-    /// Enters the read side. Must not be called again on the same thread while the guard
-    /// lives (no nesting).
+    fn id(&self) -> usize {
+        self as *const Readers as usize
+    }
+
+    /// Enters the read side.
     #[inline]
     pub fn read(&self) -> ReadGuard<'_> {
-        let count = &self.slots[my_slot()].0;
+        match global_slot() {
+            Some(slot) => loop {
+                slot.store(self.id(), Ordering::Relaxed);
+                // The CPU may still order the flag load before the store above; the
+                // writer's membarrier makes up for that (see the module doc).
+                compiler_fence(Ordering::SeqCst);
+                if !self.writer.load(Ordering::Relaxed) {
+                    // Accesses to the mapping must not move before the flag check.
+                    compiler_fence(Ordering::SeqCst);
+                    std::sync::atomic::fence(Ordering::Acquire);
+                    return ReadGuard::Slot(slot);
+                }
+                slot.store(0, Ordering::Release);
+                while self.writer.load(Ordering::Acquire) {
+                    pause();
+                }
+            },
+            None => self.read_counted(),
+        }
+    }
+
+    fn read_counted(&self) -> ReadGuard<'_> {
+        let count = &self.counters[counter_index()].0;
         loop {
-            // SeqCst on both sides (here and in `write`) means that either the writer sees
-            // this increment or this reader sees the writer's flag.
+            // SeqCst on both sides (here and in `write`): either the writer sees this
+            // increment or this reader sees the writer's flag.
             count.fetch_add(1, Ordering::SeqCst);
             if !self.writer.load(Ordering::SeqCst) {
-                return ReadGuard { count };
+                return ReadGuard::Counter(count);
             }
             count.fetch_sub(1, Ordering::SeqCst);
             while self.writer.load(Ordering::Acquire) {
@@ -105,42 +208,99 @@ impl Readers {
     /// Enters the write side: waits until no reader is inside. Callers serialise writers.
     pub fn write(&self) -> WriteGuard<'_> {
         self.writer.store(true, Ordering::SeqCst);
-        for s in &self.slots {
-            while s.0.load(Ordering::SeqCst) != 0 {
+        // Lowers the flag again however this function is left (a panic included).
+        let guard = WriteGuard { flag: &self.writer };
+        if membarrier_ready() {
+            // Registered, so it does not fail; should it, slot readers could be missed:
+            // retry, and give up (unwinding, nothing unmapped) rather than go on.
+            let mut tries = 0;
+            while membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0 {
+                tries += 1;
+                assert!(tries < 1000, "membarrier keeps failing");
                 pause();
             }
         }
-        WriteGuard { flag: &self.writer }
+        let me = self.id();
+        for s in &SLOTS {
+            while s.0.load(Ordering::Acquire) == me {
+                pause();
+            }
+        }
+        for c in &self.counters {
+            while c.0.load(Ordering::SeqCst) != 0 {
+                pause();
+            }
+        }
+        guard
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
-    #[test]
-    fn writer_excludes_readers() {
+    /// Tests that fill the slot table must not run at the same time.
+    static TABLE: Mutex<()> = Mutex::new(());
+
+    fn exclusion(threads: usize) {
         let r = Arc::new(Readers::default());
         let inside = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let hs: Vec<_> = (0..4)
+        let hs: Vec<_> = (0..threads)
             .map(|_| {
                 let (r, inside, stop) = (r.clone(), inside.clone(), stop.clone());
                 std::thread::spawn(move || {
+                    let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         let _g = r.read();
                         inside.fetch_add(1, Ordering::SeqCst);
                         inside.fetch_sub(1, Ordering::SeqCst);
+                        n += 1;
                     }
+                    n
                 })
             })
             .collect();
-        for _ in 0..1000 {
+        for _ in 0..2000 {
             let _w = r.write();
             assert_eq!(inside.load(Ordering::SeqCst), 0);
         }
         stop.store(true, Ordering::Relaxed);
-        hs.into_iter().for_each(|h| h.join().unwrap());
+        let reads: u64 = hs.into_iter().map(|h| h.join().unwrap()).sum();
+        assert!(reads > 0);
+    }
+
+    #[test]
+    fn writer_excludes_readers() {
+        exclusion(4);
+    }
+
+    /// More threads than global slots: the rest take the counter path, still excluded.
+    #[test]
+    fn writer_excludes_readers_beyond_the_slot_table() {
+        let _t = TABLE.lock().unwrap();
+        exclusion(GLOBAL_SLOTS + 8);
+    }
+
+    #[test]
+    fn slots_are_given_back_when_threads_exit() {
+        let _t = TABLE.lock().unwrap();
+        for _ in 0..(2 * GLOBAL_SLOTS) {
+            std::thread::spawn(|| {
+                let r = Readers::default();
+                drop(r.read());
+            })
+            .join()
+            .unwrap();
+        }
+        if membarrier_ready() {
+            let got_slot = std::thread::spawn(|| {
+                let r = Readers::default();
+                let g = r.read();
+                matches!(g, ReadGuard::Slot(_))
+            });
+            assert!(got_slot.join().unwrap());
+        }
     }
 }
