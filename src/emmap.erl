@@ -193,11 +193,6 @@ info(_) -> erlang:error(badarg).
           {ok, binary()} | eof | {error, posix_reason()}.
 pread(?H(R), Pos, Len) when ?IS_POS(Pos), is_integer(Len), Len >= 0, Len =< ?DIRTY_COPY ->
     pread_nif(R, Pos, Len);                     % never answers `dirty' for such a length
-pread(?H(R), Pos, Len) when ?IS_POS(Pos), ?IS_POS(Len) ->
-    case pread_nif(R, Pos, Len) of
-        dirty -> pread_dirty_nif(R, Pos, Len);
-        Res -> Res
-    end;
 pread(?H(R), Pos, Len)
   when is_integer(Pos), Pos >= 0, Pos =< ?U64MAX, is_integer(Len), Len >= 0 ->
     L = min(Len, ?U64MAX),
