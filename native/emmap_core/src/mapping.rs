@@ -355,11 +355,7 @@ impl Mapping {
                 self.exported.store(true, Ordering::Release);
             }
         }
-        // SAFETY: `s <= e <= len` (checked by the caller's bounds helper) and the region is
-        // pinned by `a`. Other writers may change these bytes concurrently (that is what
-        // shared memory is for); the slice is only ever copied or handed to the VM as the
-        // contents of a resource binary, never used to make decisions in Rust.
-        unsafe { std::slice::from_raw_parts(a.ptr().add(s), e - s) }
+        self.bytes_unexported(a, s, e)
     }
 
     /// Like `pread`, for direct mode: the slice stays valid until this mapping is dropped.
@@ -397,7 +393,7 @@ impl Mapping {
             let Some((s, e)) = bounds::read_range(p, u64::MAX, a.len()) else {
                 return Ok(Line::Eof);
             };
-            let window = &self.bytes_unexported(&a, s, e);
+            let window = self.bytes_unexported(&a, s, e);
             let scan = &window[..window.len().min(limit)];
             let end = match scan.iter().position(|&c| c == b'\n') {
                 Some(i) => s + i + 1,
@@ -417,8 +413,13 @@ impl Mapping {
         }
     }
 
+    /// The bytes `[s, e)` of the pinned region, without marking the mapping exported:
+    /// for slices that do not leave the call (`bytes` marks it first for those that may).
     fn bytes_unexported<'a>(&self, a: &'a Access<'_>, s: usize, e: usize) -> &'a [u8] {
-        // SAFETY: as in `bytes`; this slice is only scanned inside this call.
+        // SAFETY: `s <= e <= len` (checked by the caller's bounds helper) and the region is
+        // pinned by `a`. Other writers may change these bytes concurrently (that is what
+        // shared memory is for); the slice is only ever scanned, copied or handed to the
+        // VM as the contents of a resource binary, never used to make decisions in Rust.
         unsafe { std::slice::from_raw_parts(a.ptr().add(s), e - s) }
     }
 

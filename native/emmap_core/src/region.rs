@@ -184,12 +184,6 @@ impl Region {
         unsafe { ptr::copy_nonoverlapping(other.data, self.data, n) };
     }
 
-    /// Whether this address range is part of this region's kernel mapping.
-    pub fn contains(&self, addr: usize) -> bool {
-        let a = self.map_ptr as usize;
-        addr >= a && addr < a + self.map_len
-    }
-
     /// Start address of the kernel mapping.
     pub fn map_addr(&self) -> usize {
         self.map_ptr as usize
