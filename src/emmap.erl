@@ -16,6 +16,8 @@
 -export([open/2, open/4, close/1, info/1]).
 -export([pread/2, pread/3, pwrite/2, pwrite/3, read/2, read_line/1, write/2, position/2]).
 -export([flush/1, sync/1, datasync/1, advise/4, truncate/1, resize/1, resize/2]).
+-export([allocate/3, read_handle_info/1, read_handle_info/2, copy/3,
+         ipread_s32bu_p32bu/3]).
 -export([patomic/4, patomic_add/3, patomic_sub/3, patomic_and/3, patomic_or/3,
          patomic_xor/3, patomic_xchg/3, patomic_cas/4,
          patomic_read_integer/2, patomic_write_integer/3]).
@@ -102,6 +104,9 @@ flush_nif(_R) -> ?NIF.
 sync_nif(_R, _DataOnly) -> ?NIF.
 advise_nif(_R, _Off, _Len, _Advice) -> ?NIF.
 resize_nif(_R, _Size) -> ?NIF.
+truncate_nif(_R) -> ?NIF.
+allocate_nif(_R, _Off, _Len) -> ?NIF.
+stat_nif(_R) -> ?NIF.
 patomic_nif(_R, _Pos, _Op, _V) -> ?NIF.
 patomic_old_nif(_R, _Pos, _Op, _V) -> ?NIF.
 patomic_cas_nif(_R, _Pos, _Exp, _New) -> ?NIF.
@@ -368,11 +373,162 @@ advise(?H(R), Off, Len, Advice) when is_integer(Off), is_integer(Len) ->
 advise(_, _, _, _) ->
     erlang:error(badarg).
 
-%% @doc Not supported: a mapping never shrinks (a binary or another process could still
-%% point past the new end). Always `{error, enotsup}'.
--spec truncate(mmap_file()) -> {error, enotsup}.
-truncate(?H(R)) -> true = handle_nif(R), {error, enotsup};
+%% @doc Makes the mapping end at the handle's position, as `file:truncate/1' makes a file
+%% end there. Past the end it grows like `resize/2'. Shrinking keeps the memory mapped
+%% (`direct' binaries stay valid; those pointing past the new end see zeros once a shared
+%% file is cut) and, for a shared file mapping, cuts the file too. Errors:
+%% `{error, fixed_size}' for a `fixed_size' mapping unless the size would not change,
+%% `{error, eacces}' when read-only, `{error, ebusy}' while another handle of this VM maps
+%% the same file, `{error, einval}' when the file goes on after the mapped window.
+-spec truncate(mmap_file()) -> ok | {error, posix_reason()}.
+truncate(?H(R)) ->
+    case truncate_nif(R) of
+        {ok, _} -> ok;
+        E -> E
+    end;
 truncate(_) -> erlang:error(badarg).
+
+%% @doc Makes sure `[Offset, Offset + Length)' is inside the mapping, growing it like
+%% `resize/2' if needed, and for a shared file reserves its disk blocks (`fallocate'), so
+%% later writes there cannot fail for lack of space. As for files, `Length = 0' or a
+%% negative argument is `{error, einval}'; a `fixed_size' mapping that would have to grow
+%% answers `{error, fixed_size}'.
+-spec allocate(mmap_file(), integer(), integer()) -> ok | {error, posix_reason()}.
+allocate(?H(R), Off, Len) when is_integer(Off), is_integer(Len) ->
+    if
+        Off < 0; Len =< 0; Off > ?U64MAX; Len > ?U64MAX -> true = handle_nif(R), {error, einval};
+        true -> allocate_nif(R, Off, Len)
+    end;
+allocate(_, _, _) ->
+    erlang:error(badarg).
+
+%% @doc `read_handle_info(Mem, [])'.
+-spec read_handle_info(mmap_file()) -> {ok, #file_info{}} | {error, posix_reason()}.
+read_handle_info(M) ->
+    read_handle_info(M, []).
+
+%% @doc What `file:read_file_info/1,2' answers for the handle: the mapped file's metadata,
+%% except that `size' is the size of the mapping (what reads see) and `access' says
+%% whether the mapping is writable. Anonymous memory reports `type = other' and zeros for
+%% the file fields. `Options' as for `file:read_file_info/2' (`{time, local | universal |
+%% posix}').
+-spec read_handle_info(mmap_file(), [file:file_info_option()]) ->
+          {ok, #file_info{}} | {error, posix_reason()}.
+read_handle_info(?H(R) = M, Opts) when is_list(Opts) ->
+    TimeType = time_type(Opts),
+    case stat_nif(R) of
+        {ok, Stat} ->
+            #{size := Size, writable := W} = info(M),
+            Access = if W -> read_write; true -> read end,
+            {ok, file_info(Stat, Size, Access, TimeType)};
+        E ->
+            E
+    end;
+read_handle_info(_, _) ->
+    erlang:error(badarg).
+
+time_type(Opts) ->
+    case proplists:get_value(time, Opts, local) of
+        T when T =:= local; T =:= universal; T =:= posix -> T;
+        _ -> erlang:error(badarg)
+    end.
+
+file_info(undefined, Size, Access, TimeType) ->
+    Now = erlang:system_time(second),
+    T = from_posix(Now, TimeType),
+    #file_info{size = Size, type = other, access = Access, atime = T, mtime = T, ctime = T,
+               mode = 0, links = 0, major_device = 0, minor_device = 0, inode = 0,
+               uid = 0, gid = 0};
+file_info({{Mode, Links, Dev, Rdev, Ino}, {Uid, Gid, ATime, MTime, CTime}}, Size, Access,
+          TimeType) ->
+    #file_info{size = Size, type = file_type(Mode), access = Access,
+               atime = from_posix(ATime, TimeType), mtime = from_posix(MTime, TimeType),
+               ctime = from_posix(CTime, TimeType), mode = Mode, links = Links,
+               major_device = Dev, minor_device = Rdev, inode = Ino, uid = Uid, gid = Gid}.
+
+file_type(Mode) ->
+    case Mode band 8#170000 of
+        8#100000 -> regular;
+        8#040000 -> directory;
+        8#120000 -> symlink;
+        8#020000 -> device;
+        8#060000 -> device;
+        _ -> other
+    end.
+
+from_posix(Secs, posix) ->
+    Secs;
+from_posix(Secs, universal) ->
+    calendar:system_time_to_universal_time(Secs, second);
+from_posix(Secs, local) ->
+    calendar:system_time_to_local_time(Secs, second).
+
+%% @doc Copies up to `Length' bytes (or all, with `infinity') from `Source''s position to
+%% `Dest''s position and advances both, as `file:copy/3' does for two open files (it calls
+%% this when both are emmap handles). The bytes must fit in `Dest': otherwise
+%% `{error, einval}' and nothing is copied or moved.
+-spec copy(mmap_file(), mmap_file(), non_neg_integer() | infinity) ->
+          {ok, non_neg_integer()} | {error, posix_reason()}.
+copy(?H(S) = Src, ?H(D) = Dst, Length)
+  when is_integer(Length), Length >= 0; Length =:= infinity ->
+    case {position(Src, cur), maps:get(size, info(Src)), position(Dst, cur)} of
+        {{ok, SPos}, SSize, {ok, DPos}} ->
+            N = min(Length, max(0, SSize - SPos)),
+            %% The same handle reads first, then writes after what it read.
+            DEnd = if S =:= D -> DPos + 2 * N; true -> DPos + N end,
+            case maps:get(size, info(Dst)) of
+                DSize when DEnd =< DSize -> copy_chunks(Src, Dst, N, 0);
+                _ when N =:= 0 -> {ok, 0};
+                _ -> {error, einval}
+            end;
+        {{error, _} = E, _, _} -> E;
+        {_, _, {error, _} = E} -> E
+    end;
+copy(_, _, _) ->
+    erlang:error(badarg).
+
+-define(COPY_CHUNK, 1048576).
+
+copy_chunks(_Src, _Dst, 0, Done) ->
+    {ok, Done};
+copy_chunks(Src, Dst, Left, Done) ->
+    case read(Src, min(Left, ?COPY_CHUNK)) of
+        {ok, Bin} ->
+            case write(Dst, Bin) of
+                ok -> copy_chunks(Src, Dst, Left - byte_size(Bin), Done + byte_size(Bin));
+                {error, _} = E -> E
+            end;
+        eof -> {ok, Done};
+        {error, _} = E -> E
+    end.
+
+%% @doc Reads a 32-bit big-endian size and a 32-bit big-endian pointer at `Pos', then
+%% `Size' bytes at the pointer: `{ok, {Size, Pointer, Data | eof}}'. `eof' when the
+%% header is not all there or `Size > MaxSize'. The indirect read `dets' uses; same
+%% answers as for a raw file.
+-spec ipread_s32bu_p32bu(mmap_file(), integer(), non_neg_integer() | infinity) ->
+          {ok, {non_neg_integer(), non_neg_integer(), binary() | eof}} | eof
+          | {error, posix_reason()}.
+ipread_s32bu_p32bu(M, Pos, Max) when is_atom(Max) ->
+    ipread_s32bu_p32bu(M, Pos, (1 bsl 31) - 1);
+ipread_s32bu_p32bu(?H(R) = M, Pos, Max) when is_integer(Pos), is_integer(Max) ->
+    if
+        Max < 0; Max >= 1 bsl 31 -> true = handle_nif(R), {error, einval};
+        true ->
+            case pread(M, Pos, 8) of
+                {ok, <<0:32, Ptr:32>>} -> {ok, {0, Ptr, eof}};
+                {ok, <<Size:32, Ptr:32>>} when Size =< Max ->
+                    case pread(M, Ptr, Size) of
+                        {ok, Data} -> {ok, {Size, Ptr, Data}};
+                        eof -> {ok, {Size, Ptr, eof}};
+                        {error, _} = E -> E
+                    end;
+                {ok, _} -> eof;
+                Other -> Other
+            end
+    end;
+ipread_s32bu_p32bu(_, _, _) ->
+    erlang:error(badarg).
 
 %% @doc Grows the mapping: doubles it while it is below `max_inc_size' (default 64 MiB),
 %% else grows it by `max_inc_size'. See `resize/2'.

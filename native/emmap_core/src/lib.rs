@@ -9,6 +9,7 @@ pub mod atomics;
 pub mod blocks;
 pub mod bounds;
 pub mod error;
+pub mod file_users;
 pub mod mapping;
 pub mod options;
 pub mod readers;

@@ -22,6 +22,7 @@ use parking_lot::RwLock;
 use crate::atomics::{self, Op};
 use crate::bounds;
 use crate::error::{Error, Result};
+use crate::file_users::FileUse;
 use crate::options::Options;
 use crate::readers::{ReadGuard, Readers};
 use crate::region::{page_size, MapSpec, Placement, Region};
@@ -77,6 +78,9 @@ struct State {
     retired: Vec<Arc<Region>>,
     file: Option<File>,
     unlink: Option<UnlinkOnDrop>,
+    /// This handle's claim on the mapped file; released with the last region (declared
+    /// after them, so it is dropped after them).
+    file_use: Option<FileUse>,
 }
 
 #[derive(Debug)]
@@ -259,7 +263,7 @@ impl Mapping {
             dev: meta.dev(),
             ino: meta.ino(),
         });
-        Ok(Mapping::new(
+        let mut m = Mapping::new(
             opts,
             Some(path.to_path_buf()),
             offset,
@@ -267,7 +271,9 @@ impl Mapping {
             region,
             Some(file),
             unlink,
-        ))
+        );
+        m.state.get_mut().file_use = Some(FileUse::new((meta.dev(), meta.ino())));
+        Ok(m)
     }
 
     fn new(
@@ -291,6 +297,7 @@ impl Mapping {
                 retired: Vec::new(),
                 file,
                 unlink,
+                file_use: None,
             }),
             readers: Readers::default(),
             cur,
@@ -540,13 +547,11 @@ impl Mapping {
         }
         let mut st = self.state.write();
         let _excl = self.opts.lock.then(|| self.readers.write());
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        let old = st.current.clone().ok_or(Error::Closed)?;
-        let old_len = old.len();
+        let old_len = Self::current(&st, &self.closed)?.len();
         let target = if new_size == 0 {
-            let step = old_len.min(usize::try_from(self.opts.max_inc_size).unwrap_or(usize::MAX));
+            let step = old_len
+                .max(page_size())
+                .min(usize::try_from(self.opts.max_inc_size).unwrap_or(usize::MAX));
             old_len.checked_add(step).ok_or(Error::Einval)?
         } else {
             usize::try_from(new_size).map_err(|_| Error::Einval)?
@@ -554,6 +559,34 @@ impl Mapping {
         if target < old_len {
             return Err(Error::Einval);
         }
+        self.grow_locked(&mut st, target)
+    }
+
+    /// The current region, or `Closed`.
+    fn current(st: &State, closed: &AtomicBool) -> Result<Arc<Region>> {
+        if closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        st.current.clone().ok_or(Error::Closed)
+    }
+
+    /// Makes `st.current` the new region, keeping the old descriptor while a reader or a
+    /// binary may still use it.
+    fn install(&self, st: &mut State, new: Region) {
+        let new = Arc::new(new);
+        self.cur
+            .store(Arc::as_ptr(&new) as *mut Region, Ordering::Release);
+        let prev = st.current.replace(new);
+        if !self.may_release_early() {
+            st.retired.extend(prev);
+        }
+    }
+
+    /// Grows to `target >= len` bytes; the caller holds the state lock and, with `lock`,
+    /// excludes readers.
+    fn grow_locked(&self, st: &mut State, target: usize) -> Result<usize> {
+        let old = Self::current(st, &self.closed)?;
+        let old_len = old.len();
         if target == old_len {
             return Ok(old_len);
         }
@@ -561,7 +594,6 @@ impl Mapping {
         self.check_writable()?;
         let file_backed = st.file.is_some() && self.opts.is_shared();
         if file_backed {
-            self.check_writable()?;
             let end = self
                 .offset
                 .checked_add(target as u64)
@@ -584,48 +616,160 @@ impl Mapping {
         let new = match grown {
             Some(r) => r,
             None if self.opts.address.is_some() => return Err(Error::Os(libc::ENOMEM)),
-            None => {
-                let r = if file_backed {
-                    let fd = st.file.as_ref().map(|f| f.as_raw_fd());
-                    let spec = MapSpec {
-                        prot: self.opts.prot(),
-                        flags: self.opts.map_flags(),
-                        fd,
-                        offset: self.offset,
-                    };
-                    Region::map(&spec, target, Placement::Any)?
-                } else {
-                    // Private or anonymous: the old contents live only in memory; copy them.
-                    let share = if self.opts.anon && self.opts.is_shared() {
-                        libc::MAP_SHARED
-                    } else {
-                        libc::MAP_PRIVATE
-                    };
-                    let kind = libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_SHARED_VALIDATE;
-                    let flags = (self.opts.map_flags() & !kind & !libc::MAP_SYNC)
-                        | share
-                        | libc::MAP_ANONYMOUS;
-                    let spec = MapSpec {
-                        prot: self.opts.prot(),
-                        flags,
-                        fd: None,
-                        offset: 0,
-                    };
-                    let r = Region::map(&spec, target, Placement::Any)?;
-                    r.copy_from(&old);
-                    r
+            None if file_backed => {
+                let spec = MapSpec {
+                    prot: self.opts.prot(),
+                    flags: self.opts.map_flags(),
+                    fd: st.file.as_ref().map(|f| f.as_raw_fd()),
+                    offset: self.offset,
                 };
+                Region::map(&spec, target, Placement::Any)?
+            }
+            None => {
+                // Private or anonymous: the old contents live only in memory; copy them.
+                let share = if anon_shared {
+                    libc::MAP_SHARED
+                } else {
+                    libc::MAP_PRIVATE
+                };
+                let kind = libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_SHARED_VALIDATE;
+                let flags =
+                    (self.opts.map_flags() & !kind & !libc::MAP_SYNC) | share | libc::MAP_ANONYMOUS;
+                let spec = MapSpec {
+                    prot: self.opts.prot(),
+                    flags,
+                    fd: None,
+                    offset: 0,
+                };
+                let r = Region::map(&spec, target, Placement::Any)?;
+                r.copy_from(&old);
                 r
             }
         };
-        let new = Arc::new(new);
-        self.cur
-            .store(Arc::as_ptr(&new) as *mut Region, Ordering::Release);
-        let prev = st.current.replace(new);
-        if !self.may_release_early() {
-            st.retired.extend(prev);
-        }
+        self.install(st, new);
         Ok(target)
+    }
+
+    /// `truncate/1`: makes the mapping end at `new_len` bytes. Growing is `resize`.
+    /// Shrinking keeps the memory mapped (binaries may point past the new end) and, for a
+    /// shared file mapping, cuts the file at the same place: first the pages past the new
+    /// end are detached from the file in every region of this handle, so nothing can fault.
+    /// Refused with `ebusy` while another handle of this process maps the file, and with
+    /// `einval` when the file goes on past the mapping (a window into a larger file).
+    /// A `fixed_size` mapping answers `fixed_size` unless nothing would change.
+    pub fn truncate(&self, new_len: u64) -> Result<usize> {
+        let mut st = self.state.write();
+        let _excl = self.opts.lock.then(|| self.readers.write());
+        let old = Self::current(&st, &self.closed)?;
+        let old_len = old.len();
+        if new_len == old_len as u64 {
+            return Ok(old_len);
+        }
+        if self.opts.fixed_size {
+            return Err(Error::FixedSize);
+        }
+        self.check_writable()?;
+        let Some(new_len) = usize::try_from(new_len).ok().filter(|&n| n < old_len) else {
+            let target = usize::try_from(new_len).map_err(|_| Error::Einval)?;
+            return self.grow_locked(&mut st, target);
+        };
+        if st.file.is_some() && self.opts.is_shared() {
+            self.cut_file(&st, old_len, new_len)?;
+        }
+        let new = old.shrunk(new_len).ok_or(Error::Einval)?;
+        self.install(&mut st, new);
+        Ok(new_len)
+    }
+
+    /// Cuts a shared file at `offset + new_len`, detaching the pages past that point from
+    /// every region of this handle first. Changes nothing if it fails.
+    fn cut_file(&self, st: &State, old_len: usize, new_len: usize) -> Result<()> {
+        let f = st.file.as_ref().ok_or(Error::Closed)?;
+        let end = |n: usize| self.offset.checked_add(n as u64).ok_or(Error::Einval);
+        if f.metadata()?.len() > end(old_len)? {
+            return Err(Error::Einval);
+        }
+        if st.file_use.as_ref().is_some_and(|u| u.shared_with_others()) {
+            return Err(Error::Os(libc::EBUSY));
+        }
+        let owners: Vec<&Arc<Region>> = st
+            .current
+            .iter()
+            .chain(st.retired.iter())
+            .filter(|r| r.owns())
+            .collect();
+        let undo = |done: &[&Arc<Region>]| {
+            for r in done {
+                // Best effort: the mapping stays safe either way (zero pages cannot fault).
+                let _ = r.reattach_tail(new_len, f.as_raw_fd());
+            }
+        };
+        for (i, r) in owners.iter().enumerate() {
+            if let Err(e) = r.detach_tail(new_len) {
+                undo(&owners[..i]);
+                return Err(e);
+            }
+        }
+        if let Err(e) = set_len(f, end(new_len)?) {
+            undo(&owners);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `allocate/3`: makes sure `[off, off + len)` is inside the mapping (growing it like
+    /// `resize` if needed) and, for a shared file, has disk blocks reserved, so writing
+    /// there later cannot run out of space. `len == 0` is `einval`, as for files.
+    pub fn allocate(&self, off: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Err(Error::Einval);
+        }
+        let end = off.checked_add(len).ok_or(Error::Einval)?;
+        {
+            let mut st = self.state.write();
+            let _excl = self.opts.lock.then(|| self.readers.write());
+            let cur_len = Self::current(&st, &self.closed)?.len();
+            self.check_writable()?;
+            if end > cur_len as u64 {
+                if self.opts.fixed_size {
+                    return Err(Error::FixedSize);
+                }
+                let target = usize::try_from(end).map_err(|_| Error::Einval)?;
+                self.grow_locked(&mut st, target)?;
+            }
+        }
+        let st = self.state.read();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let (Some(f), true) = (&st.file, self.opts.is_shared()) else {
+            return Ok(()); // memory only: nothing to reserve on disk
+        };
+        let start = self.offset.checked_add(off).ok_or(Error::Einval)?;
+        let (start, len) = match (libc::off_t::try_from(start), libc::off_t::try_from(len)) {
+            (Ok(s), Ok(l)) => (s, l),
+            _ => return Err(Error::Einval),
+        };
+        // SAFETY: `f` is an open file descriptor owned by this handle, kept open by the
+        // state read lock; fallocate only changes the file's block allocation.
+        match unsafe { libc::fallocate(f.as_raw_fd(), 0, start, len) } {
+            0 => Ok(()),
+            _ => match Error::last_os() {
+                // The file system cannot reserve blocks ahead: nothing more to do.
+                Error::Os(libc::EOPNOTSUPP) => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// The mapped file's metadata (`None` for anonymous memory).
+    pub fn stat(&self) -> Result<Option<std::fs::Metadata>> {
+        let st = self.state.read();
+        Self::current(&st, &self.closed)?;
+        match &st.file {
+            Some(f) => Ok(Some(f.metadata()?)),
+            None => Ok(None),
+        }
     }
 
     /// Marks the handle closed and closes the file. Memory is released now if no reader or
@@ -642,6 +786,7 @@ impl Mapping {
             st.current = None;
             st.retired.clear();
             st.unlink = None;
+            st.file_use = None;
         }
     }
 

@@ -48,8 +48,16 @@ pub struct Region {
     map_len: usize,
     data: *mut u8,
     len: usize,
+    /// Protection and flags the memory was mapped with, and the (page aligned) file offset
+    /// of `map_ptr`: what it takes to map the same file pages again.
+    prot: libc::c_int,
+    flags: libc::c_int,
+    file_off: libc::off_t,
     /// Whether dropping this descriptor unmaps the memory.
     owns: AtomicBool,
+    /// False once the region was shrunk: its tail may no longer be file-backed, so it
+    /// must never be grown in place (growth maps new memory instead).
+    growable: bool,
 }
 
 // SAFETY: a Region is a descriptor of process-wide memory; the pointers are valid from any
@@ -95,7 +103,11 @@ impl Region {
             // SAFETY: delta < page <= map_len, so this stays inside the new mapping.
             data: unsafe { (p as *mut u8).add(delta) },
             len,
+            prot: spec.prot,
+            flags: spec.flags,
+            file_off,
             owns: AtomicBool::new(true),
+            growable: true,
         })
     }
 
@@ -124,7 +136,7 @@ impl Region {
     /// the returned descriptor owns the memory and `self` becomes a view that will not unmap.
     pub fn grow_in_place(&self, new_len: usize) -> Option<Region> {
         let new_map_len = new_len.checked_add(self.delta())?;
-        if !self.owns.load(Ordering::Acquire) {
+        if !self.growable || !self.owns.load(Ordering::Acquire) {
             return None;
         }
         // SAFETY: `map_ptr/map_len` is a mapping this descriptor owns (checked above); flags
@@ -147,8 +159,97 @@ impl Region {
             map_len: new_map_len,
             data: self.data,
             len: new_len,
+            prot: self.prot,
+            flags: self.flags,
+            file_off: self.file_off,
             owns: AtomicBool::new(true),
+            growable: true,
         })
+    }
+
+    /// A descriptor of the first `new_len` bytes of the same memory, which takes over the
+    /// ownership (`self` becomes a view). Nothing is unmapped: bytes past `new_len` stay
+    /// readable for binaries that point there. The result never grows in place.
+    /// `None` if `self` does not own its memory or `new_len` is larger than it.
+    pub fn shrunk(&self, new_len: usize) -> Option<Region> {
+        if new_len > self.len || !self.owns.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        Some(Region {
+            map_ptr: self.map_ptr,
+            map_len: self.map_len,
+            data: self.data,
+            len: new_len,
+            prot: self.prot,
+            flags: self.flags,
+            file_off: self.file_off,
+            owns: AtomicBool::new(true),
+            growable: false,
+        })
+    }
+
+    /// Replaces the whole pages that lie entirely past user byte `from` with private
+    /// zero-filled memory, so that nothing in them depends on the file any more (a file
+    /// cut shorter would make them fault with SIGBUS). The replacement is atomic: a
+    /// concurrent reader sees either the old page or a zero page, never a hole. Dirty
+    /// pages of a shared file mapping are not lost: they belong to the page cache.
+    /// Only for a descriptor that owns its memory.
+    pub fn detach_tail(&self, from: usize) -> Result<()> {
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        self.replace_tail(from, flags, -1, 0)
+    }
+
+    /// Undoes [`Region::detach_tail`]: maps the file pages past `from` back, from `fd`
+    /// (the descriptor this region was mapped from).
+    pub fn reattach_tail(&self, from: usize, fd: RawFd) -> Result<()> {
+        self.replace_tail(from, self.flags & !libc::MAP_POPULATE, fd, self.file_off)
+    }
+
+    fn replace_tail(
+        &self,
+        from: usize,
+        flags: libc::c_int,
+        fd: RawFd,
+        base: libc::off_t,
+    ) -> Result<()> {
+        if !self.owns.load(Ordering::Acquire) {
+            return Err(Error::Einval);
+        }
+        let start = self
+            .delta()
+            .checked_add(from)
+            .and_then(|b| b.checked_next_multiple_of(page_size()))
+            .ok_or(Error::Einval)?;
+        if start >= self.map_len {
+            return Ok(());
+        }
+        let off = libc::off_t::try_from(start)
+            .ok()
+            .and_then(|s| base.checked_add(s))
+            .ok_or(Error::Einval)?;
+        // SAFETY: [map_ptr + start, map_ptr + map_len) is page aligned (map_ptr is, start
+        // is rounded up to a page) and lies inside the mapping this descriptor owns, so
+        // MAP_FIXED replaces only our own pages, never memory the VM uses for anything
+        // else. The new pages get the protection the region was mapped with.
+        let p = unsafe {
+            libc::mmap(
+                self.map_ptr.add(start) as *mut libc::c_void,
+                self.map_len - start,
+                self.prot,
+                flags | libc::MAP_FIXED,
+                fd,
+                off,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::last_os());
+        }
+        Ok(())
+    }
+
+    /// Whether dropping this descriptor unmaps its memory.
+    pub fn owns(&self) -> bool {
+        self.owns.load(Ordering::Acquire)
     }
 
     /// `msync` over the whole mapping: `MS_SYNC` waits for the disk, `MS_ASYNC` only asks.

@@ -237,6 +237,38 @@ fn resize_nif<'a>(env: Env<'a>, h: &Handle, new_size: u64) -> Term<'a> {
     reply(env, h.mapping.resize(new_size).map(|n| (atoms::ok(), n)))
 }
 
+#[rustler::nif(schedule = "DirtyIo")]
+fn truncate_nif<'a>(env: Env<'a>, h: &Handle) -> Term<'a> {
+    let m = &h.mapping;
+    let r = m.position(Whence::Cur, 0).and_then(|p| m.truncate(p));
+    reply(env, r.map(|n| (atoms::ok(), n)))
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn allocate_nif<'a>(env: Env<'a>, h: &Handle, off: u64, len: u64) -> Term<'a> {
+    reply(env, h.mapping.allocate(off, len).map(|_| atoms::ok()))
+}
+
+/// `{ok, undefined}` for anonymous memory, else
+/// `{ok, {{Mode, Links, Dev, Rdev, Inode}, {Uid, Gid, Atime, Mtime, Ctime}}}` (times in
+/// POSIX seconds) of the mapped file.
+#[rustler::nif]
+fn stat_nif<'a>(env: Env<'a>, h: &Handle) -> Term<'a> {
+    use std::os::unix::fs::MetadataExt;
+    let r = h.mapping.stat().map(|m| match m {
+        None => (atoms::ok(), atoms::undefined()).encode(env),
+        Some(m) => (
+            atoms::ok(),
+            (
+                (m.mode(), m.nlink(), m.dev(), m.rdev(), m.ino()),
+                (m.uid(), m.gid(), m.atime(), m.mtime(), m.ctime()),
+            ),
+        )
+            .encode(env),
+    });
+    reply(env, r)
+}
+
 fn load(env: Env, _info: Term) -> bool {
     resource::register(env)
 }
