@@ -428,6 +428,7 @@ read_handle_info(_, _) ->
     erlang:error(badarg).
 
 time_type(Opts) ->
+    _ = length(Opts),                           % badarg for an improper list
     case proplists:get_value(time, Opts, local) of
         T when T =:= local; T =:= universal; T =:= posix -> T;
         _ -> erlang:error(badarg)

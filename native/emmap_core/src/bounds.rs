@@ -49,9 +49,9 @@ pub fn seek(from: u64, delta: i64) -> Result<u64> {
     Ok(p as u64)
 }
 
-/// The part of the mapping an `madvise` over `[off, off + len)` touches, rounded out to
-/// whole pages, as `(page-aligned start, length)` relative to the mapping's first page.
-/// `delta` is how far the user's offset 0 sits into the first page.
+/// The part of the mapping an `madvise` over `[off, off + len)` (len 0: to the end)
+/// touches: clipped to the mapping (a hint about bytes past the end is a hint about
+/// nothing, as it is for a file) and rounded out to whole pages. `(_, 0)`: nothing to do.
 pub fn advise_range(
     delta: usize,
     off: u64,
@@ -59,19 +59,20 @@ pub fn advise_range(
     size: usize,
     page: usize,
 ) -> Result<(usize, usize)> {
-    let start = usize::try_from(off).map_err(|_| Error::Einval)?;
-    let len = if len == 0 {
-        size.checked_sub(start).ok_or(Error::Einval)?
+    let size64 = size as u64;
+    let start = off.min(size64);
+    let end = if len == 0 {
+        size64
     } else {
-        usize::try_from(len).map_err(|_| Error::Einval)?
+        off.saturating_add(len).min(size64)
     };
-    let end = start.checked_add(len).ok_or(Error::Einval)?;
-    if end > size {
-        return Err(Error::Einval);
+    if end <= start {
+        return Ok((0, 0));
     }
+    // Both are at most `size`, so they fit in usize.
+    let (start, end) = (start as usize, end as usize);
     let abs_start = (delta + start) / page * page;
-    let abs_end = delta + end;
-    Ok((abs_start, abs_end - abs_start))
+    Ok((abs_start, delta + end - abs_start))
 }
 
 #[cfg(test)]
@@ -100,7 +101,7 @@ mod tests {
         assert_eq!(atomic_slot(0, u64::MAX, 16), Err(Error::Einval));
         assert_eq!(seek(u64::MAX, 1), Err(Error::Einval));
         assert_eq!(seek(0, i64::MIN), Err(Error::Einval));
-        assert_eq!(advise_range(0, u64::MAX, 2, 4096, 4096), Err(Error::Einval));
+        assert_eq!(advise_range(0, u64::MAX, 2, 4096, 4096), Ok((0, 0)));
     }
 
     #[test]
@@ -122,7 +123,8 @@ mod tests {
     fn advice_rounds_to_pages() {
         assert_eq!(advise_range(100, 0, 10, 8192, 4096), Ok((0, 110)));
         assert_eq!(advise_range(0, 5000, 0, 8192, 4096), Ok((4096, 4096)));
-        assert_eq!(advise_range(0, 9000, 0, 8192, 4096), Err(Error::Einval));
+        assert_eq!(advise_range(0, 9000, 0, 8192, 4096), Ok((0, 0)));
+        assert_eq!(advise_range(0, 8000, 500, 8192, 4096), Ok((4096, 4096)));
     }
 
     /// Exhaustive-ish sweep near the top of the address space: no combination panics and

@@ -211,6 +211,11 @@ impl Mapping {
         // Decide everything first, change the file last: an open that fails leaves an
         // existing file as it was (a created one is removed by the caller).
         let truncate = opts.truncate && !created;
+        let file_use = FileUse::new((meta.dev(), meta.ino()));
+        if truncate && file_use.shared_with_others() {
+            // Emptying a file that another handle maps would make that one fault.
+            return Err(Error::Os(libc::EBUSY));
+        }
         let fsize = if truncate { 0 } else { meta.len() };
         let fresh = created || fsize == 0 && (opts.create || opts.truncate);
         let len = if len == 0 {
@@ -272,7 +277,7 @@ impl Mapping {
             Some(file),
             unlink,
         );
-        m.state.get_mut().file_use = Some(FileUse::new((meta.dev(), meta.ino())));
+        m.state.get_mut().file_use = Some(file_use);
         Ok(m)
     }
 
@@ -669,12 +674,25 @@ impl Mapping {
             return Err(Error::FixedSize);
         }
         self.check_writable()?;
+        let shared_file = st.file.is_some() && self.opts.is_shared();
+        if shared_file {
+            // A window into a larger file: the bytes after it are not ours to drop, and
+            // growing would show them instead of zeros.
+            let f = st.file.as_ref().ok_or(Error::Closed)?;
+            let end = self
+                .offset
+                .checked_add(old_len as u64)
+                .ok_or(Error::Einval)?;
+            if f.metadata()?.len() > end {
+                return Err(Error::Einval);
+            }
+        }
         let Some(new_len) = usize::try_from(new_len).ok().filter(|&n| n < old_len) else {
             let target = usize::try_from(new_len).map_err(|_| Error::Einval)?;
             return self.grow_locked(&mut st, target);
         };
-        if st.file.is_some() && self.opts.is_shared() {
-            self.cut_file(&st, old_len, new_len)?;
+        if shared_file {
+            self.cut_file(&st, new_len)?;
         }
         let new = old.shrunk(new_len).ok_or(Error::Einval)?;
         self.install(&mut st, new);
@@ -683,12 +701,12 @@ impl Mapping {
 
     /// Cuts a shared file at `offset + new_len`, detaching the pages past that point from
     /// every region of this handle first. Changes nothing if it fails.
-    fn cut_file(&self, st: &State, old_len: usize, new_len: usize) -> Result<()> {
+    fn cut_file(&self, st: &State, new_len: usize) -> Result<()> {
         let f = st.file.as_ref().ok_or(Error::Closed)?;
-        let end = |n: usize| self.offset.checked_add(n as u64).ok_or(Error::Einval);
-        if f.metadata()?.len() > end(old_len)? {
-            return Err(Error::Einval);
-        }
+        let end = self
+            .offset
+            .checked_add(new_len as u64)
+            .ok_or(Error::Einval)?;
         if st.file_use.as_ref().is_some_and(|u| u.shared_with_others()) {
             return Err(Error::Os(libc::EBUSY));
         }
@@ -710,7 +728,7 @@ impl Mapping {
                 return Err(e);
             }
         }
-        if let Err(e) = set_len(f, end(new_len)?) {
+        if let Err(e) = set_len(f, end) {
             undo(&owners);
             return Err(e);
         }

@@ -196,3 +196,20 @@ fn readers_never_fault_while_a_nolock_mapping_is_cut_and_regrown() {
     }
     assert_eq!(std::fs::metadata(&p).unwrap().len(), 64 * 4096);
 }
+
+#[test]
+fn opening_with_truncate_is_refused_while_the_file_is_mapped() {
+    let d = tempfile::tempdir().unwrap();
+    let p = file_with(d.path(), "t", &pattern(4096));
+    let a = Mapping::open(Some(&p), 0, 0, opts(&["read", "shared"])).unwrap();
+    let t = opts(&["read", "write", "shared", "truncate"]);
+    let e = Mapping::open(Some(&p), 0, 100, t.clone()).unwrap_err();
+    assert_eq!(e, Error::Os(libc::EBUSY));
+    assert_eq!(
+        a.pread(4000, 10, |b| b.to_vec()).unwrap().unwrap().len(),
+        10
+    );
+    drop(a);
+    let b = Mapping::open(Some(&p), 0, 100, t).unwrap();
+    assert_eq!(b.size(), Ok(100));
+}
