@@ -514,11 +514,12 @@ ipread_s32bu_p32bu(M, Pos, Max) when is_atom(Max) ->
     ipread_s32bu_p32bu(M, Pos, (1 bsl 31) - 1);
 ipread_s32bu_p32bu(?H(R) = M, Pos, Max) when is_integer(Pos), is_integer(Max) ->
     if
-        Max < 0; Max >= 1 bsl 31 -> true = handle_nif(R), {error, einval};
+        Max >= 1 bsl 31 -> true = handle_nif(R), {error, einval};
         true ->
             case pread(M, Pos, 8) of
+                {ok, <<Size:32, _:32>>} when Size > Max -> eof;
                 {ok, <<0:32, Ptr:32>>} -> {ok, {0, Ptr, eof}};
-                {ok, <<Size:32, Ptr:32>>} when Size =< Max ->
+                {ok, <<Size:32, Ptr:32>>} ->
                     case pread(M, Ptr, Size) of
                         {ok, Data} -> {ok, {Size, Ptr, Data}};
                         eof -> {ok, {Size, Ptr, eof}};

@@ -1,10 +1,15 @@
 %%% @doc Differential tests: emmap handles against raw files.
 %%%
 %%% The same random sequence of `file:pread/2,3', `file:pwrite/2,3', `file:read/2',
-%%% `file:read_line/1', `file:position/2' and `file:write/2' calls runs through the `file'
-%%% module on an emmap handle and on a raw handle (`[raw, binary, read, write]') of a
-%%% second file with the same initial contents. Every result, the position after every
-%%% call and the whole contents after every call must be equal. The sequences come from a
+%%% `file:read_line/1', `file:position/2', `file:write/2', `file:truncate/1',
+%%% `file:allocate/3', `file:sync/1', `file:datasync/1', `file:advise/4',
+%%% `file:read_file_info/1,2', `file:ipread_s32bu_p32bu/3' and `file:copy/3' (both ways
+%%% between the handle and a second open file) calls runs through the `file' module on an
+%%% emmap handle and on a raw handle (`[raw, binary, read, write]') of a second file with
+%%% the same initial contents. Every result, the position after every call, the size
+%%% (`file:read_file_info/1') and the whole contents after every call must be equal.
+%%% Written data comes as iodata of every shape (binaries, byte lists, deep lists,
+%%% improper tails). The sequences come from a
 %%% `proper_statem' model that only knows the contents and the position; it is used to keep
 %%% writes inside the file (emmap never grows a file by writing) and is itself checked
 %%% against the raw file's position after every call.
@@ -30,6 +35,7 @@
 %% which CI does not install), so the few PropEr macros used here are defined locally,
 %% exactly as proper.hrl defines them. eunit.hrl defines its own ?LET, hence ?BIND.
 -include_lib("eunit/include/eunit.hrl").
+-include_lib("kernel/include/file.hrl").
 
 -define(FORALL(X, RawType, Prop), proper:forall(RawType, fun(X) -> Prop end)).
 -define(BIND(X, RawType, Gen), proper_types:bind(RawType, fun(X) -> Gen end, false)).
@@ -44,7 +50,9 @@
 %% commands
 -export([do_pread/2, do_pread_list/1, do_pwrite/2, do_pwrite_list/1, do_read/1,
          do_read_line/0, do_position/1, do_write/1, do_copy_within/3,
-         do_bad_pwrite/2, do_bad_write/1, do_bad_pwrite_list/1]).
+         do_bad_pwrite/2, do_bad_write/1, do_bad_pwrite_list/1,
+         do_truncate/0, do_allocate/2, do_sync/0, do_datasync/0, do_advise/3, do_info/1,
+         do_ipread/2, do_copy_out/1, do_copy_in/1, do_bad_copy_out/1, do_oposition/1]).
 %% properties, for running by hand: proper:quickcheck(emmap_diff_tests:prop_diff(direct))
 -export([prop_diff/1, variants/0]).
 
@@ -58,7 +66,12 @@
 %% Model: the bytes of the mapped range and the handle position. Until the first write the
 %% bytes stay in their generated form, {chunks, Chunks}, which keeps a counterexample
 %% short; the callbacks work on norm(State).
--record(s, {data = <<"x">> :: binary() | {chunks, [tuple()]}, pos = 0 :: integer()}).
+%% `other' and `opos' model the second file that `file:copy/3' copies to and from; `flex'
+%% says whether the size may change (not in the window variant: a window into a larger
+%% file cannot be truncated or grown like a file).
+-record(s, {data = <<"x">> :: binary() | {chunks, [tuple()]}, pos = 0 :: integer(),
+            other = other_contents() :: binary(), opos = 0 :: non_neg_integer(),
+            flex = true :: boolean()}).
 
 %%%===========================================================================
 %%% EUnit entry point for the properties
@@ -66,6 +79,10 @@
 
 variants() ->
     [shared, direct, nolock, direct_nolock, private, window].
+
+%% The second file's initial bytes.
+other_contents() ->
+    << <<(I rem 251)>> || I <- lists:seq(1, 300) >>.
 
 opts(shared) -> [read, write, shared];
 opts(direct) -> [read, write, shared, direct];
@@ -89,7 +106,8 @@ diff_test_() ->
 
 prop_diff(Variant) ->
     ?FORALL(Setup, setup_gen(Variant),
-            ?FORALL(Cmds, proper_statem:commands(?MODULE, #s{data = {chunks, setup_chunks(Setup)}}),
+            ?FORALL(Cmds, proper_statem:commands(?MODULE, #s{data = {chunks, setup_chunks(Setup)},
+                                                              flex = Variant =/= window}),
                     run_case(Setup, Cmds))).
 
 %% {Variant, Chunks, Prefix, Suffix}: the mapped bytes are expand(Chunks); in the window
@@ -137,7 +155,13 @@ run_case1({Variant, _, Pre, Suf}, Cmds) ->
               ok = file:write_file(P2, Contents),
               Em = opened(emmap:open(P1, byte_size(PreB), Size, opts(Variant))),
               Raw = opened(file:open(P2, [raw, binary, read, write])),
-              put(?KEY, {Em, Raw, Size}),
+              O1 = filename:join(Dir, "other_mapped"),
+              O2 = filename:join(Dir, "other_raw"),
+              ok = file:write_file(O1, other_contents()),
+              ok = file:write_file(O2, other_contents()),
+              EmO = opened(emmap:open(O1, [read, write, shared])),
+              RawO = opened(file:open(O2, [raw, binary, read, write])),
+              put(?KEY, {Em, Raw, EmO, RawO}),
               {History, State, Result} = proper_statem:run_commands(?MODULE, Cmds),
               Final = case Result of
                           ok -> final_checks(Variant, Em, P1, P2, Contents, PreB, SufB,
@@ -163,10 +187,12 @@ final_checks(Variant, Em, P1, P2, Orig, PreB, SufB, #s{data = Model}) ->
                        private -> {ok, <<PreB/binary, Orig/binary>>};
                        _ -> {ok, <<PreB/binary, RawAll/binary>>}
                    end,
+    %% An empty file reads as eof.
+    All = case RawAll of <<>> -> eof; _ -> {ok, RawAll} end,
     [{Name, Got, Expected}
      || {Name, Got, Expected} <-
-            [{emmap_pread_all, EmAll, {ok, RawAll}},
-             {emmap_read_all, {EmSeq, EmRead}, {0, {ok, RawAll}}},
+            [{emmap_pread_all, EmAll, All},
+             {emmap_read_all, {EmSeq, EmRead}, {0, All}},
              {model, Model, RawAll},
              {size, maps:get(size, emmap:info(Em)), Size},
              {disk, strip_suffix(Disk, SufB), DiskExpected}],
@@ -245,17 +271,45 @@ chunk({text, T}) -> T;
 chunk({bytes, B}) -> B;
 chunk({fill, Byte, N}) -> binary:copy(<<Byte>>, N).
 
-%% Data to write: a literal binary, or {fill, Byte, Len} for long ones.
+%% Data to write: a literal binary, the same bytes as iodata of another shape
+%% ({shaped, Shape, Bin}), or {fill, Byte, Len} for long ones.
 data_of_len(Len) when Len =< 64 ->
-    ?BIND(L, vector(Len, byte_gen()), list_to_binary(L));
+    ?BIND({L, Shape}, {vector(Len, byte_gen()), shape_gen()},
+          case Shape of
+              binary -> list_to_binary(L);
+              _ -> {shaped, Shape, list_to_binary(L)}
+          end);
 data_of_len(Len) ->
     ?BIND(B, byte_gen(), {fill, B, Len}).
 
+shape_gen() ->
+    frequency([{4, exactly(binary)}, {1, exactly(bytes)}, {1, exactly(deep)},
+               {1, exactly(improper)}, {1, exactly(mixed)}]).
+
+%% The bytes Bin as iodata of shape Shape.
+shaped(bytes, Bin) ->
+    binary_to_list(Bin);
+shaped(deep, Bin) ->
+    [[[B]] || <<B>> <= Bin] ++ [[], [[]]];
+shaped(improper, <<>>) ->
+    [[] | <<>>];
+shaped(improper, <<H, T/binary>>) ->
+    [H | T];
+shaped(mixed, Bin) ->
+    H = byte_size(Bin) div 2,
+    <<A:H/binary, B/binary>> = Bin,
+    [[], binary_to_list(A), [<<>>, [B | <<>>]]].
+
 data(B) when is_binary(B) -> B;
+data({shaped, Shape, B}) -> shaped(Shape, B);
 data({fill, Byte, N}) -> binary:copy(<<Byte>>, N).
 
+bytes_of(D) -> iolist_to_binary(data(D)).
+
 dlen(B) when is_binary(B) -> byte_size(B);
-dlen({fill, _, N}) -> N.
+dlen({shaped, _, B}) -> byte_size(B);
+dlen({fill, _, N}) -> N;
+dlen(N) when is_integer(N) -> N.
 
 %% Data of at most Max bytes.
 data_gen(Max) ->
@@ -284,10 +338,19 @@ location_gen(Size) ->
                {3, {elements([bof, cur, eof]), range(-Size - 5, Size + 5)}}]).
 
 %% [Pos, Data] with the data inside the file, or a negative position (einval for both).
+%% Sometimes the data is an `ipread_s32bu_p32bu/3' header (size, pointer) that points into
+%% the file.
 pwrite_args(Size) ->
     frequency([{8, ?BIND(Len, len_upto(Size),
                          ?BIND(Pos, range(0, Size - Len), [Pos, data_of_len(Len)]))},
+               {2, ?BIND(Pos, range(0, max(0, Size - 8)), [Pos, header_gen(Size)])},
                {1, [range(-3, -1), data_gen(4)]}]).
+
+header_gen(Size) ->
+    ?BIND({Len, Ptr}, {frequency([{4, range(0, 12)}, {1, range(0, Size + 4)},
+                                  {1, exactly(16#FFFFFFFF)}]),
+                       frequency([{4, range(0, Size)}, {1, range(Size, Size + 4)}])},
+          <<Len:32, Ptr:32>>).
 
 pwrite_pair(Size) ->
     ?BIND([Pos, D], pwrite_args(Size), {Pos, D}).
@@ -316,6 +379,23 @@ copy_args(Size) ->
           {range(0, Size - 1), frequency([{3, range(1, min(Size, 16))}, {1, range(1, Size)}])},
           ?BIND(Dst, range(0, Size - min(Len, Size - Src)), [Src, Len, Dst])).
 
+%% Lengths for allocate/3: 0 and negative are einval for both; growth stays modest.
+alloc_len_gen(Size) ->
+    frequency([{4, range(1, 16)}, {1, range(1, Size + 20)}, {1, elements([0, -1])}]).
+
+advise_len_gen(Size) ->
+    frequency([{4, range(0, Size + 10)}, {1, exactly(0)}, {1, exactly(-1)}]).
+
+advice_gen() ->
+    elements([normal, sequential, random, no_reuse, will_need, dont_need]).
+
+max_gen() ->
+    frequency([{3, range(0, 16)}, {2, exactly(infinity)}, {1, range(0, 1000)},
+               {1, elements([(1 bsl 31) - 1, 1 bsl 31, -1])}]).
+
+copy_len_gen() ->
+    frequency([{4, range(0, 40)}, {1, exactly(infinity)}, {1, exactly(0)}]).
+
 %%%===========================================================================
 %%% proper_statem callbacks
 %%%===========================================================================
@@ -329,12 +409,24 @@ norm(S = #s{}) -> S.
 command(S) ->
     command1(norm(S)).
 
-command1(#s{data = D, pos = P}) ->
+command1(#s{data = D, pos = P, other = O, flex = Flex}) ->
     Size = byte_size(D),
     Avail = Size - P,
     Write = [{4, {call, ?MODULE, do_write, [data_gen(Avail)]}} || Avail >= 0],
+    Resize = [{2, {call, ?MODULE, do_truncate, []}} || Flex]
+        ++ [{2, {call, ?MODULE, do_allocate, [pos_gen(Size), alloc_len_gen(Size)]}} || Flex],
+    OSize = byte_size(O),
     frequency(
-      Write ++
+      Write ++ Resize ++
+          [{1, {call, ?MODULE, do_sync, []}},
+           {1, {call, ?MODULE, do_datasync, []}},
+           {1, {call, ?MODULE, do_advise, [pos_gen(Size), advise_len_gen(Size), advice_gen()]}},
+           {2, {call, ?MODULE, do_info, [elements([[], [{time, posix}], [{time, universal}]])]}},
+           {3, {call, ?MODULE, do_ipread, [pos_gen(Size), max_gen()]}},
+           {2, {call, ?MODULE, do_copy_out, [copy_len_gen()]}},
+           {2, {call, ?MODULE, do_copy_in, [copy_len_gen()]}},
+           {1, {call, ?MODULE, do_bad_copy_out, [range(1, 40)]}},
+           {2, {call, ?MODULE, do_oposition, [range(0, OSize + 3)]}}] ++
           [{5, {call, ?MODULE, do_pread, [pos_gen(Size), len_gen(Size)]}},
            {2, {call, ?MODULE, do_pread_list, [list({pos_gen(Size), len_gen(Size)})]}},
            {5, {call, ?MODULE, do_pwrite, pwrite_args(Size)}},
@@ -342,7 +434,7 @@ command1(#s{data = D, pos = P}) ->
            {4, {call, ?MODULE, do_read, [len_gen(Size)]}},
            {7, {call, ?MODULE, do_read_line, []}},
            {5, {call, ?MODULE, do_position, [location_gen(Size)]}},
-           {2, {call, ?MODULE, do_copy_within, copy_args(Size)}},
+           {2 * min(Size, 1), {call, ?MODULE, do_copy_within, copy_args(max(Size, 1))}},
            {1, {call, ?MODULE, do_bad_pwrite, bad_pwrite_args(Size)}},
            {1, {call, ?MODULE, do_bad_write, [bad_data_gen(Avail)]}},
            {1, {call, ?MODULE, do_bad_pwrite_list, bad_pwrite_list_gen(Size)}}]).
@@ -364,8 +456,35 @@ precondition(#s{data = D}, {call, _, do_bad_pwrite_list, [L]}) ->
         [{Pos, _} | _] -> Pos >= 0;
         [] -> false
     end;
+precondition(#s{flex = Flex}, {call, _, do_truncate, []}) ->
+    Flex;
+precondition(#s{flex = Flex, data = D}, {call, _, do_allocate, [Off, Len]}) ->
+    Flex orelse Off + Len =< byte_size(D);
+precondition(S, {call, _, do_copy_out, [Len]}) ->
+    {N, _} = copy_out_span(S, Len),
+    N =:= 0 orelse S#s.opos + N =< byte_size(S#s.other);
+precondition(S, {call, _, do_bad_copy_out, [Len]}) ->
+    {N, _} = copy_out_span(S, Len),
+    N > 0 andalso S#s.opos + N > byte_size(S#s.other);
+precondition(S = #s{data = D, pos = P}, {call, _, do_copy_in, [Len]}) ->
+    {N, _} = copy_in_span(S, Len),
+    N =:= 0 orelse P + N =< byte_size(D);
 precondition(_, _) ->
     true.
+
+%% {Bytes copied, the bytes} for file:copy(Main, Other, Len) and the reverse.
+copy_out_span(#s{data = D, pos = P}, Len) ->
+    span(D, P, Len).
+
+copy_in_span(#s{other = O, opos = OP}, Len) ->
+    span(O, OP, Len).
+
+span(Bin, Pos, Len) when Pos >= byte_size(Bin) ->
+    _ = Len,
+    {0, <<>>};
+span(Bin, Pos, Len) ->
+    N = min(Len, byte_size(Bin) - Pos),
+    {N, binary:part(Bin, Pos, N)}.
 
 fits(Pos, Data, Size) ->
     Pos >= 0 andalso Pos + dlen(Data) =< Size.
@@ -381,9 +500,11 @@ next_state(S, _Res, {call, _, F, Args}) ->
 %% Every step answers #{em, raw, em_pos, raw_pos, same}; for the commands that only run
 %% on emmap, `raw' is the answer emmap must give.
 postcondition(S, {call, _, F, Args},
-              #{em := E, raw := R, em_pos := EP, raw_pos := RP, same := Same}) ->
-    #s{pos = ModelPos} = next_model(norm(S), F, Args),
-    E =:= R andalso EP =:= RP andalso RP =:= {ok, ModelPos} andalso Same;
+              #{em := E, raw := R, em_pos := EP, raw_pos := RP, same := Same,
+                other := Other}) ->
+    #s{pos = ModelPos, opos = ModelOPos, other = ModelO} = next_model(norm(S), F, Args),
+    E =:= R andalso EP =:= RP andalso RP =:= {ok, ModelPos} andalso Same
+        andalso Other =:= {{ok, ModelOPos}, {ok, ModelOPos}, {ok, ModelO}, {ok, ModelO}};
 postcondition(_, _, _) ->
     false.
 
@@ -424,22 +545,47 @@ next_model(S, do_position, [Loc]) ->
         _ -> S
     end;
 next_model(S = #s{data = D, pos = P}, do_write, [Data]) ->
-    S#s{data = patch(D, P, data(Data)), pos = P + dlen(Data)};
+    S#s{data = patch(D, P, bytes_of(Data)), pos = P + dlen(Data)};
 next_model(S, do_bad_write, _) ->
     S;
 next_model(S = #s{data = D}, do_copy_within, [Src, Len, Dst]) ->
     N = min(Len, byte_size(D) - Src),
-    S#s{data = patch(D, Dst, binary:part(D, Src, N))}.
+    S#s{data = patch(D, Dst, binary:part(D, Src, N))};
+next_model(S = #s{data = D, pos = P}, do_truncate, []) ->
+    S#s{data = resized(D, P)};
+next_model(S = #s{data = D}, do_allocate, [Off, Len]) when Off >= 0, Len > 0 ->
+    S#s{data = resized(D, max(byte_size(D), Off + Len))};
+next_model(S, do_allocate, _) ->
+    S;
+next_model(S, F, _) when F =:= do_sync; F =:= do_datasync; F =:= do_advise; F =:= do_info;
+                         F =:= do_ipread; F =:= do_bad_copy_out ->
+    S;
+next_model(S = #s{pos = P, other = O, opos = OP}, do_copy_out, [Len]) ->
+    {N, B} = copy_out_span(S, Len),
+    S#s{pos = P + N, other = patch(O, OP, B), opos = OP + N};
+next_model(S = #s{data = D, pos = P, opos = OP}, do_copy_in, [Len]) ->
+    {N, B} = copy_in_span(S, Len),
+    S#s{data = patch(D, P, B), pos = P + N, opos = OP + N};
+next_model(S, do_oposition, [OP]) ->
+    S#s{opos = OP}.
+
+%% D cut or padded with zeros to N bytes.
+resized(D, N) when N =< byte_size(D) ->
+    binary:part(D, 0, N);
+resized(D, N) ->
+    <<D/binary, 0:((N - byte_size(D)) * 8)>>.
 
 %% Writes in order up to the first one that does not fit (negative, or past the end).
 apply_pwrites(S = #s{data = D}, [{Pos, Data} | Rest]) ->
     case fits(Pos, Data, byte_size(D)) of
-        true -> apply_pwrites(S#s{data = patch(D, Pos, data(Data))}, Rest);
+        true -> apply_pwrites(S#s{data = patch(D, Pos, bytes_of(Data))}, Rest);
         false -> S
     end;
 apply_pwrites(S, []) ->
     S.
 
+patch(D, _Pos, <<>>) ->
+    D;
 patch(D, Pos, B) ->
     N = byte_size(B),
     <<Pre:Pos/binary, _:N/binary, Post/binary>> = D,
@@ -463,19 +609,30 @@ handles() ->
 %% Runs F on the emmap handle (copying the answer at once: in direct mode its binaries
 %% point into the mapping) and then on the raw handle.
 both(F) ->
-    {Em, Raw, _} = handles(),
+    {Em, Raw, _, _} = handles(),
     E = safe(F, Em),
     R = safe(F, Raw),
     step(E, R).
 
+%% The same, for F(Main, Other).
+both2(F) ->
+    {Em, Raw, EmO, RawO} = handles(),
+    E = safe(fun(H) -> F(H, EmO) end, Em),
+    R = safe(fun(H) -> F(H, RawO) end, Raw),
+    step(E, R).
+
 step(E, R) ->
-    {Em, Raw, Size} = handles(),
+    {Em, Raw, EmO, RawO} = handles(),
     %% position(cur) on the raw handle also drops prim_file's read_line look-ahead buffer
     %% (see the module doc); on emmap it changes nothing.
     EP = safe(fun(F) -> file:position(F, cur) end, Em),
     RP = safe(fun(F) -> file:position(F, cur) end, Raw),
-    Same = safe(fun(F) -> full(F, Size) end, Em) =:= safe(fun(F) -> full(F, Size) end, Raw),
-    #{em => E, raw => R, em_pos => EP, raw_pos => RP, same => Same}.
+    Same = safe(fun full/1, Em) =:= safe(fun full/1, Raw),
+    Other = {safe(fun(F) -> file:position(F, cur) end, EmO),
+             safe(fun(F) -> file:position(F, cur) end, RawO),
+             safe(fun(F) -> file:pread(F, 0, 1000) end, EmO),
+             safe(fun(F) -> file:pread(F, 0, 1000) end, RawO)},
+    #{em => E, raw => R, em_pos => EP, raw_pos => RP, same => Same, other => Other}.
 
 %% F(Handle), with the answer copied at once (in direct mode its binaries point into the
 %% mapping) and exceptions turned into values: the Debian build of PropEr 1.2 crashes on
@@ -485,8 +642,10 @@ safe(F, H) ->
     catch Class:Reason -> {raised, Class, Reason}
     end.
 
-full(F, Size) ->
-    file:pread(F, 0, Size + 1).
+%% The size file:read_file_info/1 reports, and every byte.
+full(F) ->
+    {ok, #file_info{size = Size}} = file:read_file_info(F),
+    {Size, file:pread(F, 0, Size + 1)}.
 
 do_pread(Pos, Len) ->
     both(fun(F) -> file:pread(F, Pos, Len) end).
@@ -500,6 +659,52 @@ do_pwrite(Pos, D) ->
 do_pwrite_list(L) ->
     L1 = [{Pos, data(D)} || {Pos, D} <- L],
     both(fun(F) -> file:pwrite(F, L1) end).
+
+do_truncate() ->
+    both(fun(F) -> file:truncate(F) end).
+
+do_allocate(Off, Len) ->
+    both(fun(F) -> file:allocate(F, Off, Len) end).
+
+do_sync() ->
+    both(fun(F) -> file:sync(F) end).
+
+do_datasync() ->
+    both(fun(F) -> file:datasync(F) end).
+
+do_advise(Off, Len, Advice) ->
+    both(fun(F) -> file:advise(F, Off, Len, Advice) end).
+
+%% What a file user looks at: size, type, access, and the type of the times asked for.
+do_info(Opts) ->
+    both(fun(F) ->
+                 case file:read_file_info(F, Opts) of
+                     {ok, #file_info{size = S, type = T, access = A, mtime = M}} ->
+                         {ok, S, T, A, time_kind(M)};
+                     Other -> Other
+                 end
+         end).
+
+time_kind(T) when is_integer(T) -> posix;
+time_kind({{_, _, _}, {_, _, _}}) -> datetime.
+
+do_ipread(Pos, Max) ->
+    both(fun(F) -> file:ipread_s32bu_p32bu(F, Pos, Max) end).
+
+do_copy_out(Len) ->
+    both2(fun(Main, Other) -> file:copy(Main, Other, Len) end).
+
+do_copy_in(Len) ->
+    both2(fun(Main, Other) -> file:copy(Other, Main, Len) end).
+
+%% A copy into the second file that does not fit: emmap answers {error, einval} and
+%% moves nothing (a raw file would grow).
+do_bad_copy_out(Len) ->
+    {Em, _, EmO, _} = handles(),
+    step(safe(fun(F) -> file:copy(F, EmO, Len) end, Em), {error, einval}).
+
+do_oposition(OP) ->
+    both2(fun(_, Other) -> file:position(Other, OP) end).
 
 do_read(N) ->
     both(fun(F) -> file:read(F, N) end).
@@ -524,19 +729,20 @@ do_copy_within(Src, Len, Dst) ->
 %% Writes past the end: emmap must answer {error, einval} and change nothing (checked by
 %% step/2 against the untouched raw file and the model).
 do_bad_pwrite(Pos, D) ->
-    {Em, _, _} = handles(),
+    {Em, _, _, _} = handles(),
     step(safe(fun(F) -> file:pwrite(F, Pos, data(D)) end, Em), {error, einval}).
 
 do_bad_write(D) ->
-    {Em, _, _} = handles(),
+    {Em, _, _, _} = handles(),
     step(safe(fun(F) -> file:write(F, data(D)) end, Em), {error, einval}).
 
 %% A list whose K-th write does not fit: emmap answers {error, {K, einval}} after doing the
 %% K writes before it; the raw file gets just those K writes.
 do_bad_pwrite_list(L) ->
-    {Em, Raw, Size} = handles(),
+    {Em, Raw, _, _} = handles(),
+    {ok, #file_info{size = Size}} = file:read_file_info(Raw),
     L1 = [{Pos, data(D)} || {Pos, D} <- L],
-    {Good, _} = lists:splitwith(fun({Pos, B}) -> fits(Pos, B, Size) end, L1),
+    {Good, _} = lists:splitwith(fun({Pos, B}) -> fits(Pos, iolist_size(B), Size) end, L1),
     E = safe(fun(F) -> file:pwrite(F, L1) end, Em),
     R = case safe(fun(F) -> file:pwrite(F, Good) end, Raw) of
             ok -> {error, {length(Good), einval}};
@@ -838,3 +1044,105 @@ closed_handle_test() ->
                     ?assertEqual({error, closed}, file:pwrite(Em, 0, <<"x">>)),
                     ?assertEqual({error, closed}, file:position(Em, 0))
             end).
+
+%% file:copy/2,3 between an emmap handle and a raw file, both ways (file.erl copies
+%% through read/write then), and between two emmap handles (emmap:copy/3).
+copy_between_emmap_and_raw_files_test() ->
+    Src = << <<(I rem 256)>> || I <- lists:seq(1, 200000) >>,
+    in_tmp_dir(
+      fun(Dir) ->
+              P = fun(N) -> filename:join(Dir, N) end,
+              ok = file:write_file(P("em_src"), Src),
+              ok = file:write_file(P("em_dst"), binary:copy(<<0>>, 250000)),
+              Em = opened(emmap:open(P("em_src"), [read, write, shared, direct])),
+              Raw = opened(file:open(P("raw"), [raw, binary, read, write])),
+              ?assertEqual({ok, 3}, file:position(Em, 3)),
+              ?assertEqual({ok, 199997}, file:copy(Em, Raw)),
+              ?assertEqual({ok, 199997}, file:position(Em, cur)),
+              ?assertEqual({ok, binary:part(Src, 3, 199997)}, file:read_file(P("raw"))),
+              Dst = opened(emmap:open(P("em_dst"), [read, write, shared])),
+              {ok, 0} = file:position(Raw, bof),
+              ?assertEqual({ok, 100}, file:copy(Raw, Dst, 100)),
+              ?assertEqual({ok, 100}, file:position(Dst, cur)),
+              {ok, 0} = file:position(Em, bof),
+              ?assertEqual({ok, 150000}, file:copy(Em, Dst, 150000)),
+              ?assertEqual({ok, 150100}, file:position(Dst, cur)),
+              ?assertEqual({ok, binary:part(Src, 0, 150000)}, copy(file:pread(Dst, 100, 150000))),
+              %% Does not fit: nothing copied, neither position moves.
+              ?assertEqual({error, einval}, file:copy(Em, Dst)),
+              ?assertEqual({ok, 150000}, file:position(Em, cur)),
+              ?assertEqual({ok, 150100}, file:position(Dst, cur)),
+              %% Past the end of the source: nothing to copy.
+              {ok, _} = file:position(Em, 300000),
+              ?assertEqual({ok, 0}, file:copy(Em, Dst, 10)),
+              %% A handle copied onto itself reads, then writes after what it read.
+              {ok, 0} = file:position(Dst, bof),
+              ?assertEqual({ok, 5}, file:copy(Dst, Dst, 5)),
+              ?assertEqual({ok, <<4, 5, 6, 7, 8, 4, 5, 6, 7, 8>>}, copy(file:pread(Dst, 0, 10))),
+              ?assertEqual({ok, 10}, file:position(Dst, cur)),
+              ok = file:close(Dst),
+              ?assertEqual({error, closed}, file:copy(Em, Dst, 1))
+      end).
+
+%% truncate/1 on a mapping: the file ends at the position; direct binaries that pointed
+%% past the new end stay readable (zeros); growing again gives zeros; a window into a
+%% larger file, a fixed_size mapping and a file mapped by another handle refuse.
+truncate_and_allocate_test() ->
+    Orig = binary:copy(<<"0123456789">>, 1000),
+    with_em(Orig, opts(direct),
+            fun(Em, Path) ->
+                    {ok, Tail} = file:pread(Em, 9000, 10),
+                    {ok, 5000} = file:position(Em, 5000),
+                    ?assertEqual(ok, file:truncate(Em)),
+                    ?assertEqual(5000, filelib:file_size(Path)),
+                    ?assertEqual(<<0:80>>, Tail),
+                    ?assertEqual(eof, file:pread(Em, 5000, 1)),
+                    ?assertEqual({error, einval}, file:pwrite(Em, 4999, <<"ab">>)),
+                    ?assertMatch({ok, #file_info{size = 5000, type = regular, access = read_write}},
+                                 file:read_file_info(Em)),
+                    ?assertEqual(ok, file:allocate(Em, 6000, 100)),
+                    ?assertEqual(6100, filelib:file_size(Path)),
+                    ?assertEqual({ok, <<"789", 0:8>>}, copy(file:pread(Em, 4997, 4))),
+                    ?assertEqual(ok, file:sync(Em)),
+                    ?assertEqual(ok, file:datasync(Em)),
+                    {ok, Disk} = file:read_file(Path),
+                    ?assertEqual(binary:part(Orig, 0, 5000), binary:part(Disk, 0, 5000)),
+                    ?assertEqual(<<0:(1100 * 8)>>, binary:part(Disk, 5000, 1100))
+            end),
+    with_em(Orig, [read, write, shared, fixed_size],
+            fun(Em, Path) ->
+                    {ok, 10000} = file:position(Em, eof),
+                    ?assertEqual(ok, file:truncate(Em)),          % nothing to change
+                    {ok, 10} = file:position(Em, 10),
+                    ?assertEqual({error, fixed_size}, file:truncate(Em)),
+                    ?assertEqual({error, fixed_size}, file:allocate(Em, 9999, 2)),
+                    ?assertEqual(ok, file:allocate(Em, 0, 10000)),
+                    ?assertEqual({ok, Orig}, file:read_file(Path))
+            end),
+    in_tmp_dir(
+      fun(Dir) ->
+              P = filename:join(Dir, "win"),
+              ok = file:write_file(P, Orig),
+              Win = opened(emmap:open(P, 100, 100, [read, write, shared])),
+              {ok, 50} = file:position(Win, 50),
+              ?assertEqual({error, einval}, file:truncate(Win)),
+              ok = file:close(Win),
+              A = opened(emmap:open(P, [read, write, shared])),
+              B = opened(emmap:open(P, [read, shared])),
+              ?assertEqual({error, ebusy}, file:truncate(A)),
+              ?assertEqual({error, ebusy}, emmap:open(P, 0, 10, [read, write, shared, truncate])),
+              ok = file:close(B),
+              ?assertEqual(ok, file:truncate(A)),
+              ?assertEqual(0, filelib:file_size(P))
+      end).
+
+%% ipread_s32bu_p32bu/3 (the indirect read dets uses) answers what a raw file answers.
+ipread_test() ->
+    with_pair(<<0, 0, 0, 4, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 50, 0, 0, 0, 12, "abcdefghij">>,
+              fun(Em, Raw) ->
+                      [same(Em, Raw, fun(F) -> file:ipread_s32bu_p32bu(F, Pos, Max) end)
+                       || Pos <- [0, 8, 16, 30, 33, 34, 100, -1],
+                          Max <- [-1, 0, 3, 4, 100, infinity, (1 bsl 31) - 1, 1 bsl 31]],
+                      ?assertEqual({ok, {4, 10, <<0, 0, 0, 3>>}},
+                                   same(Em, Raw, fun(F) -> file:ipread_s32bu_p32bu(F, 0, 4) end))
+              end).

@@ -614,3 +614,22 @@ read_only_resize_is_eacces_test() ->
     {ok, A} = emmap:open("", 0, 4096, [anon]),
     ?assertEqual({error, eacces}, emmap:resize(A)),
     ok = emmap:close(A).
+
+%% A handle cut to zero bytes maps no page of its file any more; once closed, nothing keeps
+%% the file's inode, and a new file may get its number. That file must not look mapped
+%% (truncate answering ebusy), even while the old handle waits for the garbage collector.
+inode_reuse_after_cut_to_zero_test() ->
+    Dir = "/tmp/emmap_inode_" ++ os:getpid(),
+    ok = filelib:ensure_dir(Dir ++ "/"),
+    Old = lists:map(
+            fun(N) ->
+                    P = filename:join(Dir, "f" ++ integer_to_list(N)),
+                    ok = file:write_file(P, <<"some bytes">>),
+                    {ok, M} = emmap:open(P, [read, write, shared, nolock]),
+                    ?assertEqual({N, ok}, {N, file:truncate(M)}),    % position 0: cut to zero
+                    ok = emmap:close(M),
+                    ok = file:delete(P),
+                    M                                   % kept alive: not collected yet
+            end, lists:seq(1, 300)),
+    ?assertEqual(300, length(Old)),
+    ok = file:del_dir(Dir).

@@ -22,7 +22,7 @@ use parking_lot::RwLock;
 use crate::atomics::{self, Op};
 use crate::bounds;
 use crate::error::{Error, Result};
-use crate::file_users::FileUse;
+use crate::file_users::{FileId, FileUse};
 use crate::options::Options;
 use crate::readers::{ReadGuard, Readers};
 use crate::region::{page_size, MapSpec, Placement, Region};
@@ -73,14 +73,18 @@ impl Drop for UnlinkOnDrop {
 
 #[derive(Debug)]
 struct State {
+    /// This handle's claim on the mapped file. Declared first, so it is released before
+    /// the regions are unmapped: once they are, the kernel may give the file's inode
+    /// number to a new file, which must not look mapped by us. (Releasing it early is
+    /// safe: when the state is dropped, nothing can reach the regions any more.)
+    file_use: Option<FileUse>,
+    /// The mapped file's identity, to claim it again after a cut to zero dropped the claim.
+    file_id: Option<FileId>,
     current: Option<Arc<Region>>,
     /// Regions replaced by `resize` or closed, kept mapped until drop.
     retired: Vec<Arc<Region>>,
     file: Option<File>,
     unlink: Option<UnlinkOnDrop>,
-    /// This handle's claim on the mapped file; released with the last region (declared
-    /// after them, so it is dropped after them).
-    file_use: Option<FileUse>,
 }
 
 #[derive(Debug)]
@@ -278,6 +282,7 @@ impl Mapping {
             unlink,
         );
         m.state.get_mut().file_use = Some(file_use);
+        m.state.get_mut().file_id = Some((meta.dev(), meta.ino()));
         Ok(m)
     }
 
@@ -298,11 +303,12 @@ impl Mapping {
             offset,
             exist,
             state: RwLock::new(State {
+                file_use: None,
+                file_id: None,
                 current: Some(region),
                 retired: Vec::new(),
                 file,
                 unlink,
-                file_use: None,
             }),
             readers: Readers::default(),
             cur,
@@ -599,6 +605,10 @@ impl Mapping {
         self.check_writable()?;
         let file_backed = st.file.is_some() && self.opts.is_shared();
         if file_backed {
+            if st.file_use.is_none() {
+                // About to map file pages again after a cut to zero (see `truncate`).
+                st.file_use = st.file_id.map(FileUse::new);
+            }
             let end = self
                 .offset
                 .checked_add(target as u64)
@@ -693,6 +703,12 @@ impl Mapping {
         };
         if shared_file {
             self.cut_file(&st, new_len)?;
+            if new_len == 0 && self.offset % page_size() as u64 == 0 {
+                // No page of the file is mapped any more, and once the handle is closed
+                // nothing keeps its inode: the claim must go, or a new file that gets the
+                // same inode number would look mapped by us.
+                st.file_use = None;
+            }
         }
         let new = old.shrunk(new_len).ok_or(Error::Einval)?;
         self.install(&mut st, new);
@@ -801,10 +817,10 @@ impl Mapping {
         st.file = None;
         if self.may_release_early() {
             self.cur.store(ptr::null_mut(), Ordering::Release);
+            st.file_use = None; // first: see `State::file_use`
             st.current = None;
             st.retired.clear();
             st.unlink = None;
-            st.file_use = None;
         }
     }
 
