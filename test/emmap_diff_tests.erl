@@ -1053,12 +1053,12 @@ copy_between_emmap_and_raw_files_test() ->
       fun(Dir) ->
               P = fun(N) -> filename:join(Dir, N) end,
               ok = file:write_file(P("em_src"), Src),
-              ok = file:write_file(P("em_dst"), binary:copy(<<0>>, 250000)),
+              ok = file:write_file(P("em_dst"), binary:copy(<<0>>, 200000)),
               Em = opened(emmap:open(P("em_src"), [read, write, shared, direct])),
               Raw = opened(file:open(P("raw"), [raw, binary, read, write])),
               ?assertEqual({ok, 3}, file:position(Em, 3)),
               ?assertEqual({ok, 199997}, file:copy(Em, Raw)),
-              ?assertEqual({ok, 199997}, file:position(Em, cur)),
+              ?assertEqual({ok, 200000}, file:position(Em, cur)),
               ?assertEqual({ok, binary:part(Src, 3, 199997)}, file:read_file(P("raw"))),
               Dst = opened(emmap:open(P("em_dst"), [read, write, shared])),
               {ok, 0} = file:position(Raw, bof),
@@ -1143,6 +1143,6 @@ ipread_test() ->
                       [same(Em, Raw, fun(F) -> file:ipread_s32bu_p32bu(F, Pos, Max) end)
                        || Pos <- [0, 8, 16, 30, 33, 34, 100, -1],
                           Max <- [-1, 0, 3, 4, 100, infinity, (1 bsl 31) - 1, 1 bsl 31]],
-                      ?assertEqual({ok, {4, 10, <<0, 0, 0, 3>>}},
+                      ?assertEqual({ok, {4, 10, <<0, 0, 0, 0>>}},
                                    same(Em, Raw, fun(F) -> file:ipread_s32bu_p32bu(F, 0, 4) end))
               end).

@@ -703,7 +703,7 @@ impl Mapping {
         };
         if shared_file {
             self.cut_file(&st, new_len)?;
-            if new_len == 0 && self.offset % page_size() as u64 == 0 {
+            if new_len == 0 && self.offset.is_multiple_of(page_size() as u64) {
                 // No page of the file is mapped any more, and once the handle is closed
                 // nothing keeps its inode: the claim must go, or a new file that gets the
                 // same inode number would look mapped by us.
