@@ -78,9 +78,23 @@ open(File, Offset, Len, Options) when is_list(Options) ->
     _ = length(Options),                        % badarg for an improper list
     {IoOpts, MapOpts} = lists:partition(fun is_io_option/1, Options),
     {Mode, Enc} = io_options(IoOpts),
-    case emmap:open(File, Offset, Len, MapOpts) of
-        {ok, H} -> {ok, start(H, Mode, Enc)};
-        {error, _} = E -> E
+    %% The process maps the file itself, so that the handle is referenced by it alone:
+    %% when the process dies, even by `kill', nothing else keeps the mapping alive.
+    Owner = self(),
+    Ref = make_ref(),
+    Pid = spawn_link(fun() -> open_init(Owner, Ref, File, Offset, Len, MapOpts, Mode, Enc) end),
+    MRef = erlang:monitor(process, Pid),
+    receive
+        {Ref, Answer} ->
+            erlang:demonitor(MRef, [flush]),
+            case Answer of
+                ok -> {ok, Pid};
+                {error, _} = Error -> Error;
+                badarg -> erlang:error(badarg);
+                {raise, Class, Reason} -> erlang:raise(Class, Reason, [])
+            end;
+        {'DOWN', MRef, process, Pid, Reason} ->
+            {error, Reason}
     end;
 open(_, _, _, _) ->
     erlang:error(badarg).
@@ -155,12 +169,31 @@ start(H, Mode, Enc) ->
     Owner = self(),
     spawn_link(fun() -> init(Owner, H, Mode, Enc) end).
 
+open_init(Owner, Ref, File, Offset, Len, MapOpts, Mode, Enc) ->
+    process_flag(trap_exit, true),
+    Opened = try emmap:open(File, Offset, Len, MapOpts)
+             catch
+                 error:badarg -> badarg;
+                 Class:Reason -> {raise, Class, Reason}
+             end,
+    case Opened of
+        {ok, H} ->
+            Owner ! {Ref, ok},
+            init(Owner, H, Mode, Enc);
+        Failed ->
+            %% No exit signal for an owner that traps exits: the open just failed.
+            unlink(Owner),
+            Owner ! {Ref, Failed}
+    end.
+
 init(Owner, H, Mode, Enc) ->
     process_flag(trap_exit, true),
     %% The link is there from the start; the monitor also covers an owner that was gone
     %% before this process trapped exits (its exit signal would have been lost).
     MRef = erlang:monitor(process, Owner),
     loop(#st{h = H, owner = Owner, mref = MRef, mode = Mode, enc = Enc}).
+
+loop(#st{h = H, owner = Owner, mref = MRef, mode = Mode, enc = Enc}).
 
 loop(#st{h = H, owner = Owner, mref = MRef} = S) ->
     receive
