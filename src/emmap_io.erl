@@ -43,7 +43,6 @@
 -type enc() :: latin1 | unicode | {utf16, big | little} | {utf32, big | little}.
 
 -record(st, {h :: emmap:mmap_file(),
-             owner :: pid(),
              mref :: reference(),
              mode = list :: list | binary,
              enc = latin1 :: enc()}).
@@ -188,14 +187,12 @@ open_init(Owner, Ref, File, Offset, Len, MapOpts, Mode, Enc) ->
 
 init(Owner, H, Mode, Enc) ->
     process_flag(trap_exit, true),
-    %% The link is there from the start; the monitor also covers an owner that was gone
-    %% before this process trapped exits (its exit signal would have been lost).
+    %% The monitor tells when the owner exits, whatever its reason (a link's exit signal
+    %% says nothing for `normal', and is lost if it came before trap_exit was set).
     MRef = erlang:monitor(process, Owner),
-    loop(#st{h = H, owner = Owner, mref = MRef, mode = Mode, enc = Enc}).
+    loop(#st{h = H, mref = MRef, mode = Mode, enc = Enc}).
 
-loop(#st{h = H, owner = Owner, mref = MRef, mode = Mode, enc = Enc}).
-
-loop(#st{h = H, owner = Owner, mref = MRef} = S) ->
+loop(#st{h = H, mref = MRef} = S) ->
     receive
         {io_request, From, ReplyAs, Request} when is_pid(From) ->
             {Reply, S1} = guarded(fun io_request/2, Request, S),
@@ -209,15 +206,14 @@ loop(#st{h = H, owner = Owner, mref = MRef} = S) ->
             {Reply, S1} = guarded(fun file_request/2, Request, S),
             From ! {file_reply, ReplyAs, Reply},
             loop(S1);
-        {'EXIT', Owner, Reason} ->
-            stop(Reason, S);
         {'DOWN', MRef, process, _, Reason} ->
+            %% The owner has exited.
             stop(Reason, S);
         {'EXIT', _, normal} ->
             loop(S);
         {'EXIT', _, Reason} ->
-            %% An exit signal from anyone else stops the process as it would stop one
-            %% that does not trap exits, but the mapping is closed first.
+            %% An exit signal (from the owner's link or from exit/2) stops the process as
+            %% it would stop one that does not trap exits, but the mapping is closed first.
             stop(Reason, S);
         _ ->
             loop(S)
@@ -378,9 +374,7 @@ char_prefix(Bin, N, Enc, AtEnd, OutEnc) ->
         {bad, Len} ->
             Rest = binary_part(Bin, Len, byte_size(Bin) - Len),
             case AtEnd andalso incomplete(Rest, Enc) of
-                %% A character cut off by the end of the mapping: like the end itself if
-                %% nothing comes before it, else the characters cannot be converted.
-                true when Len =:= 0 -> eof;
+                %% A character cut off by the end of the mapping cannot be converted.
                 true -> {error, {no_translation, Enc, OutEnc}};
                 false -> {error, invalid_unicode}
             end
