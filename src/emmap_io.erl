@@ -219,6 +219,7 @@ loop(#st{h = H, mref = MRef} = S) ->
             loop(S)
     end.
 
+-spec stop(term(), #st{}) -> no_return().
 stop(Reason, #st{h = H}) ->
     ok = emmap:close(H),
     exit(Reason).
