@@ -225,6 +225,43 @@ setopts_getopts_test() ->
                   {error, enotsup}, {error, badarg},
                   [{binary, false}, {encoding, unicode}]], Res).
 
+%% The other io functions that go through the same requests.
+more_io_functions_test() ->
+    Content = <<"X = 1 + 2, Y. f(A) -> A.\n{t}. ", (binary:copy(<<".">>, 20))/binary>>,
+    Res = same(Content,
+               fun(D) ->
+                       [io:parse_erl_exprs(D, ''), io:parse_erl_form(D, ''),
+                        io:read(D, '', 1, []), file:position(D, cur),
+                        io:fwrite(D, "~w", [ok]), file:position(D, cur)]
+               end),
+    ?assertMatch([{ok, [{match, _, _, _}, {var, _, 'Y'}], _},
+                  {ok, {function, _, f, 1, _}, _},
+                  {ok, {t}, _}, {ok, 30}, ok, {ok, 32}], Res).
+
+%% file:copy/2 with the device as the destination (copy_test has it as the source).
+copy_to_device_test() ->
+    {_, _, RealBytes, EmBytes} =
+        both(binary:copy(<<"-">>, 20),
+             fun(D) ->
+                     with_file(<<"copied">>, fun(Src) -> {ok, 2} = file:position(D, 2),
+                                                         {ok, 6} = file:copy(Src, D) end)
+             end),
+    ?assertEqual(<<"--copied------------">>, EmBytes),
+    ?assertEqual(RealBytes, EmBytes).
+
+%% With `direct', binaries read from a latin1 device point into the mapping.
+direct_test() ->
+    with_file(<<"0123456789">>,
+              fun(P) ->
+                      {ok, D} = emmap_io:open(P, [read, write, shared, direct, binary]),
+                      {ok, B1} = file:pread(D, 0, 4),
+                      {ok, 0} = file:position(D, 0),
+                      B2 = io:get_chars(D, '', 4),
+                      ok = file:pwrite(D, 0, <<"abcd">>),
+                      ?assertEqual({<<"abcd">>, <<"abcd">>}, {B1, B2}),
+                      ok = file:close(D)
+              end).
+
 %% Open options: list is the default, like file:open/2; binary and {encoding, E}.
 open_options_test() ->
     with_file(<<"ab\ncd">>,
@@ -584,6 +621,21 @@ open_errors_test() ->
                       process_flag(trap_exit, false),
                       receive Msg -> ?assertEqual(no_message, Msg) after 50 -> ok end
               end).
+
+%% The README section's example runs as written and prints what it says.
+readme_example_test() ->
+    Source = proplists:get_value(source, ?MODULE:module_info(compile)),
+    Root = filename:dirname(filename:dirname(Source)),
+    {ok, Readme} = file:read_file(filename:join(Root, "README.md")),
+    [_, Section] = binary:split(Readme, <<"## As an I/O device: emmap_io">>),
+    {match, [Example | _]} = re:run(Section, "```erlang\n(.*?)```",
+                                    [dotall, global, {capture, all_but_first, list}]),
+    [Text] = Example,
+    _ = file:delete("/tmp/emmap_io_example.txt"),
+    Expected = emmap_test_lib:expected_print(Text),
+    ?assertEqual("19 {point,1,2} \"hello\\n\" <<\"{point\">>\n", Expected),
+    ?assertEqual(Expected, emmap_test_lib:eval_printing(Text)),
+    ?assertEqual({error, enoent}, file:read_file("/tmp/emmap_io_example.txt")).
 
 %%%===========================================================================
 %%% (c) Owner, links, concurrency, bad requests
