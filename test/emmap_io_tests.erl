@@ -232,11 +232,14 @@ more_io_functions_test() ->
                fun(D) ->
                        [io:parse_erl_exprs(D, ''), io:parse_erl_form(D, ''),
                         io:read(D, '', 1, []), file:position(D, cur),
-                        io:fwrite(D, "~w", [ok]), file:position(D, cur)]
+                        io:fwrite(D, "~w", [ok]), file:position(D, cur),
+                        file:position(D, 0), io:parse_erl_exprs(D, '', 5),
+                        io:parse_erl_form(D, '', {7, 1})]
                end),
     ?assertMatch([{ok, [{match, _, _, _}, {var, _, 'Y'}], _},
                   {ok, {function, _, f, 1, _}, _},
-                  {ok, {t}, _}, {ok, 30}, ok, {ok, 32}], Res).
+                  {ok, {t}, _}, {ok, 30}, ok, {ok, 32}, {ok, 0},
+                  {ok, [_, _], 5}, {ok, {function, {7, _}, f, 1, _}, {8, _}}], Res).
 
 %% file:copy/2 with the device as the destination (copy_test has it as the source).
 copy_to_device_test() ->
@@ -593,6 +596,15 @@ from_handle_test() ->
                       ?assertEqual({ok, 9}, file:position(H, cur)),
                       {ok, 14} = file:position(H, 14),
                       ?assertEqual("two\n", io:get_line(D, '')),
+                      %% The handle can be grown under the device: then a write that did
+                      %% not fit does.
+                      {ok, 18} = file:position(D, eof),
+                      ?assertEqual({error, einval}, file:write(D, "more\n")),
+                      {ok, 23} = emmap:resize(H, 23),
+                      ?assertEqual(ok, file:write(D, "more\n")),
+                      {ok, 9} = file:position(D, 9),
+                      ?assertEqual(["line two\n", "more\n", eof],
+                                   [io:get_line(D, '') || _ <- [1, 2, 3]]),
                       ok = file:close(D),
                       %% The process owned the handle: it is closed.
                       ?assertEqual({error, closed}, emmap:pread(H, 0, 1)),
