@@ -8,6 +8,10 @@
 %%%
 %%% The property (`prop_diff/1') runs random sequences of io:put_chars/format/get_line/
 %%% get_chars/read/fread/setopts and file:read/read_line/write/pread/pwrite/position.
+%%% After every call both devices are asked for their position (which also empties the
+%%% OTP server's read-ahead buffer) and both files are read: positions and bytes must be
+%%% equal. Writes that would not fit in the mapping go to emmap_io alone, which must refuse
+%%% them and change nothing (the file pid would grow its file).
 %%% A sequence stops being compared (the calls so far all had to agree) when:
 %%%  - the OTP server has ended itself (it exits after a failed translation, e.g.
 %%%    io:put_chars of a character above 255 to a latin1 device, or a read whose
