@@ -2,7 +2,8 @@
 %%%
 %%% `open/2,4' maps a file (or anonymous memory) and returns a handle that the `file' module
 %%% understands: `file:pread/3', `file:pwrite/3', `file:read/2', `file:read_line/1',
-%%% `file:write/2', `file:position/2', `file:sync/1' and `file:close/1' all work on it.
+%%% `file:write/2', `file:position/2', `file:sync/1', `file:truncate/1', `file:allocate/3',
+%%% `file:read_file_info/1', `file:copy/3' and `file:close/1' all work on it.
 %%% The same operations are exported here, together with 64-bit atomics on the mapping
 %%% (`patomic/4' and friends) and persistent counters (`open_counters/2' and friends).
 %%%
