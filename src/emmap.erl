@@ -413,7 +413,7 @@ read_handle_info(M) ->
 %% whether the mapping is writable. Anonymous memory reports `type = other' and zeros for
 %% the file fields. `Options' as for `file:read_file_info/2' (`{time, local | universal |
 %% posix}').
--spec read_handle_info(mmap_file(), [file:file_info_option()]) ->
+-spec read_handle_info(mmap_file(), [{time, local | universal | posix}]) ->
           {ok, #file_info{}} | {error, posix_reason()}.
 read_handle_info(?H(R) = M, Opts) when is_list(Opts) ->
     TimeType = time_type(Opts),
