@@ -7,6 +7,7 @@
 
 mod atoms;
 mod blocks;
+mod entry;
 mod hot;
 mod raw;
 mod resource;
@@ -236,9 +237,3 @@ fn advise_nif<'a>(env: Env<'a>, h: &Handle, off: u64, len: u64, advice: i32) -> 
 fn resize_nif<'a>(env: Env<'a>, h: &Handle, new_size: u64) -> Term<'a> {
     reply(env, h.mapping.resize(new_size).map(|n| (atoms::ok(), n)))
 }
-
-fn load(env: Env, _info: Term) -> bool {
-    resource::register(env)
-}
-
-rustler::init!("emmap", load = load);
