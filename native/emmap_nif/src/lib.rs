@@ -80,6 +80,12 @@ fn close_nif(h: &Handle) -> Atom {
     atoms::ok()
 }
 
+/// Whether the handle was opened with `debug` (then `emmap.erl` reports to the logger).
+#[rustler::nif]
+fn debug_nif(h: &Handle) -> bool {
+    h.mapping.options().debug
+}
+
 #[rustler::nif]
 fn info_nif<'a>(env: Env<'a>, h: &Handle) -> NifResult<Term<'a>> {
     let i = h.mapping.info();
