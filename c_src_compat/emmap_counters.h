@@ -9,7 +9,9 @@
  * consistent, lock-free) on the shared mapping, the same operations emmap's NIF does, so C
  * programs and Erlang nodes can count in the same file at the same time.
  *
- * Header-only; C11 with <stdatomic.h>; Linux/POSIX (mmap). Typical use:
+ * Header-only; C11 with <stdatomic.h>, and POSIX.1-2008 (mmap, O_CLOEXEC): compile with
+ * -std=c11 -D_POSIX_C_SOURCE=200809L, or with the compiler's default GNU dialect. Typical
+ * use:
  *
  *   emmap_counters c;
  *   int err = emmap_counters_open(&c, "/tmp/hits.bin", 0);   // 0: the file must exist
@@ -28,6 +30,10 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#ifndef O_CLOEXEC
+#error "emmap_counters.h needs POSIX.1-2008: compile with -D_POSIX_C_SOURCE=200809L"
+#endif
 
 /* A counter in the file is a plain 8-byte word that both sides update atomically: that
  * needs 64-bit atomics that are lock-free (a lock would live in this process only). */

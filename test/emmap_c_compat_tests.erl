@@ -134,3 +134,34 @@ cli_refuses_bad_input_test_() ->
             os:cmd("rm -rf " ++ Dir)
         end
     end).
+
+%% The README's C interop snippets, as written, in order: the tool (built by its make
+%% line), the Erlang lines, the C program and its build line. They run in a copy of
+%% c_src_compat (the make line builds in place), with the counters file in our own
+%% directory instead of /tmp/emmap_hits.bin.
+readme_snippets_run_as_written_test_() ->
+    with_cc(fun() ->
+        Dir = tmp("readme"),
+        try
+            ok = filelib:ensure_dir(Dir ++ "/"),
+            "" = os:cmd("cp -r " ++ filename:join(root(), "c_src_compat") ++ " " ++ Dir ++ " 2>&1"),
+            Section = emmap_readme:section("## Sharing counters with C programs"),
+            File = filename:join(Dir, "hits.bin"),
+            Sub = fun(Text) -> string:replace(Text, "/tmp/emmap_hits.bin", File, all) end,
+            [Tool, Build] = emmap_readme:blocks(Section, "sh"),
+            [Erlang] = emmap_readme:blocks(Section, "erlang"),
+            [C] = emmap_readme:blocks(Section, "c"),
+            ?assert(lists:suffix("4\n0\n5\n", sh(Sub(Tool), Dir))),
+            Printed = emmap_test_lib:eval_printing(lists:flatten(Sub(Erlang))),
+            ?assertEqual("", Printed),
+            ok = file:write_file(filename:join(Dir, "hits.c"), Sub(C)),
+            ?assertEqual("counter 2 was 6\n16\n", sh(Sub(Build), Dir))
+        after
+            os:cmd("rm -rf " ++ Dir)
+        end
+    end).
+
+%% Runs sh lines in Dir, stopping at the first failure; returns the output.
+sh(Lines, Dir) ->
+    os:cmd("cd " ++ Dir ++ " && set -e && " ++ lists:flatten(string:replace(Lines, "\n", " && ", all))
+           ++ " true 2>&1").
