@@ -3,7 +3,7 @@ SHELL := /bin/bash
 REBAR ?= rebar3
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-DEB_PKGS := erlang-nox erlang-dev erlang-eunit erlang-dialyzer erlang-tools rebar3 erlang-proper elixir
+DEB_PKGS := erlang-nox erlang-dev erlang-eunit erlang-dialyzer erlang-tools rebar3 erlang-proper elixir gcc make
 
 .PHONY: all deps compile demo docs test test-rust test-erlang lint dialyzer bench soak clean
 

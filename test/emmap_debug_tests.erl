@@ -74,26 +74,45 @@ debug_option_reports_to_logger_test() ->
         end
     end).
 
-%% In a fresh VM with the default logger configuration: the reports appear on standard
-%% output through logger's default handler, and standard error stays empty.
+%% In a fresh VM with the default logger configuration, the README's example: the reports
+%% appear on standard output through logger's default handler, and standard error stays
+%% empty. A failed open is reported too.
 debug_output_goes_to_logger_not_stderr_test_() ->
     {timeout, 60, fun() ->
         P = tmp(),
         Err = P ++ ".stderr",
         Ebin = filename:dirname(code:which(emmap)),
-        Eval = "{ok, M} = emmap:open(\"" ++ P ++ "\", 0, 4096, [create, read, write, "
-               "shared, debug]), {ok, _} = emmap:resize(M, 8192), ok = emmap:close(M), "
-               "{error, enoent} = emmap:open(\"" ++ P ++ ".none\", [read, debug]), "
-               "logger_std_h:filesync(default), halt().",
-        Cmd = "erl -noshell -pa '" ++ Ebin ++ "' -eval '" ++ Eval ++ "' 2>'" ++ Err ++ "'",
+        Readme = emmap_readme:block("## Debug output", "erlang"),
+        Example = string:replace(Readme, "/tmp/emmap_debug.bin", P, all),
+        ?assertNotEqual(Readme, lists:flatten(Example)),
+        [Exprs, _] = string:split(string:trim(Example), ".", trailing),
+        Eval = [Exprs, ", {error, enoent} = emmap:open(\"", P, ".none\", [read, debug]), "
+                "logger_std_h:filesync(default), halt()."],
+        Cmd = ["erl -noshell -pa '", Ebin, "' -eval '", Eval, "' 2>'", Err, "'"],
         try
-            Out = os:cmd(Cmd),
+            Out = os:cmd(lists:flatten(Cmd)),
             ?assertEqual({ok, <<>>}, file:read_file(Err)),
             ?assertEqual(4, length(string:split(Out, "NOTICE REPORT", all)) - 1),
             [?assertNotEqual(nomatch, string:find(Out, S))
-             || S <- ["emmap: open", "emmap: resize", "emmap: close", P, "enoent"]]
+             || S <- ["emmap: open", "emmap: resize", "emmap: close", P, "enoent",
+                      "old_size: 4096"]]
         after
             file:delete(P),
             file:delete(Err)
         end
     end}.
+
+%% What the README says silences them does.
+module_level_silences_reports_test() ->
+    P = tmp(),
+    with_handler(fun() ->
+        ok = logger:set_module_level(emmap, warning),
+        try
+            {ok, M} = emmap:open(P, 0, 4096, [create, read, write, shared, debug]),
+            ok = emmap:close(M),
+            ?assertEqual([], events())
+        after
+            ok = logger:unset_module_level(emmap),
+            file:delete(P)
+        end
+    end).

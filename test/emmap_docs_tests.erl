@@ -130,3 +130,40 @@ app_metadata_is_complete_test() ->
     %% everything the build reads is in the package
     [?assert(lists:member(F, Files)) || F <- ["src", "native", "Cargo.toml", "Cargo.lock",
                                               "rebar.config", "priv/.gitkeep"]].
+
+%% Every `{error, Reason}' atom the library can return is in the README's Errors table:
+%% the core's reasons (errno names included), block storage's, and the literal
+%% `{error, atom}' results of the Erlang modules.
+errors_are_listed_in_the_readme_test() ->
+    Section = emmap_readme:section("## Errors"),
+    Listed = [list_to_atom(A) || [A] <- match_all(Section, "`([a-z_]+)`")],
+    FromRust = lists:append([[list_to_atom(A) || [A] <- match_all(read(F), "=> \"([a-z_]+)\"")]
+                             || F <- ["native/emmap_core/src/error.rs",
+                                      "native/emmap_core/src/blocks.rs"]]),
+    FromErlang = lists:append([[list_to_atom(A) || [A] <- match_all(read(F), "\\{error, ([a-z][a-z_]*)\\}")]
+                               || F <- filelib:wildcard("src/*.erl")]),
+    %% not results of an emmap call: code:priv_dir/1's, the NIF's internal answers, and
+    %% what the queue server says to a message that is not a request
+    Internal = [bad_name, badarg, dirty],
+    Reasons = lists:usort(FromRust ++ FromErlang) -- Internal,
+    ?assert(length(Reasons) > 30),
+    ?assertEqual([], Reasons -- Listed).
+
+read(F) ->
+    {ok, B} = file:read_file(F),
+    B.
+
+match_all(Text, Re) ->
+    case re:run(Text, Re, [global, {capture, all_but_first, list}]) of
+        {match, Ms} -> Ms;
+        nomatch -> []
+    end.
+
+%% The README's docs command is the Makefile target that `make test' (what CI runs)
+%% depends on, so it runs, warning-free, on every CI run.
+readme_docs_command_is_run_by_make_test_test() ->
+    ?assertEqual("make docs\n", emmap_readme:block("## Documentation", "sh")),
+    Make = binary_to_list(read("Makefile")),
+    ?assertMatch({match, _}, re:run(Make, "\ndocs: ")),
+    {match, [Prereqs]} = re:run(Make, "\ntest: ([^\n]*)", [{capture, all_but_first, list}]),
+    ?assert(lists:member("docs", string:lexemes(Prereqs, " "))).

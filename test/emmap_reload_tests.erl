@@ -10,7 +10,7 @@
 -include_lib("eunit/include/eunit.hrl").
 -include_lib("kernel/include/file.hrl").
 
--export([child_reload/1]).
+-export([child_reload/1, child_eval/1]).
 
 %% The ways a module gets reloaded, in the order the child applies them.
 %%  c_l:         c:l/1 (purge old code, load the file: the NIF library's upgrade callback)
@@ -100,18 +100,23 @@ release(P) ->
     true = wait_until(fun() -> mapped(P) =:= 0 end, 3000),
     ok.
 
-child(Dir) ->
+%% Runs ?MODULE:Fun(Arg) in a child VM; returns {ExitStatus, Output}.
+child(Fun, Arg) ->
     Erl = os:find_executable("erl"),
     Ebin = filename:dirname(code:which(emmap)),
     TestDir = filename:dirname(code:which(?MODULE)),
     Call = lists:flatten(io_lib:format(
-        "try ~s:child_reload(~p) of R -> io:format(\"result: ~~p~~n\", [R]), halt(0) "
+        "try ~s:~s(~p) of R -> io:format(\"result: ~~p~~n\", [R]), halt(0) "
         "catch C:E:S -> io:format(\"result: ~~p~~n\", [{C, E, S}]), halt(1) end.",
-        [?MODULE, Dir])),
+        [?MODULE, Fun, Arg])),
     Port = open_port({spawn_executable, Erl},
                      [{args, ["-noshell", "-pa", Ebin, "-pa", TestDir, "-eval", Call]},
                       binary, exit_status, use_stdio, stderr_to_stdout]),
     collect(Port, []).
+
+%% Child VM: evaluates Text as the shell would and returns what it printed.
+child_eval(Text) ->
+    emmap_test_lib:eval_printing(Text).
 
 collect(Port, Acc) ->
     receive
@@ -129,8 +134,22 @@ reload_keeps_module_and_handles_working_test_() ->
         ok = filelib:ensure_dir(Dir ++ "/"),
         try
             %% nothing else is printed: no warning report from a failed on_load either
-            ?assertEqual({0, <<"result: ok\n">>}, child(Dir))
+            ?assertEqual({0, <<"result: ok\n">>}, child(child_reload, Dir))
         after
             _ = os:cmd("rm -rf " ++ Dir)
+        end
+    end}.
+
+%% The README's reload example runs as written (with its file in our directory).
+readme_example_test_() ->
+    {timeout, 60, fun() ->
+        Text = emmap_readme:block("## Reloading code", "erlang"),
+        P = filename:join("/tmp", "emmap_reload_readme_" ++ os:getpid() ++ ".bin"),
+        try
+            Example = lists:flatten(string:replace(Text, "/tmp/emmap_reload.bin", P)),
+            ?assertNotEqual(Text, Example),
+            ?assertEqual({0, <<"result: []\n">>}, child(child_eval, Example))
+        after
+            file:delete(P)
         end
     end}.
