@@ -260,6 +260,8 @@ iex_reloads_keep_emmap_working_test_() ->
                      {"l :emmap", "{:module, :emmap}"},
                      {":emmap.pwrite(m, 0, \"two!\")", ":ok"},
                      {"recompile()", ""},
+                     {"Mix.Task.run(\"deps.compile\", [\"emmap\"])", ":ok"},
+                     {"l :emmap", "{:module, :emmap}"},
                      {"b", "\"two!\""},
                      {"{:ok, m2} = :emmap.open(~c\"" ++ Data ++ "\", [:read, :shared]); :emmap.pread(m2, 0, 4)", "{:ok, \"two!\"}"},
                      {"System.halt()", ""}],

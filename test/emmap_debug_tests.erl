@@ -25,9 +25,16 @@ events() ->
     after 200 -> []
     end.
 
+%% Runs Fun with our handler collecting, and the console's default handler (if any) quiet.
 with_handler(Fun) ->
     ok = logger:add_handler(?HANDLER, ?MODULE, #{level => all, config => #{to => self()}}),
-    try Fun() after ok = logger:remove_handler(?HANDLER) end.
+    Default = logger:get_handler_config(default),
+    _ = [logger:set_handler_config(default, level, none) || {ok, _} <- [Default]],
+    try Fun()
+    after
+        ok = logger:remove_handler(?HANDLER),
+        _ = [logger:set_handler_config(default, level, L) || {ok, #{level := L}} <- [Default]]
+    end.
 
 debug_option_reports_to_logger_test() ->
     P = tmp(),

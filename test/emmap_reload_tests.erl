@@ -10,7 +10,7 @@
 -include_lib("eunit/include/eunit.hrl").
 -include_lib("kernel/include/file.hrl").
 
--export([child_reload/1, child_eval/1]).
+-export([child_reload/1, child_eval/1, child_other_library/1]).
 
 %% The ways a module gets reloaded, in the order the child applies them.
 %%  c_l:         c:l/1 (purge old code, load the file: the NIF library's upgrade callback)
@@ -151,5 +151,54 @@ readme_example_test_() ->
             ?assertEqual({0, <<"result: []\n">>}, child(child_eval, Example))
         after
             file:delete(P)
+        end
+    end}.
+
+%% Child VM: emmap reloaded from another directory (as a release upgrade to another version
+%% installs it) loads that directory's library, a second instance with its own resource
+%% type: handles from before are badarg to the new code, new ones work, and the old
+%% library releases the old handles' memory when they are collected.
+child_other_library(Dir) ->
+    P = filename:join(Dir, "data.bin"),
+    {ok, Old} = emmap:open(P, 0, 4096, [create, read, write, shared, direct]),
+    {ok, Bin} = emmap:pread(Old, 0, 4),
+    Libs = mapped("/emmap.so"),
+    Other = filename:join(Dir, "emmap-9.9.9"),
+    ok = filelib:ensure_dir(filename:join(Other, "ebin") ++ "/"),
+    ok = filelib:ensure_dir(filename:join(Other, "priv") ++ "/"),
+    {ok, _} = file:copy(code:which(emmap), filename:join(Other, "ebin/emmap.beam")),
+    {ok, _} = file:copy(filename:join(code:priv_dir(emmap), "emmap.so"),
+                        filename:join(Other, "priv/emmap.so")),
+    true = code:add_patha(filename:join(Other, "ebin")),
+    {module, emmap} = c:l(emmap),
+    true = mapped("/emmap-9.9.9/priv/emmap.so") > 0,
+    true = mapped("/emmap.so") > Libs,          % both libraries are loaded
+    {'EXIT', {badarg, _}} = (catch emmap:pread(Old, 0, 4)),
+    {'EXIT', {badarg, _}} = (catch emmap:close(Old)),
+    {ok, New} = emmap:open(P, [read, write, shared]),
+    ok = emmap:pwrite(New, 0, <<"new!">>),
+    <<"new!">> = Bin,                           % the old direct binary is still mapped
+    _ = code:purge(emmap),
+    ok = emmap:close(New),
+    release_other(P, Libs).
+
+%% With the old handle and binary dropped, the old library's destructor releases their
+%% memory. (The old library itself stays mapped: glibc does not unload a library whose
+%% thread-local values have destructors while the threads that hold them live, and the
+%% VM's schedulers live as long as the VM.)
+release_other(P, Libs) ->
+    true = wait_until(fun() -> mapped(P) =:= 0 end, 3000),
+    true = mapped("/emmap.so") > Libs,
+    ok.
+
+reload_from_another_library_test_() ->
+    {timeout, 90, fun() ->
+        Dir = filename:join("/tmp", "emmap_reload_other_" ++ os:getpid() ++ "_"
+                            ++ integer_to_list(erlang:unique_integer([positive]))),
+        ok = filelib:ensure_dir(Dir ++ "/"),
+        try
+            ?assertEqual({0, <<"result: ok\n">>}, child(child_other_library, Dir))
+        after
+            _ = os:cmd("rm -rf " ++ Dir)
         end
     end}.
