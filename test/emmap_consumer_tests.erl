@@ -67,8 +67,14 @@ rebar3_readme_commands_test_() ->
         Proj = filename:join(D, "emmap_consumer"),
         Rel = filename:join(Proj, "_build/default/rel/emmap_consumer"),
         Script = readme_sh(?REBAR3_HEADING, "/tmp/emmap_consumer", Proj),
+        %% the release's node gets a name of its own (the script reads VMARGS_PATH), so
+        %% that two test runs on one machine do not meet
+        VmArgs = filename:join(D, "vm.args"),
+        ok = file:write_file(VmArgs, ["-sname emmap_consumer_", filename:basename(D),
+                                      "\n-setcookie emmap_consumer\n"]),
+        Env = [{"VMARGS_PATH", VmArgs}],
         try
-            {S, Out} = sh(Script, root(), []),
+            {S, Out} = sh(Script, root(), Env),
             ?assertEqual({0, true}, {S, contains(Out, "2 tests, 0 failures")}),
             %% `eval' on the started release printed emmap_consumer:run/1's answer
             ?assertMatch({match, _}, re:run(Out, "(^|\n)42\n")),
@@ -79,9 +85,9 @@ rebar3_readme_commands_test_() ->
             ?assertEqual(file:read_file(filename:join(root(), "priv/emmap.so")),
                          file:read_file(So)),
             %% and it is really stopped
-            ?assertMatch({S1, _} when S1 =/= 0, sh("bin/emmap_consumer ping", Rel, []))
+            ?assertMatch({S1, _} when S1 =/= 0, sh("bin/emmap_consumer ping", Rel, Env))
         after
-            _ = sh("bin/emmap_consumer stop", Rel, []),
+            _ = sh("bin/emmap_consumer stop", Rel, Env),
             rm_rf(D)
         end
     end}.
