@@ -82,26 +82,30 @@ fn aligned(obj: *const c_void) -> *mut Handle {
 }
 
 unsafe extern "C" fn destructor(_env: *mut ErlNifEnv, obj: *mut c_void) {
-    let _ = std::panic::catch_unwind(|| {
-        // SAFETY: the VM calls this once, after the last reference (handle term or
-        // resource binary) is gone; `obj` holds a `Handle` written by `new_term`.
-        let ty = unsafe {
-            let h = aligned(obj);
-            let ty = (*h).ty as usize;
-            ptr::drop_in_place(h);
-            ty
-        };
-        let mut v = types();
-        if let Some(i) = v.iter().position(|e| e.0 == ty) {
-            v[i].1 -= 1;
-            // The VM frees a type that left its table once its last object is gone:
-            // forget it now, while it still exists.
-            if v[i].1 == 0 && ty != CURRENT.load(Ordering::Relaxed) as usize {
-                v.swap_remove(i);
-                count_older(&v);
-            }
+    let h = aligned(obj);
+    // SAFETY: the VM calls this once, after the last reference (handle term or resource
+    // binary) is gone; `obj` holds a `Handle` written by `new_term`, dropped only below.
+    let ty = unsafe { (*h).ty } as usize;
+    // SAFETY: as above; nothing uses the `Handle` after this.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
+        ptr::drop_in_place(h)
+    }));
+    // Even if the drop panicked: the object is gone, and its type must be accounted for.
+    let _ = std::panic::catch_unwind(|| object_gone(ty));
+}
+
+/// One object of type `ty` is gone.
+fn object_gone(ty: usize) {
+    let mut v = types();
+    if let Some(i) = v.iter().position(|e| e.0 == ty) {
+        v[i].1 = v[i].1.saturating_sub(1);
+        // The VM frees a type that left its table once its last object is gone: forget
+        // it now, while it still exists.
+        if v[i].1 == 0 && ty != CURRENT.load(Ordering::Relaxed) as usize {
+            v.swap_remove(i);
+            count_older(&v);
         }
-    });
+    }
 }
 
 /// The name of our type: unique to this library instance (see the module comment).
