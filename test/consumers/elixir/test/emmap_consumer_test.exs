@@ -2,7 +2,9 @@ defmodule EmmapConsumerTest do
   use ExUnit.Case
 
   setup do
-    for f <- ["/tmp/emmap_elixir.bin", "/tmp/emmap_elixir_counters.bin"], do: File.rm(f)
+    files = ["/tmp/emmap_elixir.bin", "/tmp/emmap_elixir_counters.bin"]
+    for f <- files, do: File.rm(f)
+    on_exit(fn -> for f <- files, do: File.rm(f) end)
     :ok
   end
 
