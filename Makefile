@@ -3,9 +3,9 @@ SHELL := /bin/bash
 REBAR ?= rebar3
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-DEB_PKGS := erlang-nox erlang-dev erlang-eunit erlang-dialyzer erlang-tools rebar3 erlang-proper elixir
+DEB_PKGS := erlang-nox erlang-dev erlang-eunit erlang-dialyzer erlang-tools rebar3 erlang-proper elixir gcc make
 
-.PHONY: all deps compile demo test test-rust test-erlang lint dialyzer bench soak clean
+.PHONY: all deps compile demo docs test test-rust test-erlang lint dialyzer bench soak clean
 
 all: compile
 
@@ -33,8 +33,8 @@ demo: deps
 	erl -noshell -pa _build/test/lib/emmap/ebin -pa _build/test/lib/emmap/test \
 	    -eval 'emmap_seed_tests:demo(), halt().'
 
-## test: every check: fmt/clippy/dialyzer, Rust tests, then EUnit (incl. PropEr properties)
-test: deps lint test-rust test-erlang
+## test: every check: fmt/clippy/dialyzer, docs, Rust tests, then EUnit (incl. PropEr properties)
+test: deps lint docs test-rust test-erlang
 
 test-rust:
 	cargo test --quiet --workspace
@@ -46,6 +46,15 @@ lint:
 	cargo fmt --check
 	cargo clippy --quiet --all-targets -- -D warnings
 	$(REBAR) dialyzer
+
+## docs: HTML documentation of every module in doc/ (open doc/index.html); fails on any
+## edoc warning and if a module of src/ has no page
+docs: deps
+	@out="$$($(REBAR) edoc 2>&1)"; status=$$?; printf '%s\n' "$$out"; \
+	if [ $$status -ne 0 ]; then exit $$status; fi; \
+	if printf '%s\n' "$$out" | grep -qi 'warning'; then echo "emmap: edoc warnings (above)"; exit 1; fi; \
+	for f in src/*.erl; do m=$$(basename $$f .erl); \
+	  [ -s doc/$$m.html ] || { echo "emmap: no doc/$$m.html"; exit 1; }; done
 
 ## soak: long variants of the reliability tests (EMMAP_SOAK=1): 2 x 5,000 concurrent
 ## programs, 1,000,000 fuzzed calls, 60 kill -9 rounds, 2 x 2,000,000 cross-process increments
@@ -61,3 +70,4 @@ clean:
 	$(REBAR) clean
 	cargo clean
 	rm -f priv/emmap.so
+	rm -rf doc

@@ -1,7 +1,7 @@
 /*
  * emmap-counter: read and update emmap counters files from the command line.
  *
- *   emmap-counter FILE read I
+ *   emmap-counter FILE get I               (`read' is the same)
  *   emmap-counter FILE inc I [K [TIMES]]   add K (default 1) TIMES times (default 1)
  *   emmap-counter FILE set I V
  *   emmap-counter FILE create N            create a file of N counters
@@ -16,7 +16,7 @@
 #include "emmap_counters.h"
 
 static int usage(void) {
-    fprintf(stderr, "usage: emmap-counter FILE (read I | inc I [K [TIMES]] | set I V | create N)\n");
+    fprintf(stderr, "usage: emmap-counter FILE (get I | inc I [K [TIMES]] | set I V | create N)\n");
     return 1;
 }
 
@@ -29,7 +29,7 @@ int main(int argc, char **argv) {
     if (err) { fprintf(stderr, "emmap-counter: %s: %s\n", file, strerror(err)); return 2; }
     if (strcmp(cmd, "create") == 0) { printf("%" PRIu64 "\n", c.count); goto done; }
     if (arg >= c.count) { fprintf(stderr, "emmap-counter: index %" PRIu64 " >= %" PRIu64 "\n", arg, c.count); emmap_counters_close(&c); return 1; }
-    if (strcmp(cmd, "read") == 0) {
+    if (strcmp(cmd, "get") == 0 || strcmp(cmd, "read") == 0) {
         printf("%" PRId64 "\n", emmap_counter_read(&c, arg));
     } else if (strcmp(cmd, "inc") == 0) {
         int64_t k = argc > 4 ? strtoll(argv[4], NULL, 10) : 1;

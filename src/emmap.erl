@@ -13,6 +13,7 @@
 -module(emmap).
 
 -include_lib("kernel/include/file.hrl").
+-include_lib("kernel/include/logger.hrl").
 
 -export([open/2, open/4, close/1, info/1]).
 -export([pread/2, pread/3, pwrite/2, pwrite/3, read/2, read_line/1, write/2, position/2]).
@@ -90,6 +91,7 @@ open_nif(_Path, _Off, _Len, _Opts) -> ?NIF.
 handle_nif(_R) -> ?NIF.
 close_nif(_R) -> ?NIF.
 info_nif(_R) -> ?NIF.
+debug_nif(_R) -> ?NIF.
 pread_nif(_R, _Pos, _Len) -> ?NIF.
 pread_dirty_nif(_R, _Pos, _Len) -> ?NIF.
 read_nif(_R, _Len) -> ?NIF.
@@ -141,12 +143,28 @@ open(File, Offset, Len, Options)
         Offset > ?U64MAX; Len > ?U64MAX -> {error, einval};
         true ->
             case open_nif(Path, Offset, Len, Options) of
-                {ok, R} -> {ok, ?H(R)};
-                {error, _} = E -> E
+                {ok, R} ->
+                    _ = lists:member(debug, Options) andalso
+                        debug_report(open, info(?H(R)), ok,
+                                     #{path => File, offset => Offset, length => Len,
+                                       options => Options}),
+                    {ok, ?H(R)};
+                {error, _} = E ->
+                    _ = lists:member(debug, Options) andalso
+                        debug_report(open, #{}, E, #{path => File, offset => Offset,
+                                                     length => Len, options => Options}),
+                    E
             end
     end;
 open(_, _, _, _) ->
     erlang:error(badarg).
+
+%% A handle opened with `debug' reports what happens to its mapping to the logger: a map
+%% report at level notice, from this module (no domain: logger's default handler drops
+%% events of domains other than OTP's own).
+debug_report(Event, Info, Result, Report) ->
+    Keys = [path, offset, size, address, shared, writable, direct, lock, anon, fixed_size],
+    ?LOG_NOTICE(maps:merge(maps:with(Keys, Info), Report#{emmap => Event, result => Result})).
 
 path_to_binary(File) when is_binary(File) ->
     no_nul(File);
@@ -169,7 +187,15 @@ no_nul(Bin) ->
 %% binaries read from it may still exist (then when the last one is garbage-collected) or
 %% the handle was opened with `nolock' (then when the handle itself is collected).
 -spec close(mmap_file()) -> ok.
-close(?H(R)) -> close_nif(R);
+close(?H(R)) ->
+    case debug_nif(R) of
+        false -> close_nif(R);
+        true ->
+            Before = info(?H(R)),
+            Res = close_nif(R),
+            debug_report(close, Before, Res, #{}),
+            Res
+    end;
 close(_) -> erlang:error(badarg).
 
 %% @doc Facts about a handle: `size', `exist' (the file existed before `open'), `path',
@@ -536,7 +562,7 @@ ipread_s32bu_p32bu(_, _, _) ->
 %% @doc Grows the mapping: doubles it while it is below `max_inc_size' (default 64 MiB),
 %% else grows it by `max_inc_size'. See `resize/2'.
 -spec resize(mmap_file()) -> {ok, pos_integer()} | {error, posix_reason()}.
-resize(?H(R)) -> resize_nif(R, 0);
+resize(?H(R)) -> resize_logged(R, 0);
 resize(_) -> erlang:error(badarg).
 
 %% @doc Grows the mapping (and a shared file) to `NewSize' bytes. Existing `direct'
@@ -546,13 +572,24 @@ resize(_) -> erlang:error(badarg).
 -spec resize(mmap_file(), pos_integer()) -> {ok, pos_integer()} | {error, posix_reason()}.
 resize(?H(R), NewSize) when is_integer(NewSize), NewSize > 0 ->
     if NewSize > ?U64MAX -> true = handle_nif(R), {error, einval};
-       true -> resize_nif(R, NewSize)
+       true -> resize_logged(R, NewSize)
     end;
 resize(?H(R), NewSize) when is_integer(NewSize) ->
     true = handle_nif(R),
     {error, einval};
 resize(_, _) ->
     erlang:error(badarg).
+
+resize_logged(R, Size) ->
+    case debug_nif(R) of
+        false -> resize_nif(R, Size);
+        true ->
+            #{size := OldSize, address := OldAddress} = info_nif(R),
+            Res = resize_nif(R, Size),
+            debug_report(resize, info(?H(R)), Res,
+                         #{old_size => OldSize, old_address => OldAddress, requested => Size}),
+            Res
+    end.
 
 %%%===========================================================================
 %%% Atomics

@@ -745,7 +745,8 @@ info(Server) ->
 %%% gen_server callbacks
 %%%---------------------------------------------------------------------------
 
-%% @private
+%%% @private
+%% @doc gen_server callback of the queue server.
 -spec init({file:name_all(), non_neg_integer(), [emmap:open_option()]}) ->
           {ok, #state{}} | {stop, term()}.
 init({File, Size, Opts}) ->
@@ -757,7 +758,8 @@ init({File, Size, Opts}) ->
         error:badarg -> {stop, badarg}
     end.
 
-%% @private
+%%% @private
+%% @doc gen_server callback of the queue server.
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
 handle_call({push, Term}, _From, #state{q = Q} = St) ->
     {reply, push(Q, Term), St};
@@ -775,17 +777,20 @@ handle_call(info, _From, #state{q = Q} = St) ->
 handle_call(_Other, _From, St) ->
     {reply, {error, badarg}, St}.
 
-%% @private
+%%% @private
+%% @doc gen_server callback of the queue server.
 -spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
 handle_cast(_Msg, St) ->
     {noreply, St}.
 
-%% @private
+%%% @private
+%% @doc gen_server callback of the queue server.
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
 handle_info(_Msg, St) ->
     {noreply, St}.
 
-%% @private
+%%% @private
+%% @doc gen_server callback of the queue server.
 -spec terminate(term(), #state{}) -> ok.
 terminate(_Reason, #state{q = Q}) ->
     close(Q).

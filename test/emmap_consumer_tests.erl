@@ -1,69 +1,281 @@
-%%% emmap as a dependency: built by rebar3 for an Erlang project, and by mix (with rebar3
-%%% as the manager) for an Elixir project, each then used for real.
+%%% emmap as a dependency, the way users take it:
+%%%  - a rebar3 project (test/consumers/rebar3) gets it through _checkouts: the README's
+%%%    commands run as written: the project's own EUnit tests, `rebar3 release', and the
+%%%    release started, used and stopped;
+%%%  - a package made of exactly the files the .app.src lists builds from scratch as a
+%%%    dependency, and `r3:compile()' in `rebar3 shell' after an edit of emmap's source
+%%%    reloads emmap with handles open;
+%%%  - an Elixir project (test/consumers/elixir) gets it as a mix path dependency built by
+%%%    rebar3: the README's commands run `mix test' (whose first test is the README's
+%%%    Elixir example), and in `iex -S mix' the reloads IEx offers keep emmap working.
 -module(emmap_consumer_tests).
 
 -include_lib("eunit/include/eunit.hrl").
 
-root() ->
-    {ok, Cwd} = file:get_cwd(),                 % rebar3 runs tests from the project root
-    Cwd.
+root() -> emmap_readme:root().
 
 tmp() ->
-    D = filename:join("/tmp", "emmap_consumer_" ++ integer_to_list(erlang:unique_integer([positive]))),
+    D = filename:join("/tmp", "emmap_consumer_" ++ os:getpid() ++ "_"
+                      ++ integer_to_list(erlang:unique_integer([positive]))),
     ok = filelib:ensure_dir(D ++ "/"),
     D.
 
-%% Runs a shell command, returning {ExitStatus, Output}.
-sh(Cmd, Env) ->
-    Port = open_port({spawn, "sh -c '" ++ Cmd ++ "' 2>&1"},
-                     [{env, Env}, exit_status, binary, stream, use_stdio]),
-    collect(Port, []).
+%% Runs a shell command (sh) in Dir, returning {ExitStatus, Output}.
+sh(Cmd, Dir, Env) ->
+    Port = open_port({spawn_executable, "/bin/sh"},
+                     [{args, ["-c", Cmd ++ " 2>&1"]}, {cd, Dir}, {env, Env},
+                      exit_status, binary, stream, use_stdio]),
+    collect(Port, [], 600000).
 
-collect(Port, Acc) ->
+collect(Port, Acc, Timeout) ->
     receive
-        {Port, {data, D}} -> collect(Port, [D | Acc]);
-        {Port, {exit_status, S}} -> {S, iolist_to_binary(lists:reverse(Acc))}
-    after 300000 -> erlang:error(timeout)
+        {Port, {data, D}} -> collect(Port, [D | Acc], Timeout);
+        {Port, {exit_status, S}} -> {S, no_ansi(lists:reverse(Acc))}
+    after Timeout ->
+        catch port_close(Port),
+        erlang:error({timeout, iolist_to_binary(lists:reverse(Acc))})
     end.
 
-copy_fixture(Name, Dest) ->
-    Src = filename:join([root(), "test", "consumers", Name]),
-    {0, _} = sh("cp -r " ++ Src ++ "/. " ++ Dest, []),
+rm_rf(Dir) ->
+    {0, _} = sh("rm -rf '" ++ Dir ++ "'", "/", []),
     ok.
 
-rebar3_dependency_test_() ->
+contains(_Bin, "") ->
+    true;
+contains(Bin, Part) ->
+    binary:match(Bin, iolist_to_binary(Part)) =/= nomatch.
+
+%% rebar3 colours its output even on a pipe.
+no_ansi(Bin) ->
+    iolist_to_binary(re:replace(Bin, "\e\\[[0-9;]*m", "", [global])).
+
+%% The README's lines, with the one temporary directory they name replaced by ours.
+readme_sh(Heading, FromTmp, ToTmp) ->
+    Text = emmap_readme:block(Heading, "sh"),
+    ?assertNotEqual(nomatch, string:find(Text, FromTmp)),
+    "set -e\n" ++ string:replace(Text, FromTmp, ToTmp, all).
+
+%%%===========================================================================
+%%% rebar3: the README's commands
+%%%===========================================================================
+
+-define(REBAR3_HEADING, "## Using emmap from a rebar3 project").
+
+rebar3_readme_commands_test_() ->
     {timeout, 600, fun() ->
         D = tmp(),
-        copy_fixture("rebar3", D),
-        ok = file:make_dir(filename:join(D, "_checkouts")),
-        ok = file:make_symlink(root(), filename:join([D, "_checkouts", "emmap"])),
-        {S, Out} = sh("cd " ++ D ++ " && rebar3 compile", []),
-        ?assertMatch({0, _}, {S, Out}),
-        Data = filename:join(D, "counters.bin"),
-        {S2, Out2} = sh("cd " ++ D ++ " && erl -noshell -pa _build/default/lib/*/ebin "
-                        "-pa _build/default/checkouts/*/ebin "
-                        "-eval \"io:format(\\\"~p~n\\\", [emmap_consumer:run(\\\"" ++ Data ++ "\\\")]), halt().\"", []),
-        ?assertEqual({0, <<"42\n">>}, {S2, Out2}),
-        {0, _} = sh("rm -rf " ++ D, [])
+        Proj = filename:join(D, "emmap_consumer"),
+        Rel = filename:join(Proj, "_build/default/rel/emmap_consumer"),
+        Script = readme_sh(?REBAR3_HEADING, "/tmp/emmap_consumer", Proj),
+        %% the release's node gets a name of its own (the script reads VMARGS_PATH), so
+        %% that two test runs on one machine do not meet
+        VmArgs = filename:join(D, "vm.args"),
+        ok = file:write_file(VmArgs, ["-sname emmap_consumer_", filename:basename(D),
+                                      "\n-setcookie emmap_consumer\n"]),
+        Env = [{"VMARGS_PATH", VmArgs}],
+        try
+            {S, Out} = sh(Script, root(), Env),
+            ?assertEqual({0, true}, {S, contains(Out, "2 tests, 0 failures")}),
+            %% `eval' on the started release printed emmap_consumer:run/1's answer
+            ?assertMatch({match, _}, re:run(Out, "(^|\n)42\n")),
+            %% the release holds its own copy of the NIF library (no link into _build)
+            So = filename:join(Rel, "lib/emmap-" ++ vsn() ++ "/priv/emmap.so"),
+            {ok, Info} = file:read_link_info(So),
+            ?assertEqual(regular, element(3, Info)),
+            ?assertEqual(file:read_file(filename:join(root(), "priv/emmap.so")),
+                         file:read_file(So)),
+            %% and it is really stopped
+            ?assertMatch({S1, _} when S1 =/= 0, sh("bin/emmap_consumer ping", Rel, Env))
+        after
+            _ = sh("bin/emmap_consumer stop", Rel, Env),
+            rm_rf(D)
+        end
     end}.
 
-elixir_mix_dependency_test_() ->
-    case os:find_executable("mix") of
-        false ->
-            %% Elixir is not installed here: nothing to build the fixture with.
-            {"skipped: no mix on PATH", fun() -> ok end};
-        _ ->
-            {timeout, 600, fun() ->
-                D = tmp(),
-                copy_fixture("elixir", D),
-                Env = [{"EMMAP_PATH", root()}, {"MIX_REBAR3", os:find_executable("rebar3")},
-                       {"MIX_HOME", filename:join(D, ".mix")}, {"HEX_OFFLINE", "1"},
-                       {"MIX_ENV", "dev"}],
-                Data = filename:join(D, "data.bin"),
-                {S, Out} = sh("cd " ++ D ++ " && mix compile && mix run -e "
-                              "\"IO.inspect(EmmapConsumer.run(\\\"" ++ Data ++ "\\\"))\"", Env),
-                ?assertMatch({0, _}, {S, Out}),
-                ?assertNotEqual(nomatch, binary:match(Out, <<"\"hello from elixir\"">>)),
-                {0, _} = sh("rm -rf " ++ D, [])
-            end}
+vsn() ->
+    _ = application:load(emmap),
+    {ok, V} = application:get_key(emmap, vsn),
+    V.
+
+%% The README shows the fixture's own rebar.config line.
+rebar3_readme_shows_the_fixture_config_test() ->
+    {ok, Config} = file:consult(filename:join(root(), "test/consumers/rebar3/rebar.config")),
+    ?assertEqual([emmap], proplists:get_value(deps, Config)),
+    Erl = emmap_readme:block(?REBAR3_HEADING, "erlang"),
+    ?assertNotEqual(nomatch, string:find(Erl, "{deps, [emmap]}.")).
+
+%%%===========================================================================
+%%% rebar3: the package builds; r3:compile() in rebar3 shell reloads emmap
+%%%===========================================================================
+
+%% Copies the files the .app.src lists (what a package holds) to Dest.
+package(Dest) ->
+    {ok, [{application, emmap, Props}]} = file:consult(filename:join(root(), "src/emmap.app.src")),
+    Files = proplists:get_value(files, Props),
+    ok = filelib:ensure_dir(filename:join(Dest, "priv") ++ "/"),
+    [{0, _} = sh("cp -r '" ++ F ++ "' '" ++ filename:join(Dest, F) ++ "'", root(), [])
+     || F <- Files],
+    ok.
+
+rebar3_package_build_and_shell_reload_test_() ->
+    {timeout, 600, fun() ->
+        D = tmp(),
+        Proj = filename:join(D, "consumer"),
+        Pkg = filename:join(Proj, "_checkouts/emmap"),
+        Data = filename:join(D, "data.bin"),
+        try
+            {0, _} = sh("cp -r test/consumers/rebar3 '" ++ Proj ++ "'", root(), []),
+            ok = package(Pkg),
+            %% a from-scratch build of the NIF (its own cargo target directory)
+            {S, Out} = sh("rebar3 compile", Proj, []),
+            ?assertEqual({0, <<>>}, {S, case S of 0 -> <<>>; _ -> Out end}),
+            ?assert(filelib:is_regular(filename:join(Pkg, "priv/emmap.so"))),
+            Src = filename:join(Pkg, "src/emmap.erl"),
+            Edit = fun() ->
+                %% rebar3 compares modification times in whole seconds: let the edit be
+                %% later than the shell's own compile
+                timer:sleep(1100),
+                {ok, Text} = file:read_file(Src),
+                ok = file:write_file(Src, [binary:replace(Text, <<"-on_load(init/0).">>,
+                                                          <<"-on_load(init/0).\n-export([reload_mark/0]).">>),
+                                           "\nreload_mark() -> reloaded.\n"])
+            end,
+            Lines = [{"{ok, M} = emmap:open(\"" ++ Data ++ "\", 0, 64, [create, read, write, shared, direct]).", "{ok,{file_descriptor,emmap,"},
+                     {"{ok, B} = emmap:pread(M, 0, 4).", "{ok,<<0,0,0,0>>}"},
+                     {"C = emmap:open_counters(\"" ++ Data ++ ".counters\", 1).", "{{file_descriptor,emmap,"},
+                     {Edit, ""},
+                     {"r3:compile().", "\nok\n"},
+                     {"emmap:reload_mark().", "reloaded"},
+                     {"emmap:pwrite(M, 0, <<\"new!\">>).", "ok"},
+                     {"B.", "<<\"new!\">>"},
+                     {"emmap:inc_counter(C, 0).", "0"},
+                     {"{ok, M2} = emmap:open(\"" ++ Data ++ "\", [read, shared]), emmap:pread(M2, 0, 4).", "{ok,<<\"new!\">>}"},
+                     {"halt().", ""}],
+            Outs = session("rebar3", ["shell"], Proj, [], fun(N) -> integer_to_list(N) ++ "> " end, Lines),
+            [?assertEqual({L, true}, {L, contains(O, Expect)})
+             || {{L, Expect}, O} <- lists:zip(Lines, Outs), is_list(L)]
+        after
+            rm_rf(D)
+        end
+    end}.
+
+%% Runs an interactive shell with its standard input on a pipe: waits for its prompt,
+%% sends a line (or runs a fun here, between two lines), waits for the next prompt, and so
+%% on. Returns what each line printed. The last line must end the shell.
+session(Exe, Args, Dir, Env, Prompt, Lines) ->
+    Port = open_port({spawn_executable, os:find_executable(Exe)},
+                     [{args, Args}, {cd, Dir}, {env, Env}, binary, exit_status, use_stdio,
+                      stderr_to_stdout]),
+    {os_pid, OsPid} = erlang:port_info(Port, os_pid),
+    try
+        _Banner = until(Port, Prompt(1), <<>>),
+        {Outs, _} = lists:mapfoldl(
+            fun({Fun, _}, N) when is_function(Fun) ->
+                    Fun(),
+                    {<<>>, N};
+               ({Line, _}, N) ->
+                    true = port_command(Port, [Line, "\n"]),
+                    {until(Port, Prompt(N + 1), <<>>), N + 1}
+            end, 1, lists:droplast(Lines)),
+        {Last, _} = lists:last(Lines),
+        true = port_command(Port, [Last, "\n"]),
+        {Status, LastOut} = collect(Port, [], 60000),
+        ?assertEqual(0, Status),
+        Outs ++ [LastOut]
+    after
+        _ = os:cmd("kill -9 " ++ integer_to_list(OsPid) ++ " 2>/dev/null"),
+        catch port_close(Port)
     end.
+
+%% Output up to (not including) `Prompt' at the end of what was printed.
+until(Port, Prompt, Acc) ->
+    P = list_to_binary(Prompt),
+    case byte_size(Acc) >= byte_size(P) andalso
+         binary:part(Acc, byte_size(Acc), -byte_size(P)) =:= P of
+        true ->
+            no_ansi(binary:part(Acc, 0, byte_size(Acc) - byte_size(P)));
+        false ->
+            receive
+                {Port, {data, D}} -> until(Port, Prompt, <<Acc/binary, D/binary>>);
+                {Port, {exit_status, S}} -> erlang:error({shell_exited, S, Acc})
+            after 300000 -> erlang:error({no_prompt, Prompt, Acc})
+            end
+    end.
+
+%%%===========================================================================
+%%% mix: the README's commands; reloads in IEx
+%%%===========================================================================
+
+-define(MIX_HEADING, "## Using emmap from Elixir (mix)").
+
+with_mix(Fun) ->
+    case os:find_executable("mix") of
+        false -> {"skipped: Elixir (mix) is not installed", fun() -> ok end};
+        _ -> {timeout, 600, Fun}
+    end.
+
+%% mix keeps its archives in MIX_HOME: a fresh one, so nothing of the user's is used or
+%% changed.
+mix_env(D) ->
+    [{"MIX_HOME", filename:join(D, ".mix")}].
+
+mix_readme_commands_test_() ->
+    with_mix(fun() ->
+        D = tmp(),
+        Proj = filename:join(D, "emmap_consumer_ex"),
+        Script = readme_sh(?MIX_HEADING, "/tmp/emmap_consumer_ex", Proj),
+        try
+            {S, Out} = sh(Script, root(), mix_env(D)),
+            ?assertEqual({0, true}, {S, contains(Out, "3 tests, 0 failures")})
+        after
+            rm_rf(D)
+        end
+    end).
+
+%% The README's Elixir example is, line for line, the fixture's first test; its mix.exs
+%% line is the fixture's (with the fixture's default path).
+mix_readme_shows_the_fixture_test() ->
+    Section = emmap_readme:section(?MIX_HEADING),
+    [Dep, Example] = emmap_readme:blocks(Section, "elixir"),
+    {ok, Test} = file:read_file(filename:join(root(), "test/consumers/elixir/test/emmap_consumer_test.exs")),
+    Trimmed = [string:trim(L) || L <- string:split(Example, "\n", all), string:trim(L) =/= ""],
+    TestLines = [string:trim(L) || L <- string:split(binary_to_list(Test), "\n", all)],
+    ?assert(length(Trimmed) > 10),
+    ?assertEqual({Trimmed, true}, {Trimmed, is_sublist(Trimmed, TestLines)}),
+    {ok, MixExs} = file:read_file(filename:join(root(), "test/consumers/elixir/mix.exs")),
+    ?assertEqual("{:emmap, path: \"../emmap\", manager: :rebar3}", string:trim(Dep)),
+    ?assert(contains(MixExs, "{:emmap, path: System.get_env(\"EMMAP_PATH\", \"../../..\"), manager: :rebar3}")).
+
+is_sublist(Sub, List) ->
+    lists:prefix(Sub, List) orelse (List =/= [] andalso is_sublist(Sub, tl(List))).
+
+iex_reloads_keep_emmap_working_test_() ->
+    with_mix(fun() ->
+        D = tmp(),
+        Proj = filename:join(D, "consumer"),
+        Data = filename:join(D, "data.bin"),
+        Env = [{"EMMAP_PATH", root()}, {"MIX_REBAR3", os:find_executable("rebar3")}
+               | mix_env(D)],
+        try
+            {0, _} = sh("cp -r test/consumers/elixir '" ++ Proj ++ "'", root(), []),
+            {0, _} = sh("mix compile", Proj, Env),
+            Lines = [{"{:ok, m} = :emmap.open(~c\"" ++ Data ++ "\", 0, 64, [:create, :read, :write, :shared, :direct])", "{:ok, {:file_descriptor, :emmap,"},
+                     {"{:ok, b} = :emmap.pread(m, 0, 4)", "{:ok, <<0, 0, 0, 0>>}"},
+                     {"r :emmap", "{:reloaded, [:emmap]}"},
+                     {":emmap.pwrite(m, 0, \"one!\")", ":ok"},
+                     {"l :emmap", "{:module, :emmap}"},
+                     {":emmap.pwrite(m, 0, \"two!\")", ":ok"},
+                     {"recompile()", ""},
+                     {"Mix.Task.run(\"deps.compile\", [\"emmap\"])", ":ok"},
+                     {"l :emmap", "{:module, :emmap}"},
+                     {"b", "\"two!\""},
+                     {"{:ok, m2} = :emmap.open(~c\"" ++ Data ++ "\", [:read, :shared]); :emmap.pread(m2, 0, 4)", "{:ok, \"two!\"}"},
+                     {"System.halt()", ""}],
+            Outs = session("iex", ["-S", "mix"], Proj, Env,
+                           fun(N) -> "iex(" ++ integer_to_list(N) ++ ")> " end, Lines),
+            [?assertEqual({L, true}, {L, contains(O, Expect)})
+             || {{L, Expect}, O} <- lists:zip(Lines, Outs)]
+        after
+            rm_rf(D)
+        end
+    end).

@@ -7,6 +7,7 @@
 
 mod atoms;
 mod blocks;
+mod entry;
 mod hot;
 mod raw;
 mod resource;
@@ -77,6 +78,12 @@ fn open_nif<'a>(
 fn close_nif(h: &Handle) -> Atom {
     h.mapping.close();
     atoms::ok()
+}
+
+/// Whether the handle was opened with `debug` (then `emmap.erl` reports to the logger).
+#[rustler::nif]
+fn debug_nif(h: &Handle) -> bool {
+    h.mapping.options().debug
 }
 
 #[rustler::nif]
@@ -268,9 +275,3 @@ fn stat_nif<'a>(env: Env<'a>, h: &Handle) -> Term<'a> {
     });
     reply(env, r)
 }
-
-fn load(env: Env, _info: Term) -> bool {
-    resource::register(env)
-}
-
-rustler::init!("emmap", load = load);

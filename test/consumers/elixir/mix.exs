@@ -1,5 +1,5 @@
 # An Elixir project that uses emmap as a mix dependency built by rebar3.
-# The test copies this folder elsewhere and points EMMAP_PATH at the checkout.
+# EMMAP_PATH names the emmap checkout (by default the one this fixture lives in).
 defmodule EmmapConsumer.MixProject do
   use Mix.Project
 
@@ -8,7 +8,7 @@ defmodule EmmapConsumer.MixProject do
       app: :emmap_consumer,
       version: "0.1.0",
       elixir: ">= 1.14.0",
-      deps: [{:emmap, path: System.fetch_env!("EMMAP_PATH"), manager: :rebar3}]
+      deps: [{:emmap, path: System.get_env("EMMAP_PATH", "../../.."), manager: :rebar3}]
     ]
   end
 

@@ -1,7 +1,10 @@
+%% @doc A dependent application's use of emmap: persistent counters.
 -module(emmap_consumer).
 -export([run/1]).
 
-%% Counters from a dependent application: open, count, reopen, read.
+%% @doc Counts in a counters file at `Path', reopens it and returns counter 1 (42 for a new
+%% file).
+-spec run(file:filename()) -> integer().
 run(Path) ->
     C = emmap:open_counters(Path, 2),
     0 = emmap:inc_counter(C, 1, 41),

@@ -1,0 +1,204 @@
+%%% Reloading the emmap module (what `c:l/1', `code:load_file/1', rebar3's `r3:compile()'
+%%% and IEx's `recompile'/`r/1' do) keeps the module working, keeps the handles opened
+%%% before the reload working, and still releases their memory when they are collected.
+%%%
+%%% The reloads run in a child VM: purging emmap's old code kills processes running it,
+%%% which must not happen to the test runner. The rebar3 shell flow itself is tested in
+%%% emmap_consumer_tests.
+-module(emmap_reload_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+-include_lib("kernel/include/file.hrl").
+
+-export([child_reload/1, child_eval/1, child_other_library/1]).
+
+%% The ways a module gets reloaded, in the order the child applies them.
+%%  c_l:         c:l/1 (purge old code, load the file: the NIF library's upgrade callback)
+%%  load_binary: code:load_binary/3 with the module's object code, as IEx's r/1 and Elixir's
+%%               recompile load modules (also an upgrade)
+%%  rebar3:      code:delete/1, code:purge/1, code:load_file/1: what rebar3's r3:compile()
+%%               does for a module with -on_load (a fresh load; the old type is gone from
+%%               the VM's table but its handles are alive)
+-define(RELOADS, [c_l, c_l, load_binary, rebar3, c_l, rebar3, load_binary]).
+
+reload(c_l) ->
+    {module, emmap} = c:l(emmap);
+reload(load_binary) ->
+    {emmap, Bin, File} = code:get_object_code(emmap),
+    {module, emmap} = code:load_binary(emmap, File, Bin);
+reload(rebar3) ->
+    true = code:delete(emmap),
+    _ = code:purge(emmap),
+    {module, emmap} = code:load_file(emmap).
+
+%% How many of this OS process's mappings are of `Path' (a file or the NIF library).
+mapped(Path) ->
+    {ok, B} = file:read_file("/proc/self/maps"),
+    length(binary:matches(B, list_to_binary(Path))).
+
+wait_until(Pred, Ms) when Ms =< 0 -> Pred();
+wait_until(Pred, Ms) ->
+    case Pred() of
+        true -> true;
+        false -> erlang:garbage_collect(), timer:sleep(10), wait_until(Pred, Ms - 10)
+    end.
+
+%% Child VM: reloads emmap again and again with handles of every kind open, checking after
+%% each reload that every handle made so far (before or between reloads) still works.
+%% Returns `ok' or crashes with the failed match.
+child_reload(Dir) ->
+    P = filename:join(Dir, "data.bin"),
+    CP = filename:join(Dir, "counters.bin"),
+    Lib = "/emmap.so",                          % the NIF library (priv/ may be a symlink)
+    {ok, Lock} = emmap:open(P, 0, 4096, [create, read, write, shared]),
+    {ok, NoLock} = emmap:open(P, 0, 4096, [read, write, shared, nolock]),
+    {ok, Direct} = emmap:open(P, 0, 4096, [read, write, shared, direct]),
+    C = emmap:open_counters(CP, 1),
+    ok = emmap:pwrite(Lock, 0, <<"before">>),
+    {ok, Bin} = emmap:pread(Direct, 0, 6),       % a direct binary made before any reload
+    LibMaps = mapped(Lib),
+    true = LibMaps > 0,
+    Handles = lists:foldl(
+        fun({N, How}, Hs) ->
+            {module, emmap} = reload(How),
+            _ = code:purge(emmap),                  % the old code goes away completely
+            false = erlang:check_old_code(emmap),
+            %% still the one library, mapped once: nothing loaded twice, nothing leaked
+            LibMaps = mapped(Lib),
+            %% the reloaded module works: a new handle
+            {ok, New} = emmap:open(P, [read, write, shared]),
+            Tag = list_to_binary(io_lib:format("~6..0w", [N])),
+            %% every handle from before works
+            [ok = emmap:pwrite(H, 0, Tag) || H <- [New | Hs]],
+            [{ok, Tag} = emmap:pread(H, 0, 6) || H <- [New | Hs]],
+            {ok, Tag} = file:pread(Direct, 0, 6),
+            Tag = Bin,                              % the old direct binary shows the write
+            {ok, _} = emmap:patomic_add(NoLock, 8, 1),
+            N = emmap:inc_counter(C, 0) + 1,
+            Size = 4096 * (N + 1),
+            {ok, Size} = emmap:resize(Lock, Size),
+            %% something that is not a handle is still badarg
+            {'EXIT', {badarg, _}} =
+                (catch emmap:pread(#file_descriptor{module = emmap, data = make_ref()}, 0, 1)),
+            [New | Hs]
+        end,
+        [Lock, NoLock, Direct],
+        lists:zip(lists:seq(1, length(?RELOADS)), ?RELOADS)),
+    Count = length(?RELOADS),
+    {ok, Count} = emmap:patomic_read_integer(NoLock, 8),
+    Count = emmap:read_counter(C, 0),
+    ok = emmap:close_counters(C),
+    [ok = emmap:close(H) || H <- Handles],
+    %% the direct binary keeps its mapping after close; collecting everything releases all
+    true = mapped(P) > 0,
+    <<_:6/binary>> = Bin,
+    release(P).
+
+%% Called with no reference to the handles or the binary left: every destructor (of
+%% resource types from before and after the reloads) must run.
+release(P) ->
+    true = wait_until(fun() -> mapped(P) =:= 0 end, 3000),
+    ok.
+
+%% Runs ?MODULE:Fun(Arg) in a child VM; returns {ExitStatus, Output}.
+child(Fun, Arg) ->
+    Erl = os:find_executable("erl"),
+    Ebin = filename:dirname(code:which(emmap)),
+    TestDir = filename:dirname(code:which(?MODULE)),
+    Call = lists:flatten(io_lib:format(
+        "try ~s:~s(~p) of R -> io:format(\"result: ~~p~~n\", [R]), halt(0) "
+        "catch C:E:S -> io:format(\"result: ~~p~~n\", [{C, E, S}]), halt(1) end.",
+        [?MODULE, Fun, Arg])),
+    Port = open_port({spawn_executable, Erl},
+                     [{args, ["-noshell", "-pa", Ebin, "-pa", TestDir, "-eval", Call]},
+                      binary, exit_status, use_stdio, stderr_to_stdout]),
+    collect(Port, []).
+
+%% Child VM: evaluates Text as the shell would and returns what it printed.
+child_eval(Text) ->
+    emmap_test_lib:eval_printing(Text).
+
+collect(Port, Acc) ->
+    receive
+        {Port, {data, D}} -> collect(Port, [D | Acc]);
+        {Port, {exit_status, S}} -> {S, iolist_to_binary(lists:reverse(Acc))}
+    after 60000 ->
+        catch port_close(Port),
+        {timeout, iolist_to_binary(lists:reverse(Acc))}
+    end.
+
+reload_keeps_module_and_handles_working_test_() ->
+    {timeout, 90, fun() ->
+        Dir = filename:join("/tmp", "emmap_reload_" ++ os:getpid() ++ "_"
+                            ++ integer_to_list(erlang:unique_integer([positive]))),
+        ok = filelib:ensure_dir(Dir ++ "/"),
+        try
+            %% nothing else is printed: no warning report from a failed on_load either
+            ?assertEqual({0, <<"result: ok\n">>}, child(child_reload, Dir))
+        after
+            _ = os:cmd("rm -rf " ++ Dir)
+        end
+    end}.
+
+%% The README's reload example runs as written (with its file in our directory).
+readme_example_test_() ->
+    {timeout, 60, fun() ->
+        Text = emmap_readme:block("## Reloading code", "erlang"),
+        P = filename:join("/tmp", "emmap_reload_readme_" ++ os:getpid() ++ ".bin"),
+        try
+            Example = lists:flatten(string:replace(Text, "/tmp/emmap_reload.bin", P)),
+            ?assertNotEqual(Text, Example),
+            ?assertEqual({0, <<"result: []\n">>}, child(child_eval, Example))
+        after
+            file:delete(P)
+        end
+    end}.
+
+%% Child VM: emmap reloaded from another directory (as a release upgrade to another version
+%% installs it) loads that directory's library, a second instance with its own resource
+%% type: handles from before are badarg to the new code, new ones work, and the old
+%% library releases the old handles' memory when they are collected.
+child_other_library(Dir) ->
+    P = filename:join(Dir, "data.bin"),
+    {ok, Old} = emmap:open(P, 0, 4096, [create, read, write, shared, direct]),
+    {ok, Bin} = emmap:pread(Old, 0, 4),
+    Libs = mapped("/emmap.so"),
+    Other = filename:join(Dir, "emmap-9.9.9"),
+    ok = filelib:ensure_dir(filename:join(Other, "ebin") ++ "/"),
+    ok = filelib:ensure_dir(filename:join(Other, "priv") ++ "/"),
+    {ok, _} = file:copy(code:which(emmap), filename:join(Other, "ebin/emmap.beam")),
+    {ok, _} = file:copy(filename:join(code:priv_dir(emmap), "emmap.so"),
+                        filename:join(Other, "priv/emmap.so")),
+    true = code:add_patha(filename:join(Other, "ebin")),
+    {module, emmap} = c:l(emmap),
+    true = mapped("/emmap-9.9.9/priv/emmap.so") > 0,
+    true = mapped("/emmap.so") > Libs,          % both libraries are loaded
+    {'EXIT', {badarg, _}} = (catch emmap:pread(Old, 0, 4)),
+    {'EXIT', {badarg, _}} = (catch emmap:close(Old)),
+    {ok, New} = emmap:open(P, [read, write, shared]),
+    ok = emmap:pwrite(New, 0, <<"new!">>),
+    <<"new!">> = Bin,                           % the old direct binary is still mapped
+    _ = code:purge(emmap),
+    ok = emmap:close(New),
+    release_other(P, Libs).
+
+%% With the old handle and binary dropped, the old library's destructor releases their
+%% memory. (The old library itself stays mapped: glibc does not unload a library whose
+%% thread-local values have destructors while the threads that hold them live, and the
+%% VM's schedulers live as long as the VM.)
+release_other(P, Libs) ->
+    true = wait_until(fun() -> mapped(P) =:= 0 end, 3000),
+    true = mapped("/emmap.so") > Libs,
+    ok.
+
+reload_from_another_library_test_() ->
+    {timeout, 90, fun() ->
+        Dir = filename:join("/tmp", "emmap_reload_other_" ++ os:getpid() ++ "_"
+                            ++ integer_to_list(erlang:unique_integer([positive]))),
+        ok = filelib:ensure_dir(Dir ++ "/"),
+        try
+            ?assertEqual({0, <<"result: ok\n">>}, child(child_other_library, Dir))
+        after
+            _ = os:cmd("rm -rf " ++ Dir)
+        end
+    end}.
