@@ -345,13 +345,8 @@ get_chars(N, OutEnc, #st{h = H, mode = Mode, enc = Enc}) ->
                      {ok, Bin} ->
                          case char_prefix(Bin, N, Enc, byte_size(Bin) < Want, OutEnc) of
                              {ok, Len} ->
-                                 case cast(binary_part(Bin, 0, Len), Mode, Enc, OutEnc) of
-                                     {ok, Data} ->
-                                         {ok, _} = emmap:position(H, P + Len),
-                                         Data;
-                                     Error ->
-                                         Error
-                                 end;
+                                 deliver(H, P + Len, binary_part(Bin, 0, Len), Mode, Enc,
+                                         OutEnc);
                              Other ->
                                  Other
                          end;
@@ -436,18 +431,21 @@ get_line(OutEnc, #st{h = H, mode = Mode, enc = Enc}) ->
     maybe_at_position(
       H, fun(P) ->
                  case find_line(H, P, Enc) of
-                     {ok, Line, Len} ->
-                         case cast(Line, Mode, Enc, OutEnc) of
-                             {ok, Data} ->
-                                 {ok, _} = emmap:position(H, P + Len),
-                                 Data;
-                             Error ->
-                                 Error
-                         end;
-                     Other ->
-                         Other
+                     {ok, Line, Len} -> deliver(H, P + Len, Line, Mode, Enc, OutEnc);
+                     Other -> Other
                  end
          end).
+
+%% Bytes read from the device as the request wants them; only once that worked does the
+%% position move past them (to NewPos).
+deliver(H, NewPos, Bytes, Mode, Enc, OutEnc) ->
+    case cast(Bytes, Mode, Enc, OutEnc) of
+        {ok, Data} ->
+            {ok, _} = emmap:position(H, NewPos),
+            Data;
+        Error ->
+            Error
+    end.
 
 %% {ok, Line, BytesConsumed} | eof | {error, _}. Reads in growing steps from P.
 find_line(H, P, Enc) ->

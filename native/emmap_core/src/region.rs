@@ -154,17 +154,23 @@ impl Region {
             return None;
         }
         self.owns.store(false, Ordering::Release);
-        Some(Region {
+        Some(self.successor(new_map_len, new_len, true))
+    }
+
+    /// A descriptor that owns this one's memory (whose ownership the caller has just given
+    /// up), now `map_len` bytes long with `len` usable.
+    fn successor(&self, map_len: usize, len: usize, growable: bool) -> Region {
+        Region {
             map_ptr: self.map_ptr,
-            map_len: new_map_len,
+            map_len,
             data: self.data,
-            len: new_len,
+            len,
             prot: self.prot,
             flags: self.flags,
             file_off: self.file_off,
             owns: AtomicBool::new(true),
-            growable: true,
-        })
+            growable,
+        }
     }
 
     /// A descriptor of the first `new_len` bytes of the same memory, which takes over the
@@ -175,17 +181,7 @@ impl Region {
         if new_len > self.len || !self.owns.swap(false, Ordering::AcqRel) {
             return None;
         }
-        Some(Region {
-            map_ptr: self.map_ptr,
-            map_len: self.map_len,
-            data: self.data,
-            len: new_len,
-            prot: self.prot,
-            flags: self.flags,
-            file_off: self.file_off,
-            owns: AtomicBool::new(true),
-            growable: false,
-        })
+        Some(self.successor(self.map_len, new_len, false))
     }
 
     /// Replaces the whole pages that lie entirely past user byte `from` with private
