@@ -633,3 +633,74 @@ inode_reuse_after_cut_to_zero_test() ->
             end, lists:seq(1, 300)),
     ?assertEqual(300, length(Old)),
     ok = file:del_dir(Dir).
+
+%% truncate/1 shrinking and growing a mapping while other processes read, write and hold
+%% direct binaries into it (also into the part being cut off): every call answers one of
+%% its documented results, every old binary stays readable, and the VM stays up (a page
+%% left mapped to the cut-off part of a file would kill it with SIGBUS).
+truncate_under_concurrent_callers_test_() ->
+    {timeout, 120,
+     [{lists:flatten(io_lib:format("~p", [Opts])), fun() -> truncate_race(Opts) end}
+      || Opts <- [[shared, direct], [shared, direct, nolock], [shared], [shared, nolock],
+                  [private, direct], [anon, shared, direct]]]}.
+
+truncate_race(Opts) ->
+    Size = 16 * 4096,
+    with_file(binary:copy(<<"z">>, Size), fun(P) ->
+        {ok, M} = case lists:member(anon, Opts) of
+                      true -> emmap:open("", 0, Size, [read, write | Opts]);
+                      false -> emmap:open(P, [read, write | Opts])
+                  end,
+        Self = self(),
+        Workers = [spawn_link(fun() -> Self ! {done, self(), truncate_worker(M, I, Size, [], 0)} end)
+                   || I <- lists:seq(1, 3)],
+        %% 200 cuts and regrowths while the workers run; then they stop.
+        [cut_and_regrow(M, Size) || _ <- lists:seq(1, 200)],
+        [W ! stop || W <- Workers],
+        Results = [receive {done, W, R} -> R after 60000 -> timeout end || W <- Workers],
+        [?assertMatch({ok, N} when N > 0, R) || R <- Results],
+        ?assertEqual(Size, maps:get(size, emmap:info(M))),
+        case lists:member(shared, Opts) andalso not lists:member(anon, Opts) of
+            true -> ?assertEqual(Size, filelib:file_size(P));
+            false -> ok
+        end,
+        ok = emmap:close(M)
+    end).
+
+cut_and_regrow(M, Size) ->
+    Cut = rand:uniform(Size) - 1,
+    {ok, Cut} = emmap:position(M, Cut),
+    ok = emmap:truncate(M),
+    {ok, Size} = emmap:position(M, Size),
+    ok = emmap:truncate(M).
+
+%% Random preads (keeping up to 16 binaries and reading them all now and then) and
+%% pwrites until told to stop; {ok, Calls} if every answer was a documented one.
+truncate_worker(M, I, Size, Bins, N) ->
+    receive
+        stop ->
+            _ = [binary:copy(B) || B <- Bins],
+            {ok, N}
+    after 0 ->
+        truncate_step(M, I, Size, Bins, N)
+    end.
+
+truncate_step(M, I, Size, Bins, N) ->
+    Pos = rand:uniform(Size) - 1,
+    Bins1 = case rand:uniform(2) of
+                1 ->
+                    case emmap:pread(M, Pos, 100) of
+                        {ok, B} -> lists:sublist([B | Bins], 16);
+                        eof -> Bins
+                    end;
+                2 ->
+                    case emmap:pwrite(M, Pos, <<I, I, I, I>>) of
+                        ok -> Bins;
+                        {error, einval} -> Bins
+                    end
+            end,
+    case N rem 500 of
+        0 -> [true = is_integer(lists:sum(binary_to_list(B))) || B <- Bins1];
+        _ -> ok
+    end,
+    truncate_worker(M, I, Size, Bins1, N + 1).
