@@ -701,6 +701,9 @@ impl Mapping {
             let target = usize::try_from(new_len).map_err(|_| Error::Einval)?;
             return self.grow_locked(&mut st, target);
         };
+        if !old.owns() {
+            return Err(Error::Einval); // the current region always owns its memory
+        }
         if shared_file {
             self.cut_file(&st, new_len)?;
             if new_len == 0 && self.offset.is_multiple_of(page_size() as u64) {
@@ -760,24 +763,34 @@ impl Mapping {
         }
         let end = off.checked_add(len).ok_or(Error::Einval)?;
         {
-            let mut st = self.state.write();
-            let _excl = self.opts.lock.then(|| self.readers.write());
+            let st = self.state.read();
             let cur_len = Self::current(&st, &self.closed)?.len();
             self.check_writable()?;
-            if end > cur_len as u64 {
-                if self.opts.fixed_size {
-                    return Err(Error::FixedSize);
-                }
-                let target = usize::try_from(end).map_err(|_| Error::Einval)?;
-                self.grow_locked(&mut st, target)?;
+            if end <= cur_len as u64 {
+                // Inside the mapping: readers and writers carry on meanwhile.
+                return self.reserve(&st, off, len);
             }
         }
-        let st = self.state.read();
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
+        if self.opts.fixed_size {
+            return Err(Error::FixedSize);
         }
+        let mut st = self.state.write();
+        let _excl = self.opts.lock.then(|| self.readers.write());
+        let cur_len = Self::current(&st, &self.closed)?.len();
+        // Disk space first: when there is none, the mapping stays as it was.
+        self.reserve(&st, off, len)?;
+        if end > cur_len as u64 {
+            let target = usize::try_from(end).map_err(|_| Error::Einval)?;
+            self.grow_locked(&mut st, target)?;
+        }
+        Ok(())
+    }
+
+    /// Reserves disk blocks for `[off, off + len)` of a shared file (`fallocate`, which also
+    /// extends the file to the end of the range); nothing to do for memory.
+    fn reserve(&self, st: &State, off: u64, len: u64) -> Result<()> {
         let (Some(f), true) = (&st.file, self.opts.is_shared()) else {
-            return Ok(()); // memory only: nothing to reserve on disk
+            return Ok(());
         };
         let start = self.offset.checked_add(off).ok_or(Error::Einval)?;
         let (start, len) = match (libc::off_t::try_from(start), libc::off_t::try_from(len)) {
@@ -785,7 +798,8 @@ impl Mapping {
             _ => return Err(Error::Einval),
         };
         // SAFETY: `f` is an open file descriptor owned by this handle, kept open by the
-        // state read lock; fallocate only changes the file's block allocation.
+        // state lock the caller holds; fallocate only changes the file's block allocation
+        // and, past its end, its size.
         match unsafe { libc::fallocate(f.as_raw_fd(), 0, start, len) } {
             0 => Ok(()),
             _ => match Error::last_os() {
