@@ -409,7 +409,7 @@ advise(_, _, _, _) ->
 %% the same file, `{error, einval}' when the file goes on after the mapped window.
 -spec truncate(mmap_file()) -> ok | {error, posix_reason()}.
 truncate(?H(R)) ->
-    case truncate_nif(R) of
+    case size_change(R, truncate, fun() -> truncate_nif(R) end, #{}) of
         {ok, _} -> ok;
         E -> E
     end;
@@ -424,7 +424,9 @@ truncate(_) -> erlang:error(badarg).
 allocate(?H(R), Off, Len) when is_integer(Off), is_integer(Len) ->
     if
         Off < 0; Len =< 0; Off > ?U64MAX; Len > ?U64MAX -> true = handle_nif(R), {error, einval};
-        true -> allocate_nif(R, Off, Len)
+        true ->
+            size_change(R, allocate, fun() -> allocate_nif(R, Off, Len) end,
+                        #{offset => Off, length => Len})
     end;
 allocate(_, _, _) ->
     erlang:error(badarg).
@@ -581,13 +583,18 @@ resize(_, _) ->
     erlang:error(badarg).
 
 resize_logged(R, Size) ->
+    size_change(R, resize, fun() -> resize_nif(R, Size) end, #{requested => Size}).
+
+%% Runs Change(), a call that may change the mapping's size or address; with `debug' it is
+%% reported with the size and address before and after.
+size_change(R, Event, Change, Report) ->
     case debug_nif(R) of
-        false -> resize_nif(R, Size);
+        false -> Change();
         true ->
             #{size := OldSize, address := OldAddress} = info_nif(R),
-            Res = resize_nif(R, Size),
-            debug_report(resize, info(?H(R)), Res,
-                         #{old_size => OldSize, old_address => OldAddress, requested => Size}),
+            Res = Change(),
+            debug_report(Event, info(?H(R)), Res,
+                         Report#{old_size => OldSize, old_address => OldAddress}),
             Res
     end.
 

@@ -1,4 +1,4 @@
-%%% The `debug' open option: the handle reports open, resize and close to the logger
+%%% The `debug' open option: the handle reports open, resize, truncate, allocate and close to the logger
 %%% (level notice, from module emmap), and nothing is written to standard error.
 -module(emmap_debug_tests).
 
@@ -50,8 +50,19 @@ debug_option_reports_to_logger_test() ->
             #{address := Addr} = emmap:info(M),
             {ok, 16384} = emmap:resize(M, 16384),
             #{address := Addr2} = emmap:info(M),
+            {ok, 100} = emmap:position(M, 100),
+            ok = emmap:truncate(M),
+            ok = emmap:allocate(M, 0, 16384),
+            #{address := Addr3} = emmap:info(M),
             ok = emmap:close(M),
-            [Open, Resize, Close] = events(),
+            [Open, Resize, Truncate, Allocate, Close] = events(),
+            ?assertMatch(#{msg := {report, #{emmap := truncate, result := {ok, 100},
+                                              old_size := 16384, size := 100}}},
+                         Truncate),
+            ?assertMatch(#{msg := {report, #{emmap := allocate, result := ok,
+                                              old_size := 100, size := 16384,
+                                              offset := 0, length := 16384}}},
+                         Allocate),
             [?assertMatch(#{level := notice, meta := #{mfa := {emmap, _, _}}}, E)
              || E <- [Open, Resize, Close]],
             ?assertMatch(#{msg := {report, #{emmap := open, result := ok, path := P,
@@ -67,7 +78,7 @@ debug_option_reports_to_logger_test() ->
                                               address := Addr2}}},
                          Resize),
             ?assertMatch(#{msg := {report, #{emmap := close, result := ok, size := 16384,
-                                              address := Addr2}}},
+                                              address := Addr3}}},
                          Close),
             %% a failed open with `debug' reports its error too
             Missing = P ++ ".missing",
