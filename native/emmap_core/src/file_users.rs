@@ -32,8 +32,13 @@ impl FileUse {
 
     /// Whether some other handle of this process maps the same file.
     pub fn shared_with_others(&self) -> bool {
-        table().lock().get(&self.id).copied().unwrap_or(0) > 1
+        users(self.id) > 1
     }
+}
+
+/// How many handles of this process claim the file.
+pub fn users(id: FileId) -> usize {
+    table().lock().get(&id).copied().unwrap_or(0)
 }
 
 impl Drop for FileUse {

@@ -22,7 +22,7 @@ use parking_lot::RwLock;
 use crate::atomics::{self, Op};
 use crate::bounds;
 use crate::error::{Error, Result};
-use crate::file_users::{FileId, FileUse};
+use crate::file_users::{self, FileId, FileUse};
 use crate::options::Options;
 use crate::readers::{ReadGuard, Readers};
 use crate::region::{page_size, MapSpec, Placement, Region};
@@ -215,7 +215,8 @@ impl Mapping {
         // Decide everything first, change the file last: an open that fails leaves an
         // existing file as it was (a created one is removed by the caller).
         let truncate = opts.truncate && !created;
-        let file_use = FileUse::new((meta.dev(), meta.ino()));
+        let file_id = (meta.dev(), meta.ino());
+        let file_use = FileUse::new(file_id);
         if truncate && file_use.shared_with_others() {
             // Emptying a file that another handle maps would make that one fault.
             return Err(Error::Os(libc::EBUSY));
@@ -281,8 +282,9 @@ impl Mapping {
             Some(file),
             unlink,
         );
-        m.state.get_mut().file_use = Some(file_use);
-        m.state.get_mut().file_id = Some((meta.dev(), meta.ino()));
+        let st = m.state.get_mut();
+        st.file_use = Some(file_use);
+        st.file_id = Some(file_id);
         Ok(m)
     }
 
@@ -726,7 +728,11 @@ impl Mapping {
             .offset
             .checked_add(new_len as u64)
             .ok_or(Error::Einval)?;
-        if st.file_use.as_ref().is_some_and(|u| u.shared_with_others()) {
+        // Other handles' claims: all of them, less our own if we hold one.
+        let others = st.file_id.map_or(0, |id| {
+            file_users::users(id).saturating_sub(usize::from(st.file_use.is_some()))
+        });
+        if others > 0 {
             return Err(Error::Os(libc::EBUSY));
         }
         let owners: Vec<&Arc<Region>> = st
