@@ -7,7 +7,8 @@
 %%%    reloads emmap with handles open;
 %%%  - an Elixir project (test/consumers/elixir) gets it as a mix path dependency built by
 %%%    rebar3: the README's commands run `mix test' (whose first test is the README's
-%%%    Elixir example), and in `iex -S mix' the reloads IEx offers keep emmap working.
+%%%    Elixir example), and in `iex -S mix' the reloads IEx offers keep emmap working;
+%%%  - in all of these, `h(emmap, open)' (IEx: `h :emmap.open') shows the documentation.
 -module(emmap_consumer_tests).
 
 -include_lib("eunit/include/eunit.hrl").
@@ -75,7 +76,7 @@ rebar3_readme_commands_test_() ->
         Env = [{"VMARGS_PATH", VmArgs}],
         try
             {S, Out} = sh(Script, root(), Env),
-            ?assertEqual({0, true}, {S, contains(Out, "2 tests, 0 failures")}),
+            ?assertEqual({0, true}, {S, contains(Out, "3 tests, 0 failures")}),
             %% `eval' on the started release printed emmap_consumer:run/1's answer
             ?assertMatch({match, _}, re:run(Out, "(^|\n)42\n")),
             %% the release holds its own copy of the NIF library (no link into _build)
@@ -84,6 +85,12 @@ rebar3_readme_commands_test_() ->
             ?assertEqual(regular, element(3, Info)),
             ?assertEqual(file:read_file(filename:join(root(), "priv/emmap.so")),
                          file:read_file(So)),
+            %% each module's documentation travels inside its .beam, into the release
+            Beams = filelib:wildcard(filename:join(Rel, "lib/emmap-" ++ vsn() ++ "/ebin/*.beam")),
+            ?assertEqual(length(modules()), length(Beams)),
+            [?assertMatch({B, {ok, {_, [{"Docs", <<_:8, _/binary>>}]}}},
+                          {B, beam_lib:chunks(B, ["Docs"])})
+             || B <- Beams],
             %% and it is really stopped
             ?assertMatch({S1, _} when S1 =/= 0, sh("bin/emmap_consumer ping", Rel, Env))
         after
@@ -96,6 +103,11 @@ vsn() ->
     _ = application:load(emmap),
     {ok, V} = application:get_key(emmap, vsn),
     V.
+
+modules() ->
+    _ = application:load(emmap),
+    {ok, Ms} = application:get_key(emmap, modules),
+    Ms.
 
 %% The README shows the fixture's own rebar.config line.
 rebar3_readme_shows_the_fixture_config_test() ->
@@ -143,9 +155,14 @@ rebar3_package_build_and_shell_reload_test_() ->
             Lines = [{"{ok, M} = emmap:open(\"" ++ Data ++ "\", 0, 64, [create, read, write, shared, direct]).", "{ok,{file_descriptor,emmap,"},
                      {"{ok, B} = emmap:pread(M, 0, 4).", "{ok,<<0,0,0,0>>}"},
                      {"C = emmap:open_counters(\"" ++ Data ++ ".counters\", 1).", "{{file_descriptor,emmap,"},
+                     %% the shell shows emmap's documentation
+                     {"h(emmap, open).", doc_words(emmap, open)},
+                     {"h(emmap_queue, is_empty).", doc_words(emmap_queue, is_empty)},
                      {Edit, ""},
                      {"r3:compile().", "\nok\n"},
                      {"emmap:reload_mark().", "reloaded"},
+                     %% the recompiled module's documentation is made anew
+                     {"{ok, Docs} = code:get_doc(emmap), lists:keymember({function, reload_mark, 0}, 1, element(7, Docs)).", "true"},
                      {"emmap:pwrite(M, 0, <<\"new!\">>).", "ok"},
                      {"B.", "<<\"new!\">>"},
                      {"emmap:inc_counter(C, 0).", "0"},
@@ -158,6 +175,15 @@ rebar3_package_build_and_shell_reload_test_() ->
             rm_rf(D)
         end
     end}.
+
+%% The first words of the doc comment of function F of module M (its first clause that has
+%% a -spec), as h/2 prints them.
+doc_words(M, F) ->
+    {ok, Src} = file:read_file(filename:join([root(), "src", atom_to_list(M) ++ ".erl"])),
+    {match, [Words]} = re:run(Src, "%% @doc ([A-Za-z]+ [A-Za-z]+ [A-Za-z]+)[^\n]*\n(?:%[^\n]*\n)*-spec "
+                                   ++ atom_to_list(F) ++ "\\(",
+                              [{capture, all_but_first, list}]),
+    Words.
 
 %% Runs an interactive shell with its standard input on a pipe: waits for its prompt,
 %% sends a line (or runs a fun here, between two lines), waits for the next prompt, and so
@@ -226,7 +252,7 @@ mix_readme_commands_test_() ->
         Script = readme_sh(?MIX_HEADING, "/tmp/emmap_consumer_ex", Proj),
         try
             {S, Out} = sh(Script, root(), mix_env(D)),
-            ?assertEqual({0, true}, {S, contains(Out, "3 tests, 0 failures")})
+            ?assertEqual({0, true}, {S, contains(Out, "4 tests, 0 failures")})
         after
             rm_rf(D)
         end
@@ -261,6 +287,7 @@ iex_reloads_keep_emmap_working_test_() ->
             {0, _} = sh("mix compile", Proj, Env),
             Lines = [{"{:ok, m} = :emmap.open(~c\"" ++ Data ++ "\", 0, 64, [:create, :read, :write, :shared, :direct])", "{:ok, {:file_descriptor, :emmap,"},
                      {"{:ok, b} = :emmap.pread(m, 0, 4)", "{:ok, <<0, 0, 0, 0>>}"},
+                     {"h :emmap.open", doc_words(emmap, open)},
                      {"r :emmap", "{:reloaded, [:emmap]}"},
                      {":emmap.pwrite(m, 0, \"one!\")", ":ok"},
                      {"l :emmap", "{:module, :emmap}"},
