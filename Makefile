@@ -69,5 +69,5 @@ bench: deps
 clean:
 	$(REBAR) clean
 	cargo clean
-	rm -f priv/emmap.so
+	rm -f priv/emmap.so priv/emmap.so.sha256
 	rm -rf doc

@@ -215,9 +215,13 @@ app_metadata_is_complete_test() ->
     ?assertMatch([_ | _], Get(links)),
     Files = Get(files),
     [?assert(filelib:is_file(F)) || F <- Files],
-    %% everything the build reads is in the package
+    %% everything the build reads is in the package, and the library once it is built,
+    %% with the record of what it was built from (neither is in git: a clone builds them)
     [?assert(lists:member(F, Files)) || F <- ["src", "native", "Cargo.toml", "Cargo.lock",
-                                              "rebar.config", "priv/.gitkeep"]].
+                                              "rebar.config", "priv/.gitkeep",
+                                              "priv/emmap.so", "priv/emmap.so.sha256"]],
+    {ok, Ignore} = file:read_file(".gitignore"),
+    [?assertMatch({match, _}, re:run(Ignore, "\\n" ++ P ++ "\\n")) || P <- ["/priv/\\*.so", "/priv/\\*.so.sha256"]].
 
 %% Every `{error, Reason}' atom the library can return is in the README's Errors table:
 %% the core's reasons (errno names included), block storage's, and the literal
