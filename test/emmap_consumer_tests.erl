@@ -11,7 +11,8 @@
 %%%  - in all of these, `h(emmap, open)' (IEx: `h :emmap.open') shows the documentation;
 %%%  - a package that also holds the library built from its sources installs, from rebar3
 %%%    and from mix, where there is no Rust at all, and refuses a library built from other
-%%%    sources.
+%%%    sources; a warning in emmap's sources does not stop a dependent project's build,
+%%%    while emmap's own test build fails on it.
 -module(emmap_consumer_tests).
 
 -include_lib("eunit/include/eunit.hrl").
@@ -519,3 +520,51 @@ match_all(Text, Re) ->
 
 version(V) ->
     [list_to_integer(P) || P <- string:lexemes(V, ".")] ++ [0, 0, 0].
+
+%%%===========================================================================
+%%% Warnings: never an error in a dependent project's build
+%%%===========================================================================
+
+%% emmap_io.erl with an unused function in it (two warnings: the function, its variable).
+inject_warning(Pkg) ->
+    Src = filename:join(Pkg, "src/emmap_io.erl"),
+    ok = file:write_file(Src, "\ninjected_warning() -> Injected = 1, ok.\n", [append]).
+
+warnings_do_not_break_a_dependent_build_test_() ->
+    {timeout, 900, fun() ->
+        D = tmp(),
+        Pkg = filename:join(D, "emmap"),
+        try
+            ok = package(Pkg, built),
+            Env = [{"ERL_COMPILER_OPTIONS", false} | no_rust_env(D)],
+            %% emmap's own test build (`make test' runs `rebar3 eunit', which compiles with
+            %% the test profile) passes as it is
+            {match, _} = re:run(read("Makefile"), "\ntest-erlang:\n\t\\$\\(REBAR\\) eunit\n"),
+            ?assertMatch({0, _}, sh("rebar3 as test compile", Pkg, Env)),
+            %% rebar3 compares modification times in whole seconds
+            timer:sleep(1100),
+            ok = inject_warning(Pkg),
+            %% a rebar3 project: builds, shows the warnings
+            Proj = filename:join(D, "consumer"),
+            ok = rebar3_consumer(Proj, Pkg),
+            {S, Out} = sh("rebar3 compile", Proj, Env),
+            ?assertEqual({0, true, true}, {S, contains(Out, "Warning: function injected_warning/0 is unused"),
+                                           contains(Out, "Warning: variable 'Injected' is unused")}),
+            %% a mix project: builds
+            case os:find_executable("mix") of
+                false ->
+                    ok;
+                _ ->
+                    ExProj = filename:join(D, "consumer_ex"),
+                    {S2, Out2} = sh("mix compile", ExProj, mix_consumer(ExProj, Pkg, D, Env)),
+                    ?assertEqual({0, true}, {S2, contains(Out2, "injected_warning/0 is unused")})
+            end,
+            %% while emmap's own test build fails on it
+            {S3, Out3} = sh("rebar3 as test compile", Pkg, Env),
+            ?assertNotEqual(0, S3),
+            ?assertMatch({match, _}, re:run(Out3, "Compiling src/emmap_io.erl failed\n"
+                                                  "src/emmap_io.erl:[0-9:]+ function injected_warning/0 is unused"))
+        after
+            rm_rf(D)
+        end
+    end}.
