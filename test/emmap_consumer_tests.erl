@@ -2,9 +2,10 @@
 %%%  - a rebar3 project (test/consumers/rebar3) gets it through _checkouts: the README's
 %%%    commands run as written: the project's own EUnit tests, `rebar3 release', and the
 %%%    release started, used and stopped;
-%%%  - a package made of exactly the files the .app.src lists builds from scratch as a
-%%%    dependency, and `r3:compile()' in `rebar3 shell' after an edit of emmap's source
-%%%    reloads emmap with handles open;
+%%%  - a package made of the files the .app.src lists, without the built library (what a
+%%%    git dependency holds), builds the NIF from scratch as a dependency, and
+%%%    `r3:compile()' in `rebar3 shell' after an edit of emmap's source reloads emmap with
+%%%    handles open;
 %%%  - an Elixir project (test/consumers/elixir) gets it as a mix path dependency built by
 %%%    rebar3: the README's commands run `mix test' (whose first test is the README's
 %%%    Elixir example), and in `iex -S mix' the reloads IEx offers keep emmap working;
