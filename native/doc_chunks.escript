@@ -23,11 +23,12 @@ main(Args) ->
     try
         run(Args)
     catch
-        Class:Reason:Stack ->
-            io:format(standard_error,
-                      "emmap: warning: no documentation for the shell (~p:~p ~p)~n",
-                      [Class, Reason, Stack])
+        Class:Reason -> warn("", Class, Reason)
     end.
+
+warn(What, Class, Reason) ->
+    io:format(standard_error, "emmap: warning: no documentation for the shell~s (~p:~P)~n",
+              [What, Class, Reason, 12]).
 
 run(Args) ->
     [AppSrc] = filelib:wildcard("src/*.app.src"),
@@ -74,8 +75,15 @@ has_docs(Beam) ->
         _ -> false
     end.
 
+%% One module's failure leaves the others documented.
 document(Src, Beam) ->
-    Docs = filter(edoc_chunk(Src), Beam),
+    try
+        embed(filter(edoc_chunk(Src), Beam), Beam)
+    catch
+        Class:Reason -> warn(" in " ++ Beam, Class, Reason)
+    end.
+
+embed(Docs, Beam) ->
     {ok, _Mod, Chunks} = beam_lib:all_chunks(Beam),
     {ok, New} = beam_lib:build_module([C || {Id, _} = C <- Chunks, Id =/= "Docs"]
                                       ++ [{"Docs", term_to_binary(Docs, [compressed])}]),

@@ -182,6 +182,36 @@ render(M, F, Docs) ->
                      end),
     receive {Pid, Text} -> Text end.
 
+%% The hook that makes the chunks (native/doc_chunks.escript) never fails a build: a module
+%% edoc cannot read is reported and left without docs, the others get theirs; a .beam
+%% that has its chunk already is left alone.
+doc_chunks_script_never_fails_the_build_test() ->
+    D = filename:join("/tmp", "emmap_doc_chunks_" ++ os:getpid()),
+    Script = filename:absname("native/doc_chunks.escript"),
+    Sh = fun(Cmd) -> os:cmd("cd '" ++ D ++ "' && " ++ Cmd ++ " 2>&1; echo \"status=$?\"") end,
+    ok = filelib:ensure_dir(filename:join(D, "ebin") ++ "/"),
+    try
+        "status=0\n" = Sh("mkdir -p src && cp " ++ filename:absname("src") ++ "/* src/"),
+        Mods = modules(),
+        [begin
+             {ok, _, Chunks} = beam_lib:all_chunks(code:which(M)),
+             {ok, Bin} = beam_lib:build_module([C || {Id, _} = C <- Chunks, Id =/= "Docs"]),
+             ok = file:write_file(filename:join([D, "ebin", atom_to_list(M) ++ ".beam"]), Bin)
+         end || M <- Mods],
+        Broken = filename:join(D, "src/emmap_io.erl"),
+        {ok, Src} = file:read_file(Broken),
+        ok = file:write_file(Broken, [Src, "\nbroken(\n"]),
+        Out = Sh("escript " ++ Script ++ " ebin"),
+        ?assertEqual({Out, true}, {Out, lists:suffix("status=0\n", Out)}),
+        ?assertMatch({match, _}, re:run(Out, "emmap: warning: no documentation for the shell in ebin/emmap_io.beam")),
+        Has = fun(M) -> element(1, beam_lib:chunks(filename:join([D, "ebin", atom_to_list(M) ++ ".beam"]), ["Docs"])) =:= ok end,
+        ?assertEqual([M || M <- Mods, M =/= emmap_io], [M || M <- Mods, Has(M)]),
+        %% a second run does only what is left: the broken module again
+        ?assertMatch({match, [_]}, re:run(Sh("escript " ++ Script ++ " ebin"), "emmap: warning", [global]))
+    after
+        os:cmd("rm -rf '" ++ D ++ "'")
+    end.
+
 %% The first three words of a doc comment's text, up to a word with markup in it.
 first_words(Block) ->
     Text = iolist_to_binary([[string:trim(L, leading, "% "), $\n] || L <- Block]),
