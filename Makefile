@@ -37,14 +37,14 @@ demo: deps
 test: deps lint docs test-rust test-erlang
 
 test-rust:
-	cargo test --quiet --workspace
+	cargo test --locked --quiet --workspace
 
 test-erlang:
 	$(REBAR) eunit
 
 lint:
 	cargo fmt --check
-	cargo clippy --quiet --all-targets -- -D warnings
+	cargo clippy --locked --quiet --all-targets -- -D warnings
 	$(REBAR) dialyzer
 
 ## docs: HTML documentation of every module in doc/ (open doc/index.html); fails on any
@@ -69,5 +69,5 @@ bench: deps
 clean:
 	$(REBAR) clean
 	cargo clean
-	rm -f priv/emmap.so
+	rm -f priv/emmap.so priv/emmap.so.sha256
 	rm -rf doc

@@ -2,15 +2,24 @@
 %%%  - a rebar3 project (test/consumers/rebar3) gets it through _checkouts: the README's
 %%%    commands run as written: the project's own EUnit tests, `rebar3 release', and the
 %%%    release started, used and stopped;
-%%%  - a package made of exactly the files the .app.src lists builds from scratch as a
-%%%    dependency, and `r3:compile()' in `rebar3 shell' after an edit of emmap's source
-%%%    reloads emmap with handles open;
+%%%  - a package made of the files the .app.src lists, without the built library (what a
+%%%    git dependency holds), builds the NIF from scratch as a dependency, and
+%%%    `r3:compile()' in `rebar3 shell' after an edit of emmap's source reloads emmap with
+%%%    handles open;
 %%%  - an Elixir project (test/consumers/elixir) gets it as a mix path dependency built by
 %%%    rebar3: the README's commands run `mix test' (whose first test is the README's
-%%%    Elixir example), and in `iex -S mix' the reloads IEx offers keep emmap working.
+%%%    Elixir example), and in `iex -S mix' the reloads IEx offers keep emmap working;
+%%%  - in all of these, `h(emmap, open)' (IEx: `h :emmap.open') shows the documentation;
+%%%  - a package that also holds the library built from its sources installs, from rebar3
+%%%    and from mix, where there is no Rust at all, and refuses a library built from other
+%%%    sources; a warning in emmap's sources does not stop a dependent project's build,
+%%%    while emmap's own test build fails on it.
 -module(emmap_consumer_tests).
 
 -include_lib("eunit/include/eunit.hrl").
+
+%% What native/build.sh prints before it runs cargo.
+-define(BUILDING, "emmap: building the Rust NIF with cargo, ~30 s the first time\n").
 
 root() -> emmap_readme:root().
 
@@ -75,7 +84,7 @@ rebar3_readme_commands_test_() ->
         Env = [{"VMARGS_PATH", VmArgs}],
         try
             {S, Out} = sh(Script, root(), Env),
-            ?assertEqual({0, true}, {S, contains(Out, "2 tests, 0 failures")}),
+            ?assertEqual({0, true}, {S, contains(Out, "3 tests, 0 failures")}),
             %% `eval' on the started release printed emmap_consumer:run/1's answer
             ?assertMatch({match, _}, re:run(Out, "(^|\n)42\n")),
             %% the release holds its own copy of the NIF library (no link into _build)
@@ -84,6 +93,12 @@ rebar3_readme_commands_test_() ->
             ?assertEqual(regular, element(3, Info)),
             ?assertEqual(file:read_file(filename:join(root(), "priv/emmap.so")),
                          file:read_file(So)),
+            %% each module's documentation travels inside its .beam, into the release
+            Beams = filelib:wildcard(filename:join(Rel, "lib/emmap-" ++ vsn() ++ "/ebin/*.beam")),
+            ?assertEqual(length(modules()), length(Beams)),
+            [?assertMatch({B, {ok, {_, [{"Docs", <<_:8, _/binary>>}]}}},
+                          {B, beam_lib:chunks(B, ["Docs"])})
+             || B <- Beams],
             %% and it is really stopped
             ?assertMatch({S1, _} when S1 =/= 0, sh("bin/emmap_consumer ping", Rel, Env))
         after
@@ -97,6 +112,11 @@ vsn() ->
     {ok, V} = application:get_key(emmap, vsn),
     V.
 
+modules() ->
+    _ = application:load(emmap),
+    {ok, Ms} = application:get_key(emmap, modules),
+    Ms.
+
 %% The README shows the fixture's own rebar.config line.
 rebar3_readme_shows_the_fixture_config_test() ->
     {ok, Config} = file:consult(filename:join(root(), "test/consumers/rebar3/rebar.config")),
@@ -108,13 +128,19 @@ rebar3_readme_shows_the_fixture_config_test() ->
 %%% rebar3: the package builds; r3:compile() in rebar3 shell reloads emmap
 %%%===========================================================================
 
-%% Copies the files the .app.src lists (what a package holds) to Dest.
-package(Dest) ->
+%% The built library and the record of what it was built from (native/build.sh).
+-define(BUILT, ["priv/emmap.so", "priv/emmap.so.sha256"]).
+
+%% Copies the files the .app.src lists (what a package holds) to Dest: `sources', what a
+%% git dependency has (the built files are not committed), or `built', with the library
+%% this checkout built.
+package(Dest, Kind) ->
     {ok, [{application, emmap, Props}]} = file:consult(filename:join(root(), "src/emmap.app.src")),
     Files = proplists:get_value(files, Props),
+    ?assertEqual([], ?BUILT -- Files),
     ok = filelib:ensure_dir(filename:join(Dest, "priv") ++ "/"),
     [{0, _} = sh("cp -r '" ++ F ++ "' '" ++ filename:join(Dest, F) ++ "'", root(), [])
-     || F <- Files],
+     || F <- Files, Kind =:= built orelse not lists:member(F, ?BUILT)],
     ok.
 
 rebar3_package_build_and_shell_reload_test_() ->
@@ -125,11 +151,13 @@ rebar3_package_build_and_shell_reload_test_() ->
         Data = filename:join(D, "data.bin"),
         try
             {0, _} = sh("cp -r test/consumers/rebar3 '" ++ Proj ++ "'", root(), []),
-            ok = package(Pkg),
-            %% a from-scratch build of the NIF (its own cargo target directory)
+            ok = package(Pkg, sources),
+            %% a from-scratch build of the NIF (its own cargo target directory), announced
             {S, Out} = sh("rebar3 compile", Proj, []),
             ?assertEqual({0, <<>>}, {S, case S of 0 -> <<>>; _ -> Out end}),
+            ?assertMatch([_], binary:matches(Out, <<?BUILDING>>)),
             ?assert(filelib:is_regular(filename:join(Pkg, "priv/emmap.so"))),
+            ?assert(filelib:is_regular(filename:join(Pkg, "priv/emmap.so.sha256"))),
             Src = filename:join(Pkg, "src/emmap.erl"),
             Edit = fun() ->
                 %% rebar3 compares modification times in whole seconds: let the edit be
@@ -143,9 +171,14 @@ rebar3_package_build_and_shell_reload_test_() ->
             Lines = [{"{ok, M} = emmap:open(\"" ++ Data ++ "\", 0, 64, [create, read, write, shared, direct]).", "{ok,{file_descriptor,emmap,"},
                      {"{ok, B} = emmap:pread(M, 0, 4).", "{ok,<<0,0,0,0>>}"},
                      {"C = emmap:open_counters(\"" ++ Data ++ ".counters\", 1).", "{{file_descriptor,emmap,"},
+                     %% the shell shows emmap's documentation
+                     {"h(emmap, open).", doc_words(emmap, open)},
+                     {"h(emmap_queue, is_empty).", doc_words(emmap_queue, is_empty)},
                      {Edit, ""},
                      {"r3:compile().", "\nok\n"},
                      {"emmap:reload_mark().", "reloaded"},
+                     %% the recompiled module's documentation is made anew
+                     {"{ok, Docs} = code:get_doc(emmap), lists:keymember({function, reload_mark, 0}, 1, element(7, Docs)).", "true"},
                      {"emmap:pwrite(M, 0, <<\"new!\">>).", "ok"},
                      {"B.", "<<\"new!\">>"},
                      {"emmap:inc_counter(C, 0).", "0"},
@@ -158,6 +191,15 @@ rebar3_package_build_and_shell_reload_test_() ->
             rm_rf(D)
         end
     end}.
+
+%% The first words of the doc comment of function F of module M (its first clause that has
+%% a -spec), as h/2 prints them.
+doc_words(M, F) ->
+    {ok, Src} = file:read_file(filename:join([root(), "src", atom_to_list(M) ++ ".erl"])),
+    {match, [Words]} = re:run(Src, "%% @doc ([A-Za-z]+ [A-Za-z]+ [A-Za-z]+)[^\n]*\n(?:%[^\n]*\n)*-spec "
+                                   ++ atom_to_list(F) ++ "\\(",
+                              [{capture, all_but_first, list}]),
+    Words.
 
 %% Runs an interactive shell with its standard input on a pipe: waits for its prompt,
 %% sends a line (or runs a fun here, between two lines), waits for the next prompt, and so
@@ -226,7 +268,7 @@ mix_readme_commands_test_() ->
         Script = readme_sh(?MIX_HEADING, "/tmp/emmap_consumer_ex", Proj),
         try
             {S, Out} = sh(Script, root(), mix_env(D)),
-            ?assertEqual({0, true}, {S, contains(Out, "3 tests, 0 failures")})
+            ?assertEqual({0, true}, {S, contains(Out, "4 tests, 0 failures")})
         after
             rm_rf(D)
         end
@@ -261,6 +303,7 @@ iex_reloads_keep_emmap_working_test_() ->
             {0, _} = sh("mix compile", Proj, Env),
             Lines = [{"{:ok, m} = :emmap.open(~c\"" ++ Data ++ "\", 0, 64, [:create, :read, :write, :shared, :direct])", "{:ok, {:file_descriptor, :emmap,"},
                      {"{:ok, b} = :emmap.pread(m, 0, 4)", "{:ok, <<0, 0, 0, 0>>}"},
+                     {"h :emmap.open", doc_words(emmap, open)},
                      {"r :emmap", "{:reloaded, [:emmap]}"},
                      {":emmap.pwrite(m, 0, \"one!\")", ":ok"},
                      {"l :emmap", "{:module, :emmap}"},
@@ -279,3 +322,250 @@ iex_reloads_keep_emmap_working_test_() ->
             rm_rf(D)
         end
     end).
+
+%%%===========================================================================
+%%% A package with the library built: no Rust needed
+%%%===========================================================================
+
+%% An environment in which there is no Rust: cargo and rustc are on no directory of PATH
+%% (a directory that holds them is replaced by links to its other programs), and HOME is
+%% elsewhere, so that build.sh's `~/.cargo/bin' does not exist either.
+no_rust_env(D) ->
+    Shadow = filename:join(D, "bin-without-rust"),
+    ok = filelib:ensure_dir(Shadow ++ "/"),
+    Rusty = fun(Dir) -> lists:any(fun(E) -> filelib:is_regular(filename:join(Dir, E)) end,
+                                  ["cargo", "rustc"])
+            end,
+    Dirs = lists:append(
+             [case Rusty(Dir) of
+                  false -> [Dir];
+                  true ->
+                      [ok = file:make_symlink(filename:join(Dir, E), filename:join(Shadow, E))
+                       || E <- element(2, file:list_dir(Dir)),
+                          not lists:prefix("cargo", E), not lists:prefix("rust", E),
+                          not filelib:is_file(filename:join(Shadow, E))],
+                      []
+              end || Dir <- string:lexemes(os:getenv("PATH"), ":")]),
+    Home = filename:join(D, "home"),
+    ok = filelib:ensure_dir(Home ++ "/"),
+    Env = [{"PATH", lists:join(":", Dirs ++ [Shadow])}, {"HOME", Home},
+           {"CARGO_HOME", false}, {"RUSTUP_HOME", false}, {"RUSTUP_TOOLCHAIN", false}],
+    %% the tools a user has are there; Rust is not
+    ?assertMatch({0, _}, sh("command -v erl && command -v rebar3 && command -v sha256sum", "/", Env)),
+    ?assertMatch({S, _} when S =/= 0, sh("command -v cargo", "/", Env)),
+    ?assertMatch({S, _} when S =/= 0, sh("command -v rustc", "/", Env)),
+    ?assertMatch({S, _} when S =/= 0, sh("command -v cargo", "/", [{"PATH", "$HOME/.cargo/bin:$PATH"} | Env])),
+    Env.
+
+%% A rebar3 project (the fixture) with emmap in _checkouts, a link to Pkg.
+rebar3_consumer(Proj, Pkg) ->
+    {0, _} = sh("cp -r test/consumers/rebar3 '" ++ Proj ++ "' && mkdir -p '" ++ Proj ++ "/_checkouts' && ln -s '"
+                ++ Pkg ++ "' '" ++ Proj ++ "/_checkouts/emmap'", root(), []),
+    ok.
+
+%% A mix project (the fixture) with emmap as a path dependency on Pkg.
+mix_consumer(Proj, Pkg, D, Env) ->
+    {0, _} = sh("cp -r test/consumers/elixir '" ++ Proj ++ "'", root(), []),
+    [{"EMMAP_PATH", Pkg}, {"MIX_REBAR3", os:find_executable("rebar3")} | mix_env(D)] ++ Env.
+
+prebuilt_library_needs_no_rust_test_() ->
+    {timeout, 900, fun() ->
+        D = tmp(),
+        Pkg = filename:join(D, "emmap"),
+        try
+            ok = package(Pkg, built),
+            Env = no_rust_env(D),
+            {ok, Lib} = file:read_file(filename:join(Pkg, "priv/emmap.so")),
+            %% rebar3: the project's tests (file:pread/3 on a mapping, counters, docs)
+            Proj = filename:join(D, "consumer"),
+            ok = rebar3_consumer(Proj, Pkg),
+            {S, Out} = sh("rebar3 eunit", Proj, Env),
+            ?assertEqual({0, true, nomatch}, {S, contains(Out, "3 tests, 0 failures"),
+                                              binary:match(Out, <<"cargo">>)}),
+            %% mix: the fixture's tests (emmap:pread/3 on a direct mapping among them)
+            case os:find_executable("mix") of
+                false ->
+                    ok;
+                _ ->
+                    ExProj = filename:join(D, "consumer_ex"),
+                    ExEnv = mix_consumer(ExProj, Pkg, D, Env),
+                    {S2, Out2} = sh("mix test", ExProj, ExEnv),
+                    ?assertEqual({0, true, nomatch}, {S2, contains(Out2, "4 tests, 0 failures"),
+                                                      binary:match(Out2, <<"cargo">>)})
+            end,
+            ?assertEqual({ok, Lib}, file:read_file(filename:join(Pkg, "priv/emmap.so"))),
+            %% a changed source: the library is not used; cargo is asked for, and its
+            %% absence said plainly
+            Rs = filename:join(Pkg, "native/emmap_nif/src/lib.rs"),
+            ok = file:write_file(Rs, "\n// changed\n", [append]),
+            {S3, Out3} = sh("rebar3 compile", Proj, Env),
+            ?assertNotEqual(0, S3),
+            ?assert(contains(Out3, ?BUILDING)),
+            ?assertMatch({match, _},
+                         re:run(Out3, "\nemmap: priv/emmap.so was built from other sources or for another "
+                                      "target than [a-z0-9_]+-linux-(gnu|musl), and cargo is not installed: "
+                                      "install Rust \\(https://rustup.rs\\) and retry\n"))
+        after
+            rm_rf(D)
+        end
+    end}.
+
+%% native/build.sh in a package with the library built, with a stand-in `cargo' that logs
+%% its arguments and fails: it is run exactly when something the library is made from, its
+%% target, or the library itself differs from the record; a change that cargo does not read
+%% (a README in native/) keeps the library.
+build_script_uses_the_library_only_when_it_matches_the_sources_test_() ->
+    {timeout, 120, fun() ->
+        D = tmp(),
+        Pkg = filename:join(D, "emmap"),
+        try
+            ok = package(Pkg, built),
+            Log = filename:join(D, "cargo.log"),
+            Fake = filename:join(D, "fake-cargo"),
+            ok = filelib:ensure_dir(Fake ++ "/"),
+            ok = file:write_file(filename:join(Fake, "cargo"),
+                                 ["#!/bin/sh\necho \"cargo $*\" >> '", Log, "'\nexit 3\n"]),
+            ok = file:change_mode(filename:join(Fake, "cargo"), 8#755),
+            NoRust = no_rust_env(D),
+            {_, Path} = lists:keyfind("PATH", 1, NoRust),
+            Env = lists:keystore("PATH", 1, NoRust, {"PATH", [Fake, ":" | Path]}),
+            Build = fun() ->
+                _ = file:delete(Log),
+                {S, Out} = sh("sh native/build.sh", Pkg, Env),
+                Cargo = case file:read_file(Log) of {ok, L} -> L; _ -> none end,
+                {S, Out, Cargo}
+            end,
+            Rebuilds = fun() ->
+                {S, Out, Cargo} = Build(),
+                ?assertEqual({3, <<?BUILDING>>}, {S, Out}),
+                ?assertMatch(<<"cargo build --locked --release ", _/binary>>, Cargo)
+            end,
+            Keeps = fun() -> ?assertEqual({0, <<>>, none}, Build()) end,
+            %% the line README quotes
+            ?assert(contains(read("README.md"), "`" ++ string:trim(?BUILDING) ++ "`")),
+            %% Change applies Edit to file F of the package, checks Then, restores F, and
+            %% checks that the library is used again
+            Change = fun(F, Edit, Then) ->
+                Path1 = filename:join(Pkg, F),
+                {ok, Old} = file:read_file(Path1),
+                ok = file:write_file(Path1, Edit(Old)),
+                Then(),
+                ok = file:write_file(Path1, Old),
+                Keeps()
+            end,
+            Append = fun(Old) -> <<Old/binary, "\n">> end,
+            Keeps(),
+            Change("native/emmap_core/src/lib.rs", Append, Rebuilds),
+            Change("native/emmap_nif/Cargo.toml", Append, Rebuilds),
+            Change("Cargo.lock", Append, Rebuilds),
+            Change("Cargo.toml", Append, Rebuilds),
+            Change("native/build.sh", Append, Rebuilds),
+            Change("priv/emmap.so", Append, Rebuilds),
+            Change("priv/emmap.so.sha256",
+                   fun(Old) -> re:replace(Old, "\ntarget [^\n]*", "\ntarget riscv64-linux-gnu",
+                                          [{return, binary}]) end,
+                   Rebuilds),
+            Change("native/README.md", Append, Keeps),
+            %% a new source file counts too
+            New = filename:join(Pkg, "native/emmap_nif/src/extra.rs"),
+            ok = file:write_file(New, "\n"),
+            Rebuilds(),
+            ok = file:delete(New),
+            Keeps(),
+            %% no record: built; no cargo at all: said so, and nothing is left half done
+            ok = file:delete(filename:join(Pkg, "priv/emmap.so.sha256")),
+            Rebuilds(),
+            {S, Out} = sh("sh native/build.sh", Pkg, NoRust),
+            ?assertEqual(1, S),
+            ?assert(contains(Out, "and cargo is not installed: install Rust (https://rustup.rs)")),
+            ?assert(filelib:is_regular(filename:join(Pkg, "priv/emmap.so")))
+        after
+            rm_rf(D)
+        end
+    end}.
+
+%% Every cargo command the build and the Makefile run builds exactly what Cargo.lock says,
+%% and the workspace declares the Rust version it needs: at least what every locked crate
+%% declares.
+cargo_runs_locked_and_rust_version_is_declared_test_() ->
+    {timeout, 120, fun() ->
+        Lines = [L || F <- ["native/build.sh", "Makefile", ".ci/run"],
+                      L <- string:split(binary_to_list(read(F)), "\n", all),
+                      re:run(L, "^\\s*cargo (build|test|clippy|check|run|bench)\\b") =/= nomatch],
+        ?assert(length(Lines) >= 3),
+        [?assertEqual({L, true}, {L, string:find(L, " --locked") =/= nomatch}) || L <- Lines],
+        {match, [Ours]} = re:run(read("Cargo.toml"), "\nrust-version = \"([0-9.]+)\"",
+                                 [{capture, all_but_first, list}]),
+        [?assertEqual({C, <<"rust-version.workspace = true">>}, {C, match_line(read(C), "rust-version")})
+         || C <- ["native/emmap_core/Cargo.toml", "native/emmap_nif/Cargo.toml"]],
+        {0, Json} = sh("cargo metadata --locked --offline --format-version 1", root(), []),
+        Theirs = [V || [V] <- match_all(Json, "\"rust_version\":\"([0-9.]+)\"")],
+        ?assert(length(Theirs) > 5),
+        [?assertEqual({V, true}, {V, version(V) =< version(Ours)}) || V <- Theirs]
+    end}.
+
+read(F) ->
+    {ok, B} = file:read_file(filename:join(root(), F)),
+    B.
+
+match_line(Text, Prefix) ->
+    [L] = [L || L <- binary:split(Text, <<"\n">>, [global]),
+                lists:prefix(Prefix, binary_to_list(L))],
+    L.
+
+match_all(Text, Re) ->
+    case re:run(Text, Re, [global, {capture, all_but_first, list}]) of
+        {match, Ms} -> Ms;
+        nomatch -> []
+    end.
+
+version(V) ->
+    [list_to_integer(P) || P <- string:lexemes(V, ".")] ++ [0, 0, 0].
+
+%%%===========================================================================
+%%% Warnings: never an error in a dependent project's build
+%%%===========================================================================
+
+%% emmap_io.erl with an unused function in it (two warnings: the function, its variable).
+inject_warning(Pkg) ->
+    Src = filename:join(Pkg, "src/emmap_io.erl"),
+    ok = file:write_file(Src, "\ninjected_warning() -> Injected = 1, ok.\n", [append]).
+
+warnings_do_not_break_a_dependent_build_test_() ->
+    {timeout, 900, fun() ->
+        D = tmp(),
+        Pkg = filename:join(D, "emmap"),
+        try
+            ok = package(Pkg, built),
+            Env = [{"ERL_COMPILER_OPTIONS", false} | no_rust_env(D)],
+            %% emmap's own test build (`make test' runs `rebar3 eunit', which compiles with
+            %% the test profile) passes as it is
+            {match, _} = re:run(read("Makefile"), "\ntest-erlang:\n\t\\$\\(REBAR\\) eunit\n"),
+            ?assertMatch({0, _}, sh("rebar3 as test compile", Pkg, Env)),
+            %% rebar3 compares modification times in whole seconds
+            timer:sleep(1100),
+            ok = inject_warning(Pkg),
+            %% a rebar3 project: builds, shows the warnings
+            Proj = filename:join(D, "consumer"),
+            ok = rebar3_consumer(Proj, Pkg),
+            {S, Out} = sh("rebar3 compile", Proj, Env),
+            ?assertEqual({0, true, true}, {S, contains(Out, "Warning: function injected_warning/0 is unused"),
+                                           contains(Out, "Warning: variable 'Injected' is unused")}),
+            %% a mix project: builds
+            case os:find_executable("mix") of
+                false ->
+                    ok;
+                _ ->
+                    ExProj = filename:join(D, "consumer_ex"),
+                    {S2, Out2} = sh("mix compile", ExProj, mix_consumer(ExProj, Pkg, D, Env)),
+                    ?assertEqual({0, true}, {S2, contains(Out2, "injected_warning/0 is unused")})
+            end,
+            %% while emmap's own test build fails on it
+            {S3, Out3} = sh("rebar3 as test compile", Pkg, Env),
+            ?assertNotEqual(0, S3),
+            ?assertMatch({match, _}, re:run(Out3, "Compiling src/emmap_io.erl failed\n"
+                                                  "src/emmap_io.erl:[0-9:]+ function injected_warning/0 is unused"))
+        after
+            rm_rf(D)
+        end
+    end}.

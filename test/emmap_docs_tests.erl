@@ -3,6 +3,11 @@
 %%% gen_server callbacks). `make docs' checks that edoc builds the HTML without warnings;
 %%% these tests check what edoc does not complain about. Modules added later (their
 %%% names come from the .app file) are checked the same way.
+%%%
+%%% The same documentation is in each .beam as an EEP-48 "Docs" chunk (put there after
+%%% compiling by native/doc_chunks.escript), which is what `h(emmap, open)' in the shell
+%%% and `h :emmap.open' in IEx read: the tests below check it holds every exported
+%%% function's doc, and that what is marked `@private' is hidden.
 -module(emmap_docs_tests).
 
 -include_lib("eunit/include/eunit.hrl").
@@ -80,13 +85,7 @@ every_export_has_a_doc_test() ->
     ?assertEqual([], Missing).
 
 documented(F, Funs, Specs) ->
-    {File, FunLine} = maps:get(F, Funs),
-    %% the doc comment sits above the -spec when the spec comes first
-    Start = case maps:find(F, Specs) of
-                {ok, {File, SpecLine}} when SpecLine < FunLine -> SpecLine;
-                _ -> FunLine
-            end,
-    has_doc(comment_above(lines(File), Start)).
+    has_doc(doc_comment(F, Funs, Specs)).
 
 every_module_has_a_module_doc_test() ->
     Missing = [M || M <- modules(),
@@ -113,6 +112,125 @@ checker_finds_missing_docs_test() ->
     %% a local function without a doc comment is seen as undocumented
     ?assertNot(documented({path_to_binary, 1}, Funs, Specs)).
 
+%%%---------------------------------------------------------------------------
+%%% Documentation for the shell (EEP-48 chunks)
+%%%---------------------------------------------------------------------------
+
+-define(FORMAT, <<"application/erlang+html">>).
+
+%% Each module's chunk is inside its .beam (so it goes wherever the .beam goes, into a
+%% release too), in the format the shell renders, with the module's doc, unless the module
+%% is marked @private or @hidden.
+every_module_has_docs_for_the_shell_test() ->
+    [begin
+         Beam = code:which(M),
+         ?assertMatch({M, {ok, {M, [{"Docs", _}]}}}, {M, beam_lib:chunks(Beam, ["Docs"])}),
+         {ok, {docs_v1, _, erlang, Format, ModDoc, _, _}} = code:get_doc(M),
+         ?assertEqual(?FORMAT, Format),
+         Comment = module_comment(proplists:get_value(source, M:module_info(compile))),
+         case is_private(Comment) of
+             true -> ?assertMatch({M, D} when D =:= hidden; D =:= none, {M, ModDoc});
+             false -> ?assertMatch({M, #{<<"en">> := [_ | _]}}, {M, ModDoc})
+         end
+     end || M <- modules()].
+
+%% Every exported function has an entry: hidden when its comment says @private, otherwise
+%% with its doc text. Nothing that is not exported is listed.
+every_export_has_docs_for_the_shell_test() ->
+    Wrong =
+        [{M, F, Doc}
+         || M <- modules(),
+            {ok, {docs_v1, _, _, _, _, _, Entries}} <- [code:get_doc(M)],
+            {Funs, Specs} <- [forms(M)],
+            F <- exports(M),
+            Doc <- [case [D || {{function, N, A}, _, _, D, _} <- Entries, {N, A} =:= F] of
+                        [D] -> D;
+                        Ds -> {entries, length(Ds)}
+                    end],
+            not case is_private(doc_comment(F, Funs, Specs)) of
+                    true -> Doc =:= hidden;
+                    false -> is_map(Doc) andalso maps:get(<<"en">>, Doc, []) =/= []
+                end],
+    ?assertEqual([], Wrong),
+    Extra = [{M, K} || M <- modules(),
+                       {ok, {docs_v1, _, _, _, _, _, Entries}} <- [code:get_doc(M)],
+                       {{function, N, A} = K, _, _, _, _} <- Entries,
+                       not lists:member({N, A}, exports(M))],
+    ?assertEqual([], Extra).
+
+%% What h/2 prints: the spec and the doc text (its first words, as written in the source).
+shell_h_prints_the_doc_test() ->
+    [begin
+         {ok, Docs} = code:get_doc(M),
+         Text = unicode:characters_to_binary(render(M, F, Docs)),
+         {Funs, Specs} = forms(M),
+         [{_, A} | _] = lists:sort([FA || {N, _} = FA <- exports(M), N =:= F]),
+         Words = first_words(doc_comment({F, A}, Funs, Specs)),
+         ?assertEqual(3, length(Words)),
+         ?assertMatch({_, {match, _}}, {Text, re:run(Text, "-spec " ++ atom_to_list(F) ++ "\\(")}),
+         ?assertMatch({_, {match, _}}, {Text, re:run(Text, lists:join("\\s+", Words))})
+     end || {M, F} <- [{emmap, open}, {emmap, patomic_cas}, {emmap_queue, is_empty},
+                       {emmap_io, open}, {emmap_blocks, read_blocks}]].
+
+%% shell_docs:render/4 asks its group leader for its options, which EUnit's cannot answer:
+%% it runs with the console's.
+render(M, F, Docs) ->
+    Self = self(),
+    Pid = spawn_link(fun() ->
+                         group_leader(whereis(user), self()),
+                         Self ! {self(), shell_docs:render(M, F, Docs, #{ansi => false})}
+                     end),
+    receive {Pid, Text} -> Text end.
+
+%% The hook that makes the chunks (native/doc_chunks.escript) never fails a build: a module
+%% edoc cannot read is reported and left without docs, the others get theirs; a .beam
+%% that has its chunk already is left alone.
+doc_chunks_script_never_fails_the_build_test() ->
+    D = filename:join("/tmp", "emmap_doc_chunks_" ++ os:getpid()),
+    Script = filename:absname("native/doc_chunks.escript"),
+    Sh = fun(Cmd) -> os:cmd("cd '" ++ D ++ "' && " ++ Cmd ++ " 2>&1; echo \"status=$?\"") end,
+    ok = filelib:ensure_dir(filename:join(D, "ebin") ++ "/"),
+    try
+        "status=0\n" = Sh("mkdir -p src && cp " ++ filename:absname("src") ++ "/* src/"),
+        Mods = modules(),
+        [begin
+             {ok, _, Chunks} = beam_lib:all_chunks(code:which(M)),
+             {ok, Bin} = beam_lib:build_module([C || {Id, _} = C <- Chunks, Id =/= "Docs"]),
+             ok = file:write_file(filename:join([D, "ebin", atom_to_list(M) ++ ".beam"]), Bin)
+         end || M <- Mods],
+        Broken = filename:join(D, "src/emmap_io.erl"),
+        {ok, Src} = file:read_file(Broken),
+        ok = file:write_file(Broken, [Src, "\nbroken(\n"]),
+        Out = Sh("escript " ++ Script ++ " ebin"),
+        ?assertEqual({Out, true}, {Out, lists:suffix("status=0\n", Out)}),
+        ?assertMatch({match, _}, re:run(Out, "emmap: warning: no documentation for the shell in ebin/emmap_io.beam")),
+        Has = fun(M) -> element(1, beam_lib:chunks(filename:join([D, "ebin", atom_to_list(M) ++ ".beam"]), ["Docs"])) =:= ok end,
+        ?assertEqual([M || M <- Mods, M =/= emmap_io], [M || M <- Mods, Has(M)]),
+        %% a second run does only what is left: the broken module again
+        ?assertMatch({match, [_]}, re:run(Sh("escript " ++ Script ++ " ebin"), "emmap: warning", [global]))
+    after
+        os:cmd("rm -rf '" ++ D ++ "'")
+    end.
+
+%% The first three words of a doc comment's text, up to a word with markup in it.
+first_words(Block) ->
+    Text = iolist_to_binary([[string:trim(L, leading, "% "), $\n] || L <- Block]),
+    [_, After] = binary:split(Text, <<"@doc">>),
+    lists:sublist(lists:takewhile(fun(W) -> re:run(W, "^[A-Za-z,.:;-]+$") =/= nomatch end,
+                                  string:lexemes(binary_to_list(After), " \n")), 3).
+
+is_private(Block) ->
+    lists:any(fun(L) -> re:run(L, "@(private|hidden)\\b") =/= nomatch end, Block).
+
+%% The comment block of an exported function (above its -spec when that comes first).
+doc_comment(F, Funs, Specs) ->
+    {File, FunLine} = maps:get(F, Funs),
+    Start = case maps:find(F, Specs) of
+                {ok, {File, SpecLine}} when SpecLine < FunLine -> SpecLine;
+                _ -> FunLine
+            end,
+    comment_above(lines(File), Start).
+
 %% The .app.src carries what a package registry asks for, and its `files' list names files
 %% that exist (emmap_consumer_tests builds a package made of exactly these).
 app_metadata_is_complete_test() ->
@@ -127,9 +245,13 @@ app_metadata_is_complete_test() ->
     ?assertMatch([_ | _], Get(links)),
     Files = Get(files),
     [?assert(filelib:is_file(F)) || F <- Files],
-    %% everything the build reads is in the package
+    %% everything the build reads is in the package, and the library once it is built,
+    %% with the record of what it was built from (neither is in git: a clone builds them)
     [?assert(lists:member(F, Files)) || F <- ["src", "native", "Cargo.toml", "Cargo.lock",
-                                              "rebar.config", "priv/.gitkeep"]].
+                                              "rebar.config", "priv/.gitkeep",
+                                              "priv/emmap.so", "priv/emmap.so.sha256"]],
+    {ok, Ignore} = file:read_file(".gitignore"),
+    [?assertMatch({match, _}, re:run(Ignore, "\\n" ++ P ++ "\\n")) || P <- ["/priv/\\*.so", "/priv/\\*.so.sha256"]].
 
 %% Every `{error, Reason}' atom the library can return is in the README's Errors table:
 %% the core's reasons (errno names included), block storage's, and the literal

@@ -5,6 +5,9 @@
 //! there); anything else that reaches a NIF fails to decode and raises `badarg`.
 //! The few calls on the hot path are raw NIFs in `hot.rs`; the rest use rustler's `#[nif]`.
 
+#[cfg(not(target_os = "linux"))]
+compile_error!("emmap supports Linux only (it relies on Linux's mmap, mremap and madvise flags and on /proc); build it on a Linux target");
+
 mod atoms;
 mod blocks;
 mod entry;

@@ -31,6 +31,15 @@ defmodule EmmapConsumerTest do
     File.rm!(path)
   end
 
+  test "emmap's documentation is there for h/1" do
+    {:docs_v1, _, :erlang, "application/erlang+html", %{"en" => _}, _, docs} = Code.fetch_docs(:emmap)
+    assert [%{"en" => [_ | _]}] = for {{:function, :open, 2}, _, _, doc, _} <- docs, do: doc
+    Application.load(:emmap)
+    for m <- Application.spec(:emmap, :modules) do
+      assert {:docs_v1, _, :erlang, _, %{"en" => _}, _, _} = Code.fetch_docs(m)
+    end
+  end
+
   test "errors are atoms, bad arguments raise" do
     assert {:error, :enoent} = :emmap.open(~c"/nonexistent/emmap.bin", [:read])
     assert_raise ArgumentError, fn -> :emmap.open(~c"/tmp/x", [:no_such_option]) end

@@ -25,3 +25,23 @@ file_functions_on_a_mapping_test() ->
     after
         file:delete(P)
     end.
+
+%% emmap's documentation is there for the shell's h/2: each of its modules, each function.
+docs_for_the_shell_test() ->
+    _ = application:load(emmap),
+    {ok, Mods} = application:get_key(emmap, modules),
+    [?assertMatch({M, {ok, {docs_v1, _, erlang, <<"application/erlang+html">>, #{<<"en">> := _}, _, _}}},
+                  {M, code:get_doc(M)})
+     || M <- Mods],
+    {ok, {docs_v1, _, _, _, _, _, Docs}} = code:get_doc(emmap),
+    ?assertMatch([#{<<"en">> := [_ | _]}],
+                 [D || {{function, open, 2}, _, _, D, _} <- Docs]),
+    %% what h(emmap, pread, 3) prints (shell_docs asks the console for its options)
+    Self = self(),
+    spawn_link(fun() ->
+                   group_leader(whereis(user), self()),
+                   Self ! {text, shell_docs:render(emmap, pread, 3, element(2, code:get_doc(emmap)),
+                                                   #{ansi => false})}
+               end),
+    Text = receive {text, T} -> unicode:characters_to_binary(T) end,
+    ?assertNotEqual(nomatch, binary:match(Text, <<"-spec pread(">>)).
