@@ -789,7 +789,11 @@ fn with_storage<T>(m: &Mapping, f: impl FnOnce(&Storage<'_>) -> Result<T>) -> Re
     // Nothing in emmap makes a `&mut` to mapped memory. Writes happen only after
     // `check_writable`, i.e. on mappings opened `write` (mapped PROT_WRITE).
     let mem = unsafe { Mem::from_raw(a.ptr(), a.len()) };
-    f(&Storage::open(mem)?)
+    let r = f(&Storage::open(mem)?)?;
+    // A call touches the header, the bitmap and a slot: if any page of the mapping was
+    // cut away by someone else, do not answer as if it had worked.
+    a.check(0, a.len())?;
+    Ok(r)
 }
 
 fn check_writable(m: &Mapping) -> Result<()> {
@@ -845,6 +849,7 @@ pub fn init(m: &Mapping, block_size: u64, capacity: Option<u64>) -> Result<Layou
         let mem = unsafe { Mem::from_raw(a.ptr(), a.len()) };
         match Storage::open(mem) {
             Ok(s) => {
+                a.check(0, a.len())?;
                 let have = s.layout();
                 let same_cap = capacity.is_none_or(|c| c == have.capacity);
                 return if have.block_size == block_size && same_cap {
@@ -857,7 +862,9 @@ pub fn init(m: &Mapping, block_size: u64, capacity: Option<u64>) -> Result<Layou
             Err(e) => return Err(e),
         }
         if mem.len() >= lay.data_off {
-            return Storage::format(mem, lay).map(|s| *s.layout());
+            let l = Storage::format(mem, lay).map(|s| *s.layout())?;
+            a.check(0, a.len())?;
+            return Ok(l);
         }
         drop(a);
         if !may_resize(m) {
