@@ -582,6 +582,8 @@ impl Mapping {
         let a = self.access()?;
         self.check_writable()?;
         let (slot, s) = self.slot(&a, pos)?;
+        // As for writes: a slot the file no longer has is refused before it is changed.
+        a.probe(s, s + 8)?;
         let old = op.apply(slot, v);
         a.check(s, s + 8)?;
         Ok(old)
@@ -592,6 +594,7 @@ impl Mapping {
         let a = self.access()?;
         self.check_writable()?;
         let (slot, s) = self.slot(&a, pos)?;
+        a.probe(s, s + 8)?;
         let r = atomics::cas(slot, expected, new);
         a.check(s, s + 8)?;
         Ok(r)
@@ -609,6 +612,7 @@ impl Mapping {
         let a = self.access()?;
         self.check_writable()?;
         let (slot, s) = self.slot(&a, pos)?;
+        a.probe(s, s + 8)?;
         slot.store(v, Ordering::SeqCst);
         a.check(s, s + 8)
     }

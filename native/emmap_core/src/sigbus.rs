@@ -43,7 +43,8 @@ pub struct ApiV1 {
     pub configure: unsafe extern "C" fn(c_int) -> c_int,
     /// Whether the handler is installed and on.
     pub active: unsafe extern "C" fn() -> c_int,
-    /// Path of the owner library (NUL-terminated, static), or null.
+    /// Path of the owner library (NUL-terminated, static), or null if it has not installed
+    /// the handler.
     pub library: unsafe extern "C" fn() -> *const c_char,
 }
 
@@ -92,6 +93,9 @@ unsafe extern "C" fn own_active() -> c_int {
 }
 
 unsafe extern "C" fn own_library() -> *const c_char {
+    if !INSTALLED.load(Ordering::Acquire) {
+        return ptr::null();
+    }
     LIBRARY.get().map_or(ptr::null(), |c| c.as_ptr())
 }
 
@@ -272,7 +276,7 @@ pub fn configure(on: bool) -> bool {
     unsafe { (owner().configure)(c_int::from(on)) != 0 }
 }
 
-/// Whether the handler is installed and on, and the library that installed it.
+/// Whether the handler is installed and on, and the library that installed it (if any).
 pub fn status() -> (bool, Option<String>) {
     let o = owner();
     // SAFETY: plain calls into the owner, which returns a static string or null.
