@@ -783,6 +783,18 @@ fn word_bytes(h: &[u8; 64], i: usize) -> [u8; 8] {
 
 /// Runs `f` on the storage in `m`'s current region, pinned for the duration of `f`.
 fn with_storage<T>(m: &Mapping, f: impl FnOnce(&Storage<'_>) -> Result<T>) -> Result<T> {
+    explained(m, pinned(m, f))
+}
+
+/// An error from a pinned call, as the mapping explains it (see `Mapping::explain`).
+fn explained<T>(m: &Mapping, r: Result<T>) -> Result<T> {
+    r.map_err(|e| match e {
+        BlockError::Map(e) => BlockError::Map(m.explain(e)),
+        e => e,
+    })
+}
+
+fn pinned<T>(m: &Mapping, f: impl FnOnce(&Storage<'_>) -> Result<T>) -> Result<T> {
     let a = m.access()?;
     // SAFETY: `a` pins the current region (mapped, `a.len()` bytes) until it is dropped at
     // the end of this function, after `f` and everything borrowed from the view are gone.
@@ -839,6 +851,10 @@ pub fn layout(m: &Mapping) -> Result<Layout> {
 /// `init_block_storage`: formats a new storage (growing the mapping to hold its bitmap),
 /// or accepts an existing one with the same block size (and capacity, if one is given).
 pub fn init(m: &Mapping, block_size: u64, capacity: Option<u64>) -> Result<Layout> {
+    explained(m, init_in(m, block_size, capacity))
+}
+
+fn init_in(m: &Mapping, block_size: u64, capacity: Option<u64>) -> Result<Layout> {
     check_writable(m)?;
     let lay = Layout::new(block_size, capacity.unwrap_or(DEFAULT_CAPACITY))
         .ok_or(BlockError::Map(Error::Einval))?;

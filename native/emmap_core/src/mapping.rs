@@ -120,11 +120,11 @@ struct Padded<T>(T);
 /// mapped file, the access did not fault the VM to death (the SIGBUS handler put zero
 /// pages there, see `sigbus.rs`), but it did not reach the file either, and `check` is
 /// how the call finds out. [`Access::probe`] does the same for bytes the call only points
-/// at (a `direct` binary) or is about to overwrite.
+/// at (a `direct` binary) or is about to overwrite. Once the `Access` is dropped, the
+/// public entry point passes its error through [`Mapping::explain`].
 pub struct Access<'a> {
     _guard: Option<ReadGuard<'a>>,
     region: &'a Region,
-    mapping: &'a Mapping,
 }
 
 impl Access<'_> {
@@ -139,17 +139,15 @@ impl Access<'_> {
     }
 
     /// Call after touching user bytes `[start, end)` of the pinned region: `Ok` if they
-    /// all still come from the file, else the error to answer instead of success
-    /// (`truncated`: the file now ends before `end`; `eio`: it does not, but the page could
-    /// not be read or written, or was cut and grown back; `enomem` for anonymous memory).
-    /// Damage is recorded from the first replaced page on, so this is one load and one
-    /// compare. An empty range is always fine.
+    /// all still come from the file, else `Err(Error::Truncated)`, to be answered instead
+    /// of success (after [`Mapping::explain`]). Damage is recorded from the first replaced
+    /// page on, so this is one load and one compare. An empty range is always fine.
     #[inline]
     pub fn check(&self, start: usize, end: usize) -> Result<()> {
         if end <= start || self.region.intact_to(end) {
             Ok(())
         } else {
-            Err(self.mapping.lost(end))
+            Err(Error::Truncated)
         }
     }
 
@@ -385,25 +383,46 @@ impl Mapping {
         Ok(Access {
             _guard: guard,
             region,
-            mapping: self,
         })
     }
 
-    /// The error for a call that touched bytes up to `end` past the damage the SIGBUS
-    /// handler recorded (see [`Access::check`]). Never blocks: it may run with a reader
-    /// guard held, so it only tries the state lock (and says `truncated` if it is taken).
+    /// What a call answers for the `Error::Truncated` of [`Access::check`], once its
+    /// `Access` is dropped: `truncated` if the file now ends before the first byte the
+    /// mapping lost, `eio` if it covers it (the page could not be read or written, or the
+    /// file was cut and grown back), `enomem` for anonymous memory (no page to give).
+    /// Other errors pass unchanged. Must not be called with an `Access` of this mapping
+    /// held (it takes the state lock).
+    #[inline(always)]
+    pub fn explain(&self, e: Error) -> Error {
+        match e {
+            Error::Truncated => self.lost(),
+            e => e,
+        }
+    }
+
+    /// [`Mapping::explain`] on a result.
+    #[inline(always)]
+    fn answer<T>(&self, r: Result<T>) -> Result<T> {
+        r.map_err(|e| self.explain(e))
+    }
+
     #[cold]
     #[inline(never)]
-    fn lost(&self, end: usize) -> Error {
+    fn lost(&self) -> Error {
         if self.opts.anon {
-            return Error::Os(libc::ENOMEM); // no file: the kernel had no memory to give
+            return Error::Os(libc::ENOMEM);
         }
-        let Some(st) = self.state.try_read() else {
-            return Error::Truncated;
+        let from = match self.access() {
+            Ok(a) => a.region.vanished(),
+            Err(e) => return e,
         };
-        let need = self.offset.saturating_add(end as u64);
+        let Some(from) = from else {
+            return Error::Truncated; // a region that has since been replaced
+        };
+        let st = self.state.read();
+        let need = self.offset.saturating_add(from as u64);
         match st.file.as_ref().map(|f| f.metadata()) {
-            Some(Ok(m)) if m.len() >= need => Error::Os(libc::EIO),
+            Some(Ok(m)) if m.len() > need => Error::Os(libc::EIO),
             _ => Error::Truncated,
         }
     }
@@ -420,7 +439,13 @@ impl Mapping {
 
     /// Copies (or, in direct mode, exposes) up to `len` bytes at `pos`. `f` receives the
     /// bytes; `Ok(None)` is end of file.
+    #[inline]
     pub fn pread<T>(&self, pos: u64, len: u64, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
+        self.answer(self.pread_in(pos, len, f))
+    }
+
+    #[inline(always)]
+    fn pread_in<T>(&self, pos: u64, len: u64, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
         let a = self.access()?;
         let Some((s, e)) = bounds::read_range(pos, len, a.len()) else {
             return Ok(None);
@@ -450,6 +475,11 @@ impl Mapping {
 
     /// Reads from the current position and advances it by what was read.
     pub fn read<T>(&self, len: u64, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
+        self.answer(self.read_in(len, f))
+    }
+
+    #[inline(always)]
+    fn read_in<T>(&self, len: u64, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
         let a = self.access()?;
         loop {
             let p = self.pos.0.load(Ordering::Acquire);
@@ -472,6 +502,11 @@ impl Mapping {
     /// Finds the line at the current position, looking at most `limit` bytes ahead, and
     /// advances the position past it. `f` gets the line bytes (including `\r\n` / `\n`).
     pub fn read_line<T>(&self, limit: usize, f: impl FnOnce(&[u8], bool) -> T) -> Result<Line<T>> {
+        self.answer(self.read_line_in(limit, f))
+    }
+
+    #[inline(always)]
+    fn read_line_in<T>(&self, limit: usize, f: impl FnOnce(&[u8], bool) -> T) -> Result<Line<T>> {
         let a = self.access()?;
         loop {
             let p = self.pos.0.load(Ordering::Acquire);
@@ -533,7 +568,13 @@ impl Mapping {
     }
 
     /// Writes all of `data` at `pos`, or nothing.
+    #[inline]
     pub fn pwrite(&self, pos: u64, data: &[u8]) -> Result<()> {
+        self.answer(self.pwrite_in(pos, data))
+    }
+
+    #[inline(always)]
+    fn pwrite_in(&self, pos: u64, data: &[u8]) -> Result<()> {
         let a = self.access()?;
         self.check_writable()?;
         let (s, _) = bounds::write_range(pos, data.len(), a.len())?;
@@ -579,6 +620,11 @@ impl Mapping {
     /// `patomic/4`: applies `op` and returns the old value.
     #[inline]
     pub fn atomic(&self, pos: u64, op: Op, v: i64) -> Result<i64> {
+        self.answer(self.atomic_in(pos, op, v))
+    }
+
+    #[inline(always)]
+    fn atomic_in(&self, pos: u64, op: Op, v: i64) -> Result<i64> {
         let a = self.access()?;
         self.check_writable()?;
         let (slot, s) = self.slot(&a, pos)?;
@@ -590,7 +636,13 @@ impl Mapping {
     }
 
     /// Compare-and-swap; `Ok(Ok(old))` on success, `Ok(Err(current))` otherwise.
+    #[inline]
     pub fn cas(&self, pos: u64, expected: i64, new: i64) -> Result<std::result::Result<i64, i64>> {
+        self.answer(self.cas_in(pos, expected, new))
+    }
+
+    #[inline(always)]
+    fn cas_in(&self, pos: u64, expected: i64, new: i64) -> Result<std::result::Result<i64, i64>> {
         let a = self.access()?;
         self.check_writable()?;
         let (slot, s) = self.slot(&a, pos)?;
@@ -600,7 +652,13 @@ impl Mapping {
         Ok(r)
     }
 
+    #[inline]
     pub fn atomic_load(&self, pos: u64) -> Result<i64> {
+        self.answer(self.atomic_load_in(pos))
+    }
+
+    #[inline(always)]
+    fn atomic_load_in(&self, pos: u64) -> Result<i64> {
         let a = self.access()?;
         let (slot, s) = self.slot(&a, pos)?;
         let v = slot.load(Ordering::SeqCst);
@@ -608,7 +666,13 @@ impl Mapping {
         Ok(v)
     }
 
+    #[inline]
     pub fn atomic_store(&self, pos: u64, v: i64) -> Result<()> {
+        self.answer(self.atomic_store_in(pos, v))
+    }
+
+    #[inline(always)]
+    fn atomic_store_in(&self, pos: u64, v: i64) -> Result<()> {
         let a = self.access()?;
         self.check_writable()?;
         let (slot, s) = self.slot(&a, pos)?;

@@ -101,7 +101,7 @@ fn calls_after_a_cut(mode: &[&str]) {
     assert_eq!(m.pread(0, 4, |b| b.to_vec()), Ok(Some(b"abcd".to_vec())));
     assert_eq!(len_of(&p), 100, "nothing written to the file");
     let lost = lost(&m).expect("the damage is reported");
-    assert!(lost <= 6 * PAGE && lost >= PAGE, "{lost}");
+    assert!((PAGE..=6 * PAGE).contains(&lost), "{lost}");
     // Grown back by its owner: the bytes there are not the file's any more in this
     // mapping (its pages were replaced), and the answer says the file is long enough.
     cut(&p, SIZE);
