@@ -87,11 +87,20 @@ init() ->
 
 %% The `sigbus_handler' application environment value: only `false' turns the handler
 %% off. Read when the library is loaded, which may happen before the application is (a
-%% plain `erl -pa ...' shell): then the command line's `-emmap sigbus_handler false' is
-%% looked at directly. (Both reads are safe in an on_load function: the first is an ETS
-%% lookup, and `init' answers requests while on_load functions run.)
+%% plain `erl -pa ...' shell, with or without `-config'): then the application is loaded
+%% first, which reads `-config' files and `-emmap Key Value' arguments. Without an
+%% `emmap.app' in the code path, the command line is looked at directly. (Safe in an
+%% on_load function: the reads are ETS lookups, the application controller never waits
+%% for this module, and `init' answers requests while on_load functions run.)
 sigbus_setting() ->
-    Env = try application:get_env(emmap, sigbus_handler) catch _:_ -> undefined end,
+    Get = fun() -> try application:get_env(emmap, sigbus_handler) catch _:_ -> undefined end end,
+    Env = case Get() of
+              undefined ->
+                  _ = (catch application:load(emmap)),
+                  Get();
+              Found ->
+                  Found
+          end,
     case Env of
         {ok, V} -> V =/= false;
         undefined ->

@@ -707,7 +707,8 @@ child_switched_off(Dir, How) ->
         app_env ->
             ok = application:load(emmap),
             ok = application:set_env(emmap, sigbus_handler, false);
-        command_line -> ok                       % erl -emmap sigbus_handler false
+        command_line -> ok;                      % erl -emmap sigbus_handler false
+        config_file -> ok                        % erl -config F (a plain shell, not a release)
     end,
     report(handler, emmap:sigbus_handler()),
     P = filename:join(Dir, "off"),
@@ -722,8 +723,11 @@ switched_off_the_vm_dies_as_before_test_() ->
     {timeout, 60, fun() ->
         D = tmp_dir("off"),
         try
+            Config = filename:join(D, "off.config"),
+            ok = file:write_file(Config, "[{emmap, [{sigbus_handler, false}]}].\n"),
             R = [{How, run_child(child_switched_off, [D, How], Args)}
                  || {How, Args} <- [{command_line, ["-emmap", "sigbus_handler", "false"]},
+                                    {config_file, ["-config", Config]},
                                     {app_env, []}]],
             io:format(user, "~nswitched off (how) -> {exit status, output}: ~p~n", [R]),
             [?assertEqual({How, {135, [<<"{handler,#{enabled => false,library => undefined}}">>,
