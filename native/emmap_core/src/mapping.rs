@@ -414,7 +414,7 @@ impl Mapping {
         }
         let from = match self.access() {
             Ok(a) => a.region.vanished(),
-            Err(e) => return e,
+            Err(_) => return Error::Truncated, // closed meanwhile: the access still failed
         };
         let Some(from) = from else {
             return Error::Truncated; // a region that has since been replaced
