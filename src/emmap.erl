@@ -15,7 +15,7 @@
 -include_lib("kernel/include/file.hrl").
 -include_lib("kernel/include/logger.hrl").
 
--export([open/2, open/4, close/1, info/1]).
+-export([open/2, open/4, close/1, info/1, sigbus_handler/0]).
 -export([pread/2, pread/3, pwrite/2, pwrite/3, read/2, read_line/1, write/2, position/2]).
 -export([flush/1, sync/1, datasync/1, advise/4, truncate/1, resize/1, resize/2]).
 -export([allocate/3, read_handle_info/1, read_handle_info/2, copy/3,
@@ -63,7 +63,7 @@
 
 -type atomic_op() :: add | sub | 'band' | 'bor' | 'bxor' | xchg | 'and' | 'or' | 'xor'.
 -type posix_reason() :: closed | einval | eacces | alignment | fixed_size | eexist
-                      | enoent | enomem | eisdir | atom().
+                      | enoent | enomem | eisdir | truncated | eio | atom().
 -opaque counters() :: {mmap_file(), pos_integer()}.
 -type filename() :: file:name_all().
 -include("emmap_blocks_nif.hrl").  % block storage NIF stubs (see emmap_blocks)
@@ -83,11 +83,40 @@ init() ->
             Dir ->
                 filename:join(Dir, "emmap")
         end,
-    erlang:load_nif(SoName, 0).
+    erlang:load_nif(SoName, #{sigbus_handler => sigbus_setting()}).
+
+%% The `sigbus_handler' application environment value: only `false' turns the handler
+%% off. Read when the library is loaded, which may happen before the application is (a
+%% plain `erl -pa ...' shell, with or without `-config'): then the application is loaded
+%% first, which reads `-config' files and `-emmap Key Value' arguments. Without an
+%% `emmap.app' in the code path, the command line is looked at directly. (Safe in an
+%% on_load function: the reads are ETS lookups, the application controller never waits
+%% for this module, and `init' answers requests while on_load functions run.)
+sigbus_setting() ->
+    Get = fun() -> try application:get_env(emmap, sigbus_handler) catch _:_ -> undefined end end,
+    Env = case Get() of
+              undefined ->
+                  _ = (catch application:load(emmap)),
+                  Get();
+              Found ->
+                  Found
+          end,
+    case Env of
+        {ok, V} -> V =/= false;
+        undefined ->
+            Args = case init:get_argument(emmap) of
+                       {ok, As} -> As;
+                       error -> []
+                   end,
+            lists:foldl(fun(["sigbus_handler", V], _) -> V =/= "false";
+                           (_, Acc) -> Acc
+                        end, true, Args)
+    end.
 
 -define(NIF, erlang:nif_error({not_loaded, ?MODULE, ?LINE})).
 
 open_nif(_Path, _Off, _Len, _Opts) -> ?NIF.
+sigbus_nif() -> ?NIF.
 handle_nif(_R) -> ?NIF.
 close_nif(_R) -> ?NIF.
 info_nif(_R) -> ?NIF.
@@ -200,7 +229,10 @@ close(_) -> erlang:error(badarg).
 
 %% @doc Facts about a handle: `size', `exist' (the file existed before `open'), `path',
 %% `offset', `direct', `shared', `writable', `lock', `anon', `fixed_size',
-%% `max_inc_size', `closed' and `address' (of byte 0; 0 once closed).
+%% `max_inc_size', `closed', `address' (of byte 0; 0 once closed) and `lost_from':
+%% `undefined', or the offset from which the mapping no longer reaches the file because
+%% someone else cut it shorter (calls touching bytes there answer `{error, truncated}' or
+%% `{error, eio}'; reopen the file to see it again).
 -spec info(mmap_file()) -> #{atom() => term()}.
 info(?H(R)) ->
     I = info_nif(R),
@@ -213,6 +245,15 @@ info(?H(R)) ->
         _ -> I
     end;
 info(_) -> erlang:error(badarg).
+
+%% @doc Whether emmap's SIGBUS handler is on (`enabled'), and the library file that
+%% installed it (`library', `undefined' if none did). With it on, an access to a page of a
+%% mapping that another process cut away answers an error instead of killing the VM (see
+%% the README, "Truncation by someone else"). The application environment value
+%% `sigbus_handler' (`false' turns it off) is applied when the library is loaded.
+-spec sigbus_handler() -> #{enabled := boolean(), library := file:filename_all() | undefined}.
+sigbus_handler() ->
+    sigbus_nif().
 
 %%%===========================================================================
 %%% Reading and writing

@@ -451,7 +451,7 @@ label(T, Labels) ->
 
 reasons() ->
     [closed, einval, eacces, alignment, fixed_size, eexist, enoent, eisdir, enomem, enospc,
-     enotsup,
+     enotsup, truncated,
      %% the operating system's errors, as the NIF names them
      ebadf, ebusy, enotdir, enodev, efbig, emfile, enfile, erofs, etxtbsy, eagain, eoverflow,
      enametoolong, eloop, eopnotsupp, eio, eintr, efault, enxio, edquot, eperm,
@@ -493,7 +493,9 @@ result_ok(close, 1, _, R) -> R =:= ok;
 result_ok(info, 1, _, R) ->
     is_map(R) andalso lists:sort(maps:keys(R)) =:=
         lists:sort([size, exist, path, offset, direct, shared, writable, lock, anon,
-                    fixed_size, max_inc_size, closed, address]);
+                    fixed_size, max_inc_size, closed, address, lost_from]);
+result_ok(sigbus_handler, 0, _, #{enabled := On, library := Lib} = R) ->
+    map_size(R) =:= 2 andalso is_boolean(On) andalso (Lib =:= undefined orelse is_binary(Lib));
 result_ok(pread, 3, [_, _, Len], R) -> read_ok(R, Len);
 result_ok(pread, 2, _, {ok, L}) ->
     is_list(L) andalso lists:all(fun(B) -> B =:= eof orelse is_binary(B) end, L);

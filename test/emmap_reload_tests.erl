@@ -162,6 +162,12 @@ child_other_library(Dir) ->
     P = filename:join(Dir, "data.bin"),
     {ok, Old} = emmap:open(P, 0, 4096, [create, read, write, shared, direct]),
     {ok, Bin} = emmap:pread(Old, 0, 4),
+    %% a file someone will cut, mapped through the first library
+    Cut = filename:join(Dir, "cut.bin"),
+    ok = file:write_file(Cut, binary:copy(<<"c">>, 65536)),
+    {ok, OldCut} = emmap:open(Cut, [read, write, shared, direct]),
+    {ok, CutBin} = emmap:pread(OldCut, 40000, 4),
+    #{enabled := true, library := FirstLib} = emmap:sigbus_handler(),
     Libs = mapped("/emmap.so"),
     Other = filename:join(Dir, "emmap-9.9.9"),
     ok = filelib:ensure_dir(filename:join(Other, "ebin") ++ "/"),
@@ -178,6 +184,14 @@ child_other_library(Dir) ->
     {ok, New} = emmap:open(P, [read, write, shared]),
     ok = emmap:pwrite(New, 0, <<"new!">>),
     <<"new!">> = Bin,                           % the old direct binary is still mapped
+    %% one SIGBUS handler for the process: the second library uses the first one's
+    #{enabled := true, library := FirstLib} = emmap:sigbus_handler(),
+    %% and a cut file is survived through either library's mappings
+    {ok, NewCut} = emmap:open(Cut, [read, write, shared]),
+    "" = os:cmd("truncate -s 100 " ++ Cut),
+    {error, truncated} = emmap:pread(NewCut, 40000, 4),
+    <<0, 0, 0, 0>> = binary:copy(CutBin),
+    ok = emmap:close(NewCut),
     _ = code:purge(emmap),
     ok = emmap:close(New),
     release_other(P, Libs).

@@ -783,13 +783,29 @@ fn word_bytes(h: &[u8; 64], i: usize) -> [u8; 8] {
 
 /// Runs `f` on the storage in `m`'s current region, pinned for the duration of `f`.
 fn with_storage<T>(m: &Mapping, f: impl FnOnce(&Storage<'_>) -> Result<T>) -> Result<T> {
+    explained(m, pinned(m, f))
+}
+
+/// An error from a pinned call, as the mapping explains it (see `Mapping::explain`).
+fn explained<T>(m: &Mapping, r: Result<T>) -> Result<T> {
+    r.map_err(|e| match e {
+        BlockError::Map(e) => BlockError::Map(m.explain(e)),
+        e => e,
+    })
+}
+
+fn pinned<T>(m: &Mapping, f: impl FnOnce(&Storage<'_>) -> Result<T>) -> Result<T> {
     let a = m.access()?;
     // SAFETY: `a` pins the current region (mapped, `a.len()` bytes) until it is dropped at
     // the end of this function, after `f` and everything borrowed from the view are gone.
     // Nothing in emmap makes a `&mut` to mapped memory. Writes happen only after
     // `check_writable`, i.e. on mappings opened `write` (mapped PROT_WRITE).
     let mem = unsafe { Mem::from_raw(a.ptr(), a.len()) };
-    f(&Storage::open(mem)?)
+    let r = f(&Storage::open(mem)?)?;
+    // A call touches the header, the bitmap and a slot: if any page of the mapping was
+    // cut away by someone else, do not answer as if it had worked.
+    a.check(0, a.len())?;
+    Ok(r)
 }
 
 fn check_writable(m: &Mapping) -> Result<()> {
@@ -835,6 +851,10 @@ pub fn layout(m: &Mapping) -> Result<Layout> {
 /// `init_block_storage`: formats a new storage (growing the mapping to hold its bitmap),
 /// or accepts an existing one with the same block size (and capacity, if one is given).
 pub fn init(m: &Mapping, block_size: u64, capacity: Option<u64>) -> Result<Layout> {
+    explained(m, init_in(m, block_size, capacity))
+}
+
+fn init_in(m: &Mapping, block_size: u64, capacity: Option<u64>) -> Result<Layout> {
     check_writable(m)?;
     let lay = Layout::new(block_size, capacity.unwrap_or(DEFAULT_CAPACITY))
         .ok_or(BlockError::Map(Error::Einval))?;
@@ -845,6 +865,7 @@ pub fn init(m: &Mapping, block_size: u64, capacity: Option<u64>) -> Result<Layou
         let mem = unsafe { Mem::from_raw(a.ptr(), a.len()) };
         match Storage::open(mem) {
             Ok(s) => {
+                a.check(0, a.len())?;
                 let have = s.layout();
                 let same_cap = capacity.is_none_or(|c| c == have.capacity);
                 return if have.block_size == block_size && same_cap {
@@ -857,7 +878,9 @@ pub fn init(m: &Mapping, block_size: u64, capacity: Option<u64>) -> Result<Layou
             Err(e) => return Err(e),
         }
         if mem.len() >= lay.data_off {
-            return Storage::format(mem, lay).map(|s| *s.layout());
+            let l = Storage::format(mem, lay).map(|s| *s.layout())?;
+            a.check(0, a.len())?;
+            return Ok(l);
         }
         drop(a);
         if !may_resize(m) {

@@ -18,6 +18,8 @@ pub enum Error {
     FixedSize,
     /// The requested fixed address is already in use.
     Eexist,
+    /// The bytes the call touched are gone: someone else cut the mapped file shorter.
+    Truncated,
     /// Any other operating-system error, by errno.
     Os(i32),
 }
@@ -34,6 +36,7 @@ impl Error {
             Error::Alignment => "alignment",
             Error::FixedSize => "fixed_size",
             Error::Eexist => "eexist",
+            Error::Truncated => "truncated",
             Error::Os(errno) => errno_atom(*errno),
         }
     }

@@ -14,6 +14,8 @@ pub mod mapping;
 pub mod options;
 pub mod readers;
 pub mod region;
+pub mod registry;
+pub mod sigbus;
 
 pub use error::{Error, Result};
 pub use mapping::{Info, Line, Mapping, Whence};

@@ -51,6 +51,9 @@ pub struct Info {
     pub max_inc_size: u64,
     pub closed: bool,
     pub address: usize,
+    /// Offset of the first byte the SIGBUS handler had to replace with zeros (the file was
+    /// cut by someone else), if any: from there on the mapping no longer reaches the file.
+    pub lost_from: Option<usize>,
 }
 
 /// Removes a file this handle created, at final release, if the path still names it.
@@ -111,6 +114,14 @@ pub struct Mapping {
 struct Padded<T>(T);
 
 /// A guard that keeps the current region usable for the duration of one operation.
+///
+/// Code that touches the region's memory (reads, writes, atomics, scans) must call
+/// [`Access::check`] afterwards, before answering success: when someone else has cut the
+/// mapped file, the access did not fault the VM to death (the SIGBUS handler put zero
+/// pages there, see `sigbus.rs`), but it did not reach the file either, and `check` is
+/// how the call finds out. [`Access::probe`] does the same for bytes the call only points
+/// at (a `direct` binary) or is about to overwrite. Once the `Access` is dropped, the
+/// public entry point passes its error through [`Mapping::explain`].
 pub struct Access<'a> {
     _guard: Option<ReadGuard<'a>>,
     region: &'a Region,
@@ -125,6 +136,31 @@ impl Access<'_> {
     }
     pub fn ptr(&self) -> *mut u8 {
         self.region.ptr()
+    }
+
+    /// Call after touching user bytes `[start, end)` of the pinned region: `Ok` if they
+    /// all still come from the file, else `Err(Error::Truncated)`, to be answered instead
+    /// of success (after [`Mapping::explain`]). Damage is recorded from the first replaced
+    /// page on, so this is one load and one compare. An empty range is always fine.
+    #[inline]
+    pub fn check(&self, start: usize, end: usize) -> Result<()> {
+        if end <= start || self.region.intact_to(end) {
+            Ok(())
+        } else {
+            Err(Error::Truncated)
+        }
+    }
+
+    /// Touches the last byte of `[start, end)` (a cut removes a file's end, so if that
+    /// byte is there, all of the range is), then [`Access::check`]s the range. For bytes a
+    /// call hands out without reading them, and before writing, so that a write to a cut
+    /// range changes nothing.
+    #[inline]
+    pub fn probe(&self, start: usize, end: usize) -> Result<()> {
+        if end > start {
+            self.region.probe(end);
+        }
+        self.check(start, end)
     }
 }
 
@@ -350,6 +386,47 @@ impl Mapping {
         })
     }
 
+    /// What a call answers for the `Error::Truncated` of [`Access::check`], once its
+    /// `Access` is dropped: `truncated` if the file now ends before the first byte the
+    /// mapping lost, `eio` if it covers it (the page could not be read or written, or the
+    /// file was cut and grown back), `enomem` for anonymous memory (no page to give).
+    /// Other errors pass unchanged. Must not be called with an `Access` of this mapping
+    /// held (it takes the state lock).
+    #[inline(always)]
+    pub fn explain(&self, e: Error) -> Error {
+        match e {
+            Error::Truncated => self.lost(),
+            e => e,
+        }
+    }
+
+    /// [`Mapping::explain`] on a result.
+    #[inline(always)]
+    fn answer<T>(&self, r: Result<T>) -> Result<T> {
+        r.map_err(|e| self.explain(e))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lost(&self) -> Error {
+        if self.opts.anon {
+            return Error::Os(libc::ENOMEM);
+        }
+        let from = match self.access() {
+            Ok(a) => a.region.vanished(),
+            Err(_) => return Error::Truncated, // closed meanwhile: the access still failed
+        };
+        let Some(from) = from else {
+            return Error::Truncated; // a region that has since been replaced
+        };
+        let st = self.state.read();
+        let need = self.offset.saturating_add(from as u64);
+        match st.file.as_ref().map(|f| f.metadata()) {
+            Some(Ok(m)) if m.len() > need => Error::Os(libc::EIO),
+            _ => Error::Truncated,
+        }
+    }
+
     /// Whether close/resize may unmap a region right away.
     fn may_release_early(&self) -> bool {
         self.opts.lock && !(self.opts.direct && self.exported.load(Ordering::Acquire))
@@ -362,9 +439,20 @@ impl Mapping {
 
     /// Copies (or, in direct mode, exposes) up to `len` bytes at `pos`. `f` receives the
     /// bytes; `Ok(None)` is end of file.
+    #[inline]
     pub fn pread<T>(&self, pos: u64, len: u64, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
+        self.answer(self.pread_in(pos, len, f))
+    }
+
+    #[inline(always)]
+    fn pread_in<T>(&self, pos: u64, len: u64, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
         let a = self.access()?;
-        Ok(bounds::read_range(pos, len, a.len()).map(|(s, e)| f(self.bytes(&a, s, e))))
+        let Some((s, e)) = bounds::read_range(pos, len, a.len()) else {
+            return Ok(None);
+        };
+        let t = f(self.bytes(&a, s, e));
+        a.probe(s, e)?;
+        Ok(Some(t))
     }
 
     /// The bytes `[s, e)` of the pinned region, marking the mapping exported in direct mode.
@@ -387,6 +475,11 @@ impl Mapping {
 
     /// Reads from the current position and advances it by what was read.
     pub fn read<T>(&self, len: u64, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
+        self.answer(self.read_in(len, f))
+    }
+
+    #[inline(always)]
+    fn read_in<T>(&self, len: u64, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
         let a = self.access()?;
         loop {
             let p = self.pos.0.load(Ordering::Acquire);
@@ -399,7 +492,9 @@ impl Mapping {
                 .compare_exchange(p, e as u64, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                return Ok(Some(f(self.bytes(&a, s, e))));
+                let t = f(self.bytes(&a, s, e));
+                self.touched_at(&a, s, e, p)?;
+                return Ok(Some(t));
             }
         }
     }
@@ -407,6 +502,11 @@ impl Mapping {
     /// Finds the line at the current position, looking at most `limit` bytes ahead, and
     /// advances the position past it. `f` gets the line bytes (including `\r\n` / `\n`).
     pub fn read_line<T>(&self, limit: usize, f: impl FnOnce(&[u8], bool) -> T) -> Result<Line<T>> {
+        self.answer(self.read_line_in(limit, f))
+    }
+
+    #[inline(always)]
+    fn read_line_in<T>(&self, limit: usize, f: impl FnOnce(&[u8], bool) -> T) -> Result<Line<T>> {
         let a = self.access()?;
         loop {
             let p = self.pos.0.load(Ordering::Acquire);
@@ -418,7 +518,10 @@ impl Mapping {
             let end = match scan.iter().position(|&c| c == b'\n') {
                 Some(i) => s + i + 1,
                 None if scan.len() == window.len() => e,
-                None => return Ok(Line::TooLong),
+                None => {
+                    a.check(s, s + scan.len())?;
+                    return Ok(Line::TooLong);
+                }
             };
             if self
                 .pos
@@ -428,9 +531,22 @@ impl Mapping {
             {
                 let line = self.bytes(&a, s, end);
                 let crlf = line.ends_with(b"\r\n");
-                return Ok(Line::Found(f(line, crlf)));
+                let t = f(line, crlf);
+                self.touched_at(&a, s, end, p)?;
+                return Ok(Line::Found(t));
             }
         }
+    }
+
+    /// After `read`/`read_line` moved the position from `p` to `e` over the bytes `[s, e)`:
+    /// checks them, and on error puts the position back (if no one moved it since).
+    fn touched_at(&self, a: &Access<'_>, s: usize, e: usize, p: u64) -> Result<()> {
+        a.probe(s, e).inspect_err(|_| {
+            let _ = self
+                .pos
+                .0
+                .compare_exchange(e as u64, p, Ordering::AcqRel, Ordering::Relaxed);
+        })
     }
 
     /// The bytes `[s, e)` of the pinned region, without marking the mapping exported:
@@ -452,15 +568,24 @@ impl Mapping {
     }
 
     /// Writes all of `data` at `pos`, or nothing.
+    #[inline]
     pub fn pwrite(&self, pos: u64, data: &[u8]) -> Result<()> {
+        self.answer(self.pwrite_in(pos, data))
+    }
+
+    #[inline(always)]
+    fn pwrite_in(&self, pos: u64, data: &[u8]) -> Result<()> {
         let a = self.access()?;
         self.check_writable()?;
         let (s, _) = bounds::write_range(pos, data.len(), a.len())?;
+        let e = s + data.len();
+        // A range the file no longer has is refused before anything is written.
+        a.probe(s, e)?;
         // SAFETY: [s, s + data.len()) lies inside the pinned, writable region; `data` is a
         // VM binary or a Rust buffer, never part of a writable mapping region... except a
         // direct binary of this same mapping, which `ptr::copy` (memmove) handles.
         unsafe { ptr::copy(data.as_ptr(), a.ptr().add(s), data.len()) };
-        Ok(())
+        a.check(s, e)
     }
 
     /// Writes at the current position and advances it.
@@ -484,38 +609,76 @@ impl Mapping {
         Ok(p)
     }
 
-    fn slot<'a>(&self, a: &'a Access<'_>, pos: u64) -> Result<&'a AtomicI64> {
+    /// The 8-byte slot at `pos` and its offset.
+    fn slot<'a>(&self, a: &'a Access<'_>, pos: u64) -> Result<(&'a AtomicI64, usize)> {
         let s = bounds::atomic_slot(a.ptr() as usize, pos, a.len())?;
         // SAFETY: `atomic_slot` checked that the 8 bytes at `s` are inside the pinned region
         // and 8-aligned in memory, which is all `AtomicI64` needs.
-        Ok(unsafe { &*(a.ptr().add(s) as *const AtomicI64) })
+        Ok((unsafe { &*(a.ptr().add(s) as *const AtomicI64) }, s))
     }
 
     /// `patomic/4`: applies `op` and returns the old value.
     #[inline]
     pub fn atomic(&self, pos: u64, op: Op, v: i64) -> Result<i64> {
+        self.answer(self.atomic_in(pos, op, v))
+    }
+
+    #[inline(always)]
+    fn atomic_in(&self, pos: u64, op: Op, v: i64) -> Result<i64> {
         let a = self.access()?;
         self.check_writable()?;
-        Ok(op.apply(self.slot(&a, pos)?, v))
+        let (slot, s) = self.slot(&a, pos)?;
+        // As for writes: a slot the file no longer has is refused before it is changed.
+        a.probe(s, s + 8)?;
+        let old = op.apply(slot, v);
+        a.check(s, s + 8)?;
+        Ok(old)
     }
 
     /// Compare-and-swap; `Ok(Ok(old))` on success, `Ok(Err(current))` otherwise.
+    #[inline]
     pub fn cas(&self, pos: u64, expected: i64, new: i64) -> Result<std::result::Result<i64, i64>> {
-        let a = self.access()?;
-        self.check_writable()?;
-        Ok(atomics::cas(self.slot(&a, pos)?, expected, new))
+        self.answer(self.cas_in(pos, expected, new))
     }
 
+    #[inline(always)]
+    fn cas_in(&self, pos: u64, expected: i64, new: i64) -> Result<std::result::Result<i64, i64>> {
+        let a = self.access()?;
+        self.check_writable()?;
+        let (slot, s) = self.slot(&a, pos)?;
+        a.probe(s, s + 8)?;
+        let r = atomics::cas(slot, expected, new);
+        a.check(s, s + 8)?;
+        Ok(r)
+    }
+
+    #[inline]
     pub fn atomic_load(&self, pos: u64) -> Result<i64> {
-        let a = self.access()?;
-        Ok(self.slot(&a, pos)?.load(Ordering::SeqCst))
+        self.answer(self.atomic_load_in(pos))
     }
 
+    #[inline(always)]
+    fn atomic_load_in(&self, pos: u64) -> Result<i64> {
+        let a = self.access()?;
+        let (slot, s) = self.slot(&a, pos)?;
+        let v = slot.load(Ordering::SeqCst);
+        a.check(s, s + 8)?;
+        Ok(v)
+    }
+
+    #[inline]
     pub fn atomic_store(&self, pos: u64, v: i64) -> Result<()> {
+        self.answer(self.atomic_store_in(pos, v))
+    }
+
+    #[inline(always)]
+    fn atomic_store_in(&self, pos: u64, v: i64) -> Result<()> {
         let a = self.access()?;
         self.check_writable()?;
-        self.slot(&a, pos)?.store(v, Ordering::SeqCst);
-        Ok(())
+        let (slot, s) = self.slot(&a, pos)?;
+        a.probe(s, s + 8)?;
+        slot.store(v, Ordering::SeqCst);
+        a.check(s, s + 8)
     }
 
     /// `flush/1` (`wait == false`: schedule write-back) and `sync/1`, `datasync/1`
@@ -660,6 +823,10 @@ impl Mapping {
                 };
                 let r = Region::map(&spec, target, Placement::Any)?;
                 r.copy_from(&old);
+                // Bytes the old memory had lost were copied as zeros: still lost.
+                if let Some(v) = old.vanished() {
+                    r.record_damage(v);
+                }
                 r
             }
         };
@@ -847,9 +1014,9 @@ impl Mapping {
     pub fn info(&self) -> Info {
         let st = self.state.read();
         let closed = self.closed.load(Ordering::Acquire);
-        let (size, address) = match (&st.current, closed) {
-            (Some(r), false) => (r.len(), r.ptr() as usize),
-            _ => (0, 0),
+        let (size, address, lost_from) = match (&st.current, closed) {
+            (Some(r), false) => (r.len(), r.ptr() as usize, r.vanished()),
+            _ => (0, 0, None),
         };
         Info {
             size,
@@ -865,6 +1032,7 @@ impl Mapping {
             max_inc_size: self.opts.max_inc_size,
             closed,
             address,
+            lost_from,
         }
     }
 }

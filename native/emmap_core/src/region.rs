@@ -10,6 +10,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
+use crate::sigbus::{self, Mark};
 
 /// The system page size.
 pub fn page_size() -> usize {
@@ -58,6 +59,10 @@ pub struct Region {
     /// False once the region was shrunk: its tail may no longer be file-backed, so it
     /// must never be grown in place (growth maps new memory instead).
     growable: bool,
+    /// The kernel mapping's entry in the SIGBUS handler's table, shared by every
+    /// descriptor of the same kernel mapping (successors and views), so damage recorded
+    /// through one is seen through all. Unregistered by the owner, before `munmap`.
+    mark: Mark,
 }
 
 // SAFETY: a Region is a descriptor of process-wide memory; the pointers are valid from any
@@ -97,17 +102,30 @@ impl Region {
                 return Err(Error::Eexist);
             }
         }
+        // SAFETY: delta < page <= map_len, so this stays inside the new mapping.
+        let data = unsafe { (p as *mut u8).add(delta) };
+        // A shared mapping loses every page past a cut, a private one only the pages it
+        // has not copied yet (the others hold private data that must stay).
+        let shared = spec.flags & (libc::MAP_SHARED | libc::MAP_PRIVATE) != libc::MAP_PRIVATE;
+        let mark = sigbus::register(
+            p as usize,
+            map_len,
+            data as usize,
+            unit_of(spec.flags),
+            spec.prot,
+            shared,
+        );
         Ok(Region {
             map_ptr: p as *mut u8,
             map_len,
-            // SAFETY: delta < page <= map_len, so this stays inside the new mapping.
-            data: unsafe { (p as *mut u8).add(delta) },
+            data,
             len,
             prot: spec.prot,
             flags: spec.flags,
             file_off,
             owns: AtomicBool::new(true),
             growable: true,
+            mark,
         })
     }
 
@@ -154,6 +172,7 @@ impl Region {
             return None;
         }
         self.owns.store(false, Ordering::Release);
+        sigbus::resize(self.mark, new_map_len);
         Some(self.successor(new_map_len, new_len, true))
     }
 
@@ -170,6 +189,7 @@ impl Region {
             file_off: self.file_off,
             owns: AtomicBool::new(true),
             growable,
+            mark: self.mark,
         }
     }
 
@@ -285,11 +305,74 @@ impl Region {
     pub fn map_addr(&self) -> usize {
         self.map_ptr as usize
     }
+
+    /// Whether every user byte before `end` still comes from the file: false once the
+    /// SIGBUS handler replaced a page at or before it (the file was cut, or the page could
+    /// not be read or written). Call it after touching the bytes: a fault in that access
+    /// has run the handler, on this thread, by then. One load and one compare.
+    #[inline]
+    pub fn intact_to(&self, end: usize) -> bool {
+        end <= self.mark.vanished()
+    }
+
+    /// Offset (from user byte 0) of the first byte the SIGBUS handler replaced, if any.
+    pub fn vanished(&self) -> Option<usize> {
+        Some(self.mark.vanished()).filter(|&v| v != crate::registry::INTACT)
+    }
+
+    /// Reads the user byte at `end - 1` (nothing if `end == 0`), so that if its page is gone
+    /// the fault happens now. Since a file is cut from the end, a range whose last byte is
+    /// still there is still there as a whole. `end <= len`.
+    #[inline]
+    pub fn probe(&self, end: usize) {
+        if end > 0 {
+            // SAFETY: `end - 1 < len`, inside the mapping; a volatile read so that it is
+            // neither removed nor moved. A fault here is repaired by the SIGBUS handler.
+            unsafe { ptr::read_volatile(self.data.add(end - 1)) };
+        }
+    }
+
+    /// Records that the bytes from `offset` on are not the file's (this region was made as
+    /// a copy of a damaged one).
+    pub fn record_damage(&self, offset: usize) {
+        self.mark.record(offset);
+    }
+}
+
+/// The unit in which pages of a mapping made with `flags` are replaced: the page size,
+/// or the huge page size for `MAP_HUGETLB`.
+fn unit_of(flags: libc::c_int) -> usize {
+    if flags & libc::MAP_HUGETLB == 0 {
+        return page_size();
+    }
+    let shift = (flags >> libc::MAP_HUGE_SHIFT) & 0x3f;
+    if shift != 0 {
+        return 1usize << shift;
+    }
+    default_huge_page()
+}
+
+/// `Hugepagesize` from /proc/meminfo (2 MiB if it cannot be read).
+fn default_huge_page() -> usize {
+    static SIZE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SIZE.get_or_init(|| {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|t| {
+                let l = t.lines().find(|l| l.starts_with("Hugepagesize:"))?;
+                let kb: usize = l.split_whitespace().nth(1)?.parse().ok()?;
+                kb.checked_mul(1024)
+            })
+            .unwrap_or(2 << 20)
+    })
 }
 
 impl Drop for Region {
     fn drop(&mut self) {
         if self.owns.load(Ordering::Acquire) {
+            // Out of the SIGBUS handler's table first: once this returns no handler can
+            // touch these addresses, which munmap is about to give back.
+            sigbus::unregister(self.mark);
             // SAFETY: this descriptor owns the mapping and is being dropped, which the
             // mapping code does only when no reader and no binary can still reach it.
             unsafe { libc::munmap(self.map_ptr as *mut libc::c_void, self.map_len) };
@@ -338,6 +421,26 @@ mod tests {
         assert_eq!(e, Error::Eexist);
         // SAFETY: test reads its own fresh anonymous mapping.
         assert_eq!(unsafe { *r.ptr() }, 0);
+    }
+
+    /// Descriptors of one kernel mapping share its damage record: a successor made by
+    /// growing in place or by `shrunk`, and the view left behind, all see the same record.
+    #[test]
+    fn successors_and_views_share_the_damage_record() {
+        let r = anon(4096);
+        assert_eq!(r.vanished(), None);
+        r.record_damage(100);
+        let s = r.shrunk(2048).unwrap();
+        assert_eq!((r.vanished(), s.vanished()), (Some(100), Some(100)));
+        assert!(s.intact_to(100) && !s.intact_to(101));
+        s.record_damage(50);
+        assert_eq!(r.vanished(), Some(50));
+        let fresh = anon(8192);
+        if let Some(g) = fresh.grow_in_place(16384) {
+            g.record_damage(9000);
+            assert_eq!(fresh.vanished(), Some(9000));
+            assert!(g.intact_to(9000) && !g.intact_to(9001));
+        }
     }
 
     #[test]

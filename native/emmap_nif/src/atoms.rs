@@ -22,4 +22,7 @@ rustler::atoms! {
     max_inc_size,
     closed,
     address,
+    lost_from,
+    enabled,
+    library,
 }

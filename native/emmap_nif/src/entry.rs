@@ -6,14 +6,18 @@
 //! the new module is left without its NIFs. This entry is the one rustler builds (the NIFs
 //! rustler's `#[nif]` and `hot.rs` registered, the name `emmap`, the same version fields)
 //! plus that callback. Both callbacks register the handle's resource type; see
-//! `resource.rs` for how handles made before a reload stay valid.
+//! `resource.rs` for how handles made before a reload stay valid. Both also apply the
+//! `sigbus_handler` setting `emmap.erl` passes as load info (see `emmap_core::sigbus`),
+//! and this file exports the symbol through which another copy of the library, loaded
+//! later from another path, finds the SIGBUS handler's table.
 
 use std::ffi::{c_int, c_void};
 use std::sync::OnceLock;
 
+use emmap_core::sigbus;
 use rustler::codegen_runtime::{inventory, ResourceRegistration};
 use rustler::sys::{ErlNifEntry, ErlNifEnv, ErlNifFunc, ErlNifTerm};
-use rustler::{Env, Nif};
+use rustler::{Env, Nif, Term};
 
 use crate::resource;
 
@@ -28,19 +32,44 @@ unsafe impl Send for Entry {}
 
 static ENTRY: OnceLock<Entry> = OnceLock::new();
 
-/// Registers our resource type; used by both callbacks. Panics become a failed load.
-fn register(env: *mut ErlNifEnv) -> c_int {
+/// Registers our resource type and applies the load info; used by both callbacks.
+/// Panics become a failed load.
+fn register(env: *mut ErlNifEnv, info: ErlNifTerm) -> c_int {
+    let handler = std::panic::catch_unwind(|| {
+        sigbus::configure(handler_wanted(env, info));
+    });
+    if handler.is_err() {
+        return 1;
+    }
     match std::panic::catch_unwind(|| resource::register(env)) {
         Ok(true) => 0,
         _ => 1,
     }
 }
 
-unsafe extern "C" fn load(
-    env: *mut ErlNifEnv,
-    _priv: *mut *mut c_void,
-    _info: ErlNifTerm,
-) -> c_int {
+/// The load info is `#{sigbus_handler => boolean()}`; only `false` turns the handler off.
+fn handler_wanted(env: *mut ErlNifEnv, info: ErlNifTerm) -> bool {
+    // SAFETY: `env` is the load env, valid for this callback, and `info` one of its terms.
+    let e = unsafe { Env::new_init_env(&env, env) };
+    // SAFETY: as above.
+    let t = unsafe { Term::new(e, info) };
+    let key = rustler::Atom::from_str(e, "sigbus_handler").map(|a| a.to_term(e));
+    !matches!(
+        key.and_then(|k| t.map_get(k))
+            .and_then(|v| v.decode::<bool>()),
+        Ok(false)
+    )
+}
+
+/// Another copy of this library, loaded later from another path, calls this to use our
+/// SIGBUS handler and its table instead of installing a second one (see
+/// `emmap_core::sigbus`). Null until this copy has chosen its table (at its first load).
+#[no_mangle]
+pub extern "C" fn emmap_fault_registry_v1() -> *const sigbus::ApiV1 {
+    sigbus::exported()
+}
+
+unsafe extern "C" fn load(env: *mut ErlNifEnv, _priv: *mut *mut c_void, info: ErlNifTerm) -> c_int {
     // Resource types declared the rustler way (there are none today) are registered as
     // `rustler::init!` would.
     let ok = std::panic::catch_unwind(|| {
@@ -51,21 +80,21 @@ unsafe extern "C" fn load(
     if !matches!(ok, Ok(true)) {
         return 1;
     }
-    register(env)
+    register(env, info)
 }
 
 unsafe extern "C" fn upgrade(
     env: *mut ErlNifEnv,
     _priv: *mut *mut c_void,
     _old_priv: *mut *mut c_void,
-    _info: ErlNifTerm,
+    info: ErlNifTerm,
 ) -> c_int {
     // rustler registers its resource types with `ERL_NIF_RT_CREATE` only, which fails on
     // an upgrade; refuse openly if any exist rather than run without them.
     if inventory::iter::<ResourceRegistration>().next().is_some() {
         return 1;
     }
-    register(env)
+    register(env, info)
 }
 
 /// The symbol the VM looks up in a NIF library.

@@ -100,7 +100,11 @@ fn info_nif<'a>(env: Env<'a>, h: &Handle) -> NifResult<Term<'a>> {
         }
         None => atoms::undefined().encode(env),
     };
-    let pairs: [(Atom, Term); 13] = [
+    let lost = match i.lost_from {
+        Some(v) => v.encode(env),
+        None => atoms::undefined().encode(env),
+    };
+    let pairs: [(Atom, Term); 14] = [
         (atoms::size(), i.size.encode(env)),
         (atoms::exist(), i.exist.encode(env)),
         (atoms::path(), path),
@@ -114,10 +118,31 @@ fn info_nif<'a>(env: Env<'a>, h: &Handle) -> NifResult<Term<'a>> {
         (atoms::max_inc_size(), i.max_inc_size.encode(env)),
         (atoms::closed(), i.closed.encode(env)),
         (atoms::address(), i.address.encode(env)),
+        (atoms::lost_from(), lost),
     ];
     let (keys, values): (Vec<Term>, Vec<Term>) =
         pairs.into_iter().map(|(k, v)| (k.encode(env), v)).unzip();
     Term::map_from_term_arrays(env, &keys, &values)
+}
+
+/// `#{enabled => boolean(), library => Path | undefined}`: whether the SIGBUS handler is
+/// installed and on, and which library file installed it.
+#[rustler::nif]
+fn sigbus_nif(env: Env<'_>) -> NifResult<Term<'_>> {
+    let (on, lib) = emmap_core::sigbus::status();
+    let lib = match lib {
+        Some(p) => {
+            let mut b = NewBinary::new(env, p.len());
+            b.as_mut_slice().copy_from_slice(p.as_bytes());
+            Binary::from(b).encode(env)
+        }
+        None => atoms::undefined().encode(env),
+    };
+    Term::map_from_term_arrays(
+        env,
+        &[atoms::enabled().encode(env), atoms::library().encode(env)],
+        &[on.encode(env), lib],
+    )
 }
 
 // ---------------------------------------------------------------------------- reads
