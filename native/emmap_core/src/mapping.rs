@@ -456,19 +456,41 @@ impl Mapping {
         let a = self.access()?;
         self.check_writable()?;
         let (s, _) = bounds::write_range(pos, data.len(), a.len())?;
+        self.store(&a, s, data);
+        Ok(())
+    }
+
+    /// Copies `data` to byte `s` of the pinned region; the caller has checked that
+    /// `[s, s + data.len())` lies inside it and that the mapping is writable.
+    fn store(&self, a: &Access<'_>, s: usize, data: &[u8]) {
+        debug_assert!(s + data.len() <= a.len());
         // SAFETY: [s, s + data.len()) lies inside the pinned, writable region; `data` is a
         // VM binary or a Rust buffer, never part of a writable mapping region... except a
         // direct binary of this same mapping, which `ptr::copy` (memmove) handles.
         unsafe { ptr::copy(data.as_ptr(), a.ptr().add(s), data.len()) };
-        Ok(())
     }
 
-    /// Writes at the current position and advances it.
+    /// Writes at the current position and advances it. The range is reserved first, by a
+    /// compare-and-swap of the position (as `read` does), so concurrent writers on one
+    /// handle each get their own bytes and no advance is lost. A write that does not fit
+    /// changes nothing, the position included.
     pub fn write(&self, data: &[u8]) -> Result<()> {
-        let p = self.pos.0.load(Ordering::Acquire);
-        self.pwrite(p, data)?;
-        self.pos.0.store(p + data.len() as u64, Ordering::Release);
-        Ok(())
+        let a = self.access()?;
+        self.check_writable()?;
+        loop {
+            let p = self.pos.0.load(Ordering::Acquire);
+            let (s, e) = bounds::write_range(p, data.len(), a.len())?;
+            // Only the thread whose swap succeeds writes [s, e): the ranges never overlap.
+            if self
+                .pos
+                .0
+                .compare_exchange(p, e as u64, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.store(&a, s, data);
+                return Ok(());
+            }
+        }
     }
 
     /// Moves the shared position; positions past the end are allowed (reads give eof).

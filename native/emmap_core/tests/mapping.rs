@@ -229,3 +229,40 @@ fn atomics_are_exact_across_threads() {
     assert_eq!(m.cas(8, 1, 2).unwrap(), Err(200_000));
     assert_eq!(m.cas(8, 200_000, 2).unwrap(), Ok(200_000));
 }
+
+/// `write` reserves its range with a compare-and-swap of the shared position: threads
+/// writing through one handle each get bytes of their own, no advance is lost, and a write
+/// that does not fit changes nothing.
+#[test]
+fn concurrent_writes_reserve_their_own_bytes() {
+    for (threads, width) in [(2usize, 1usize), (4, 1), (4, 3)] {
+        let per = 20_000;
+        let total = threads * per * width;
+        let m = std::sync::Arc::new(
+            Mapping::open(None, 0, total as u64, opts(&["anon", "write", "shared"])).unwrap(),
+        );
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    let rec = vec![b'a' + t as u8; width];
+                    for _ in 0..per {
+                        m.write(&rec).unwrap();
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter().for_each(|h| h.join().unwrap());
+        assert_eq!(m.position(Whence::Cur, 0), Ok(total as u64));
+        let all = m.pread(0, total as u64, |b| b.to_vec()).unwrap().unwrap();
+        for t in 0..threads {
+            let n = all.iter().filter(|&&c| c == b'a' + t as u8).count();
+            assert_eq!(n, per * width, "bytes of thread {t} ({threads} x {width})");
+        }
+        // Every record is whole: no two writers shared a range.
+        assert!(all.chunks(width).all(|r| r.iter().all(|&c| c == r[0])));
+        // Full: a write that does not fit answers einval and leaves the position alone.
+        assert_eq!(m.write(b"x"), Err(Error::Einval));
+        assert_eq!(m.position(Whence::Cur, 0), Ok(total as u64));
+    }
+}
