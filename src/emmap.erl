@@ -260,7 +260,9 @@ pread_list(_M, _, _) ->
     erlang:error(badarg).
 
 %% @doc Writes `Data' at `Pos': all of it, or nothing and `{error, einval}' if it does not
-%% fit in the mapping. A read-only mapping answers `{error, eacces}'.
+%% fit in the mapping. Empty `Data' needs no room: `ok' at any position from 0 to
+%% 2^63 - 1, past the end too, as for a raw file. A read-only mapping answers
+%% `{error, eacces}'.
 -spec pwrite(mmap_file(), integer(), iodata()) -> ok | {error, posix_reason()}.
 pwrite(?H(R), Pos, Bin) when is_binary(Bin), byte_size(Bin) =< ?DIRTY_WRITE, ?IS_POS(Pos) ->
     pwrite_nif(R, Pos, Bin);
@@ -326,6 +328,9 @@ read_line(_) ->
     erlang:error(badarg).
 
 %% @doc Writes `Data' at the handle's position and advances it past the bytes written.
+%% Processes sharing the handle each get a range of their own (the range is reserved with
+%% a compare-and-swap of the position). `{error, einval}' if it does not fit, and then the
+%% position stays; empty `Data' is `ok' wherever the position is.
 -spec write(mmap_file(), iodata()) -> ok | {error, posix_reason()}.
 write(?H(R), Data) ->
     Bin = to_binary(Data),
@@ -337,7 +342,9 @@ write(_, _) ->
     erlang:error(badarg).
 
 %% @doc Sets the handle's position, as `file:position/2' does. Positions past the end are
-%% allowed (reads there give `eof'); negative ones are `{error, einval}'.
+%% allowed (reads there give `eof') up to 2^63 - 1, the largest file offset; a negative
+%% one, or one past 2^63 - 1, is `{error, einval}' and the position stays (a raw file
+%% answers `{error, badarg}' where `Location' is outside the signed 64-bit range).
 -spec position(mmap_file(), Location) -> {ok, non_neg_integer()} | {error, posix_reason()}
       when Location :: integer() | {bof | cur | eof, integer()} | bof | cur | eof.
 position(?H(R), Where) ->

@@ -451,10 +451,14 @@ impl Mapping {
         }
     }
 
-    /// Writes all of `data` at `pos`, or nothing.
+    /// Writes all of `data` at `pos`, or nothing. An empty write needs no room: it is
+    /// accepted at every file position, past the end too (as raw files do).
     pub fn pwrite(&self, pos: u64, data: &[u8]) -> Result<()> {
         let a = self.access()?;
         self.check_writable()?;
+        if data.is_empty() {
+            return bounds::empty_write_ok(pos);
+        }
         let (s, _) = bounds::write_range(pos, data.len(), a.len())?;
         self.store(&a, s, data);
         Ok(())
@@ -473,10 +477,14 @@ impl Mapping {
     /// Writes at the current position and advances it. The range is reserved first, by a
     /// compare-and-swap of the position (as `read` does), so concurrent writers on one
     /// handle each get their own bytes and no advance is lost. A write that does not fit
-    /// changes nothing, the position included.
+    /// changes nothing, the position included. An empty write is `ok` wherever the
+    /// position is (it is always a valid file position, see `position`).
     pub fn write(&self, data: &[u8]) -> Result<()> {
         let a = self.access()?;
         self.check_writable()?;
+        if data.is_empty() {
+            return Ok(());
+        }
         loop {
             let p = self.pos.0.load(Ordering::Acquire);
             let (s, e) = bounds::write_range(p, data.len(), a.len())?;
@@ -493,7 +501,8 @@ impl Mapping {
         }
     }
 
-    /// Moves the shared position; positions past the end are allowed (reads give eof).
+    /// Moves the shared position; positions past the end are allowed (reads give eof), up
+    /// to 2^63 - 1 (no file offset is larger: raw files answer `einval` beyond it).
     pub fn position(&self, whence: Whence, delta: i64) -> Result<u64> {
         let a = self.access()?;
         let base = match whence {

@@ -266,3 +266,36 @@ fn concurrent_writes_reserve_their_own_bytes() {
         assert_eq!(m.position(Whence::Cur, 0), Ok(total as u64));
     }
 }
+
+/// No position exceeds 2^63 - 1, whatever the base (`{eof, 2^63 - 1}` went past it), and
+/// an empty write needs no room: `ok` at every file position, as for a raw file.
+#[test]
+fn positions_stop_at_the_largest_file_offset_and_empty_writes_fit_anywhere() {
+    let max = i64::MAX as u64;
+    let m = Mapping::open(None, 0, 4096, opts(&["anon", "write"])).unwrap();
+    assert_eq!(m.position(Whence::Eof, i64::MAX), Err(Error::Einval));
+    assert_eq!(m.position(Whence::Eof, i64::MAX - 4096), Ok(max));
+    assert_eq!(m.position(Whence::Cur, 1), Err(Error::Einval));
+    assert_eq!(m.position(Whence::Cur, 0), Ok(max));
+    assert_eq!(m.write(b""), Ok(()));
+    assert_eq!(m.write(b"x"), Err(Error::Einval));
+    assert_eq!(m.position(Whence::Cur, 0), Ok(max));
+    assert_eq!(m.position(Whence::Bof, i64::MAX), Ok(max));
+    assert_eq!(m.position(Whence::Eof, 0), Ok(4096));
+    assert_eq!(m.position(Whence::Cur, i64::MAX), Err(Error::Einval));
+    assert_eq!(m.position(Whence::Cur, 0), Ok(4096));
+    for pos in [0, 4095, 4096, 4097, 1 << 40, max] {
+        assert_eq!(m.pwrite(pos, b""), Ok(()), "empty write at {pos}");
+    }
+    for pos in [max + 1, u64::MAX] {
+        assert_eq!(
+            m.pwrite(pos, b""),
+            Err(Error::Einval),
+            "empty write at {pos}"
+        );
+    }
+    assert_eq!(m.pwrite(4096, b"x"), Err(Error::Einval));
+    let ro = Mapping::open(None, 0, 4096, opts(&["anon"])).unwrap();
+    assert_eq!(ro.pwrite(0, b""), Err(Error::Eacces));
+    assert_eq!(ro.write(b""), Err(Error::Eacces));
+}
