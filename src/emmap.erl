@@ -726,9 +726,12 @@ open_counters(File) ->
     open_counters(File, 0).
 
 %% @doc Opens (creating if needed) a file of `N' persistent 64-bit counters, all 0 in a
-%% new file. `N = 0' takes the count from an existing file's header. An existing file
-%% with a different count, a wrong size, or an unreadable header raises
-%% `{emmap_counters, File, Reason}'; nothing in it is changed.
+%% new file. `N = 0' takes the count from an existing file's header. Only a new file, or
+%% one of the right size that holds nothing but zeros, is initialised. Raises
+%% `{emmap_counters, File, Reason}', changing nothing in the file, for an existing file of
+%% another size than `16 + 8 * N' (`size_mismatch'), one whose header is not a counters
+%% header or does not describe the file (`bad_header'), or one `open/4' refuses (its
+%% reason, such as `enoent').
 -spec open_counters(filename(), non_neg_integer()) -> counters().
 open_counters(File, N) when is_integer(N), N >= 0, N < (1 bsl 56) ->
     Size = 16 + 8 * N,
@@ -743,24 +746,12 @@ open_counters(File, N) when is_integer(N), N >= 0, N < (1 bsl 56) ->
             {error, Why} -> counters_fail(File, Why)
         end,
     #{exist := Existed, size := FileSize} = info(M),
-    case counters_header(M, Existed, 20) of
-        {ok, HN} when (HN =:= N orelse N =:= 0), FileSize =:= 16 + 8 * HN, HN > 0 ->
-            {M, HN};
+    case counters_setup(M, N, Existed, FileSize, 2) of
         {ok, HN} ->
+            {M, HN};
+        {error, Why2} ->
             close(M),
-            counters_fail(File, {counters_mismatch, HN});
-        none when N > 0, FileSize =:= Size ->
-            %% New file, or one of the right size without a header: initialise it.
-            %% The count goes in first and the magic last, so a concurrent opener that
-            %% sees the magic also sees the count.
-            [ok = patomic_write_integer(M, 16 + 8 * I, 0) || Existed, I <- lists:seq(0, N - 1)],
-            ok = pwrite(M, 8, <<N:64/little>>),
-            <<Magic:64/signed-native>> = <<?COUNTERS_MAGIC>>,
-            ok = patomic_write_integer(M, 0, Magic),
-            {M, N};
-        none ->
-            close(M),
-            counters_fail(File, bad_header)
+            counters_fail(File, Why2)
     end;
 open_counters(_, _) ->
     erlang:error(badarg).
@@ -769,17 +760,59 @@ open_counters(_, _) ->
 counters_fail(File, Why) ->
     erlang:error({emmap_counters, File, Why}).
 
-%% A valid header's count, or `none'. A file that is being initialised by another
-%% process (right size, zero header) is given a few milliseconds to get its header.
-counters_header(M, Existed, Tries) ->
+%% `{ok, Count}' for a valid header that describes the file, after initialising a new or
+%% all-zero file; else `{error, bad_header}', having written nothing. Another opener may be
+%% initialising the same new file: the steps are the same for both (the count, then the
+%% magic with a compare-and-swap from 0), so whichever comes second finds the header
+%% written or writes the same bytes; Retries bounds the rereads this takes.
+counters_setup(M, N, Existed, FileSize, Retries) ->
+    <<Magic:64/signed-native>> = <<?COUNTERS_MAGIC>>,
+    case counters_header(M, N, Existed, 20) of
+        {ok, HN} when HN > 0, FileSize =:= 16 + 8 * HN, HN =:= N orelse N =:= 0 ->
+            {ok, HN};
+        {zero, HN} when N > 0, HN =:= 0 orelse HN =:= N, Retries > 0 ->
+            %% New, or all zeros so far (a magic of 0 and a count of 0 or N: nothing to
+            %% lose), or being initialised by another opener right now.
+            case not Existed orelse all_zero(M, 16, FileSize) of
+                true ->
+                    ok = pwrite(M, 8, <<N:64/little>>),
+                    _ = patomic_cas(M, 0, 0, Magic),
+                    counters_setup(M, N, Existed, FileSize, Retries - 1);
+                false ->
+                    %% a counter is set: another opener may have just finished
+                    counters_setup(M, N, Existed, FileSize, Retries - 1)
+            end;
+        _ ->
+            {error, bad_header}
+    end.
+
+%% `{ok, Count}' for a counters header, `{zero, Count}' for a magic that is still 0, else
+%% `bad'. An existing file without a magic may be being initialised by another process
+%% (the count is written first, then the magic): for `N = 0' (which cannot initialise it),
+%% that process is given a few milliseconds to finish.
+counters_header(M, N, Existed, Tries) ->
     case pread(M, 0, 16) of
         {ok, <<"EMMAP", _, _, $\n, HN:64/little>>} ->
             {ok, HN};
-        {ok, <<0:128>>} when Existed, Tries > 0 ->
+        {ok, <<0:64, _:64>>} when N =:= 0, Existed, Tries > 0 ->
             timer:sleep(1),
-            counters_header(M, Existed, Tries - 1);
+            counters_header(M, N, Existed, Tries - 1);
+        {ok, <<0:64, HN:64/little>>} ->
+            {zero, HN};
         _ ->
-            none
+            bad
+    end.
+
+%% Whether bytes [Pos, End) of the mapping are all zero (read in chunks of 64 KiB).
+all_zero(_M, Pos, End) when Pos >= End ->
+    true;
+all_zero(M, Pos, End) ->
+    Len = min(65536, End - Pos),
+    case pread(M, Pos, Len) of
+        {ok, Bin} when byte_size(Bin) =:= Len ->
+            Bin =:= <<0:(Len * 8)>> andalso all_zero(M, Pos + Len, End);
+        _ ->
+            false
     end.
 
 %% @doc Closes a counters file. The values are already in the file.

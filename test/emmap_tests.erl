@@ -600,14 +600,85 @@ counters_test() ->
     ?assertError({emmap_counters, P, _}, emmap:open_counters(P, 2)),
     ?assertEqual({ok, Before}, file:read_file(P)),
     ok = file:write_file(P, <<"garbage!", 99:64/little, 0:64>>),
-    ?assertError({emmap_counters, P, _}, emmap:open_counters(P, 0)),
-    %% right size, no header: initialised
+    ?assertError({emmap_counters, P, bad_header}, emmap:open_counters(P, 0)),
+    %% right size, but not a counters file: refused too, and left as it was
+    ?assertError({emmap_counters, P, bad_header}, emmap:open_counters(P, 1)),
+    ?assertEqual({ok, <<"garbage!", 99:64/little, 0:64>>}, file:read_file(P)),
+    %% right size and nothing but zeros: initialised
+    ok = file:write_file(P, <<0:(24 * 8)>>),
     C4 = emmap:open_counters(P, 1),
     ?assertEqual(0, emmap:read_counter(C4, 0)),
     ok = emmap:close_counters(C4),
+    ?assertEqual({ok, <<"EMMAP01\n", 1:64/little, 0:64>>}, file:read_file(P)),
     ok = file:delete(P),
     ?assertError({emmap_counters, P, enoent}, emmap:open_counters(P)),
     ?assertEqual(false, filelib:is_file(P)).
+
+%% A counters file whose header is damaged is never initialised again: the counters it
+%% holds are not lost (a counter holding 42 read 0 after its magic was damaged). Only a new
+%% file or one of nothing but zeros is initialised.
+damaged_counters_header_is_kept_test() ->
+    P = tmp(),
+    try
+        C = emmap:open_counters(P, 3),
+        42 = emmap:set_counter(C, 1, 42) + 42,
+        ok = emmap:close_counters(C),
+        {ok, Good} = file:read_file(P),
+        <<_:8/binary, Count:8/binary, Counters/binary>> = Good,
+        %% (any "EMMAP??\n" is a valid magic: the format allows other versions)
+        Damaged = [{magic, <<"XMMAP01\n", Count/binary, Counters/binary>>},
+                   {magic_zeroed, <<0:64, Count/binary, Counters/binary>>},
+                   {magic_one_bit, <<"EMMAP01\r", Count/binary, Counters/binary>>},
+                   {count, <<"EMMAP01\n", 4:64/little, Counters/binary>>},
+                   {count_zero, <<"EMMAP01\n", 0:64/little, Counters/binary>>},
+                   {count_high_byte, <<"EMMAP01\n", (3 + (1 bsl 56)):64/little, Counters/binary>>},
+                   {header_zeroed, <<0:128, Counters/binary>>},
+                   {garbage, list_to_binary([I * 37 rem 256 || I <- lists:seq(1, 40)])}],
+        [begin
+             ok = file:write_file(P, Bytes),
+             [?assertEqual({Name, N, {emmap_counters, P, bad_header}},
+                           {Name, N, try emmap:open_counters(P, N) of
+                                         Got -> {opened, Got}
+                                     catch error:E -> E
+                                     end})
+              || N <- [3, 0]],
+             ?assertEqual({Name, {ok, Bytes}}, {Name, file:read_file(P)})
+         end || {Name, Bytes} <- Damaged],
+        %% put right, the value is still there
+        ok = file:write_file(P, Good),
+        C2 = emmap:open_counters(P, 3),
+        ?assertEqual(42, emmap:read_counter(C2, 1)),
+        ok = emmap:close_counters(C2)
+    after
+        file:delete(P)
+    end.
+
+%% Many processes open the same new counters file at once and count at once: each open
+%% succeeds (whoever initialises it), and no increment is lost (an opener that came second
+%% used to initialise the file again, zeroing what the first had counted).
+concurrent_counters_initialisation_test_() ->
+    {timeout, 60, fun() ->
+        Self = self(),
+        Procs = 8,
+        [begin
+             P = tmp(),
+             Pids = [spawn_link(fun() ->
+                         receive go -> ok end,
+                         C = emmap:open_counters(P, 4),
+                         _ = emmap:inc_counter(C, 0),
+                         _ = emmap:inc_counter(C, 3, 10),
+                         ok = emmap:close_counters(C),
+                         Self ! {done, self()}
+                     end) || _ <- lists:seq(1, Procs)],
+             [Pid ! go || Pid <- Pids],
+             [receive {done, Pid} -> ok end || Pid <- Pids],
+             C = emmap:open_counters(P),
+             ?assertEqual({Round, [Procs, 0, 0, 10 * Procs]},
+                          {Round, [emmap:read_counter(C, I) || I <- lists:seq(0, 3)]}),
+             ok = emmap:close_counters(C),
+             ok = file:delete(P)
+         end || Round <- lists:seq(1, 100)]
+    end}.
 
 %% Options whose outcome depends on the kernel or file system: a mapping or a clean error.
 hugetlb_and_map_sync_test() ->
