@@ -287,6 +287,61 @@ map_at_free_address(Tries) ->
         {error, eexist} -> map_at_free_address(Tries - 1)
     end.
 
+%% A grow that fails changes nothing: not the file on disk, not the mapping. resize to
+%% 2^47 bytes on tmpfs (where the file may grow that far, but no mapping can) used to leave
+%% a 2^47-byte file behind; an {address, A} mapping boxed in by a neighbour grew its file
+%% from 4096 to 8192 bytes before answering enomem.
+failed_growth_changes_nothing_test() ->
+    Dir = case filelib:is_dir("/dev/shm") of true -> "/dev/shm"; false -> "/tmp" end,
+    P = filename:join(Dir, "emmap_t_grow_" ++ os:getpid()),
+    try
+        [begin
+             ok = file:write_file(P, binary:copy(<<"k">>, 4096)),
+             {ok, M} = emmap:open(P, [read, write, shared | Lock]),
+             Unchanged = fun(What) ->
+                                 ?assertEqual({What, 4096}, {What, filelib:file_size(P)}),
+                                 ?assertMatch({What, #{size := 4096}}, {What, emmap:info(M)}),
+                                 ?assertEqual({What, {ok, <<"kk">>}}, {What, emmap:pread(M, 4094, 2)})
+                         end,
+             ?assertMatch({error, _}, emmap:resize(M, 1 bsl 47)),
+             Unchanged(resize),
+             {ok, _} = emmap:position(M, 1 bsl 47),
+             ?assertMatch({error, _}, emmap:truncate(M)),
+             Unchanged(truncate),
+             ?assertMatch({error, _}, emmap:allocate(M, 0, 1 bsl 47)),
+             ?assertMatch({error, _}, emmap:allocate(M, 4096, 1 bsl 45)),
+             Unchanged(allocate),
+             ?assertEqual({ok, 8192}, emmap:resize(M, 8192)),
+             ?assertEqual(8192, filelib:file_size(P)),
+             ok = emmap:close(M)
+         end || Lock <- [[], [nolock]]],
+        ok = file:write_file(P, binary:copy(<<"k">>, 4096)),
+        {Boxed, Neighbour} = boxed_in_mapping(P, 20),
+        ?assertEqual({error, enomem}, emmap:resize(Boxed, 8192)),
+        ?assertEqual({error, enomem}, emmap:allocate(Boxed, 4000, 200)),
+        {ok, _} = emmap:position(Boxed, 8192),
+        ?assertEqual({error, enomem}, emmap:truncate(Boxed)),
+        ?assertEqual(4096, filelib:file_size(P)),
+        ?assertMatch(#{size := 4096}, emmap:info(Boxed)),
+        ?assertEqual({ok, <<"kk">>}, emmap:pread(Boxed, 4094, 2)),
+        [ok = emmap:close(X) || X <- [Boxed, Neighbour]]
+    after
+        file:delete(P)
+    end.
+
+%% A 4096-byte mapping of P at a fixed address with anonymous memory right after it.
+boxed_in_mapping(_P, 0) ->
+    erlang:error(no_free_address_found);
+boxed_in_mapping(P, Tries) ->
+    {ok, Probe} = emmap:open("", 0, 1 bsl 20, [anon]),
+    #{address := A} = emmap:info(Probe),
+    ok = emmap:close(Probe),
+    case {emmap:open(P, [read, write, shared, {address, A}]),
+          emmap:open("", 0, 4096, [anon, read, {address, A + 4096}])} of
+        {{ok, M}, {ok, N}} -> {M, N};
+        {M, N} -> [emmap:close(X) || {ok, X} <- [M, N]], boxed_in_mapping(P, Tries - 1)
+    end.
+
 fit_test() ->
     with_file(<<"12345678">>, fun(P) ->
         %% a smaller file grows to Len ...

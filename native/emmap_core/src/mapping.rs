@@ -152,6 +152,35 @@ fn set_len(f: &File, len: u64) -> Result<()> {
     f.set_len(len).map_err(Error::from)
 }
 
+/// Makes a shared file at least `end` bytes long (what growing a mapping asks of it).
+fn extend_to(f: &File, end: u64) -> Result<()> {
+    if f.metadata()?.len() < end {
+        set_len(f, end)?;
+    }
+    Ok(())
+}
+
+/// Reserves disk blocks for bytes `[off, off + len)` of a mapping that starts at byte
+/// `base` of the file (`fallocate`, which also extends the file to the end of the range).
+fn reserve_blocks(f: &File, base: u64, off: u64, len: u64) -> Result<()> {
+    let start = base.checked_add(off).ok_or(Error::Einval)?;
+    let (start, len) = match (libc::off_t::try_from(start), libc::off_t::try_from(len)) {
+        (Ok(s), Ok(l)) => (s, l),
+        _ => return Err(Error::Einval),
+    };
+    // SAFETY: `f` is an open file descriptor owned by the handle, kept open by the state
+    // lock the caller holds; fallocate only changes the file's block allocation and, past
+    // its end, its size.
+    match unsafe { libc::fallocate(f.as_raw_fd(), 0, start, len) } {
+        0 => Ok(()),
+        _ => match Error::last_os() {
+            // The file system cannot reserve blocks ahead: nothing more to do.
+            Error::Os(libc::EOPNOTSUPP) => Ok(()),
+            e => Err(e),
+        },
+    }
+}
+
 impl Mapping {
     /// Maps `len` bytes of `path` starting at `offset` (or anonymous memory with `anon`).
     /// `len == 0` means: the `{size, N}` option, else the rest of the existing file.
@@ -603,7 +632,7 @@ impl Mapping {
         if target < old_len {
             return Err(Error::Einval);
         }
-        self.grow_locked(&mut st, target)
+        self.grow_locked(&mut st, target, extend_to)
     }
 
     /// The current region, or `Closed`.
@@ -627,8 +656,17 @@ impl Mapping {
     }
 
     /// Grows to `target >= len` bytes; the caller holds the state lock and, with `lock`,
-    /// excludes readers.
-    fn grow_locked(&self, st: &mut State, target: usize) -> Result<usize> {
+    /// excludes readers. A shared file must be extended too: the new mapping is made
+    /// first (mapping past the end of a file is allowed, and nothing touches those pages
+    /// before it is installed), then `extend` sizes the file, then the mapping is
+    /// installed. So a request that fails changes nothing: not the mapping, not the file
+    /// (a failed `extend` has its size put back).
+    fn grow_locked(
+        &self,
+        st: &mut State,
+        target: usize,
+        extend: impl FnOnce(&File, u64) -> Result<()>,
+    ) -> Result<usize> {
         let old = Self::current(st, &self.closed)?;
         let old_len = old.len();
         if target == old_len {
@@ -637,20 +675,43 @@ impl Mapping {
         // Growing needs write access: to extend the file, and to copy into new memory.
         self.check_writable()?;
         let file_backed = st.file.is_some() && self.opts.is_shared();
-        if file_backed {
-            if st.file_use.is_none() {
-                // About to map file pages again after a cut to zero (see `truncate`).
-                st.file_use = st.file_id.map(FileUse::new);
-            }
+        // The file's end the new mapping needs, and its size now.
+        let file_end = if file_backed {
             let end = self
                 .offset
                 .checked_add(target as u64)
                 .ok_or(Error::Einval)?;
             let f = st.file.as_ref().expect("file_backed");
-            if f.metadata()?.len() < end {
-                set_len(f, end)?;
-            }
+            Some((end, f.metadata()?.len()))
+        } else {
+            None
+        };
+        let must_extend = file_end.is_some_and(|(end, len)| len < end);
+        // About to map file pages again after a cut to zero (see `truncate`): claim the
+        // file first, so no other handle cuts it meanwhile; given back if this fails.
+        let claimed = file_backed && st.file_use.is_none();
+        if claimed {
+            st.file_use = st.file_id.map(FileUse::new);
         }
+        let result = self.grow_new(st, &old, target, file_end, must_extend, extend);
+        if claimed && result.is_err() {
+            st.file_use = None;
+        }
+        result
+    }
+
+    /// The part of [`Mapping::grow_locked`] after the checks.
+    fn grow_new(
+        &self,
+        st: &mut State,
+        old: &Arc<Region>,
+        target: usize,
+        file_end: Option<(u64, u64)>,
+        must_extend: bool,
+        extend: impl FnOnce(&File, u64) -> Result<()>,
+    ) -> Result<usize> {
+        let old_len = old.len();
+        let file_backed = file_end.is_some();
         // A private file mapping cannot grow in place (pages past the file's end would
         // fault), nor can anonymous shared memory (its backing object keeps its size:
         // the new pages would fault with SIGBUS). Both get new memory and a copy.
@@ -661,13 +722,19 @@ impl Mapping {
         } else {
             old.grow_in_place(target)
         };
+        let in_place = grown.is_some();
         let new = match grown {
             Some(r) => r,
             None if self.opts.address.is_some() => return Err(Error::Os(libc::ENOMEM)),
             None if file_backed => {
+                let mut flags = self.opts.map_flags();
+                if must_extend {
+                    // Pages past the current end cannot be prefaulted yet.
+                    flags &= !libc::MAP_POPULATE;
+                }
                 let spec = MapSpec {
                     prot: self.opts.prot(),
-                    flags: self.opts.map_flags(),
+                    flags,
                     fd: st.file.as_ref().map(|f| f.as_raw_fd()),
                     offset: self.offset,
                 };
@@ -690,10 +757,32 @@ impl Mapping {
                     offset: 0,
                 };
                 let r = Region::map(&spec, target, Placement::Any)?;
-                r.copy_from(&old);
+                r.copy_from(old);
                 r
             }
         };
+        if let (Some((end, len)), Some(f)) = (file_end, st.file.as_ref()) {
+            if let Err(e) = extend(f, end) {
+                // Put back what changed: the file's size, and the mapping (a new one is
+                // unmapped when `new` is dropped; one grown in place shrinks back).
+                if f.metadata().map_or(true, |m| m.len() != len) {
+                    let _ = set_len(f, len);
+                }
+                if in_place {
+                    if let Err(kept) = old.undo_grow(new) {
+                        // Cannot happen (shrinking in place always works); if it did, the
+                        // memory stays mapped, used only up to the old length.
+                        if let Some(r) = kept.shrunk(old_len) {
+                            self.install(st, r);
+                        }
+                    }
+                }
+                return Err(e);
+            }
+            if must_extend && self.opts.populate {
+                let _ = new.advise(0, 0, libc::MADV_WILLNEED);
+            }
+        }
         self.install(st, new);
         Ok(target)
     }
@@ -732,7 +821,7 @@ impl Mapping {
         }
         let Some(new_len) = usize::try_from(new_len).ok().filter(|&n| n < old_len) else {
             let target = usize::try_from(new_len).map_err(|_| Error::Einval)?;
-            return self.grow_locked(&mut st, target);
+            return self.grow_locked(&mut st, target, extend_to);
         };
         if !old.owns() {
             return Err(Error::Einval); // the current region always owns its memory
@@ -814,12 +903,17 @@ impl Mapping {
         let mut st = self.state.write();
         let _excl = self.opts.lock.then(|| self.readers.write());
         let cur_len = Self::current(&st, &self.closed)?.len();
-        // Disk space first: when there is none, the mapping stays as it was.
-        self.reserve(&st, off, len)?;
-        if end > cur_len as u64 {
-            let target = usize::try_from(end).map_err(|_| Error::Einval)?;
-            self.grow_locked(&mut st, target)?;
+        if end <= cur_len as u64 {
+            return self.reserve(&st, off, len); // grown meanwhile
         }
+        let target = usize::try_from(end).map_err(|_| Error::Einval)?;
+        // The disk blocks are reserved (which also extends the file) once the new mapping
+        // exists and before it is installed: with no space, or no memory, nothing changes.
+        let offset = self.offset;
+        self.grow_locked(&mut st, target, |f, end| {
+            reserve_blocks(f, offset, off, len)?;
+            extend_to(f, end) // when the file system cannot reserve blocks ahead
+        })?;
         Ok(())
     }
 
@@ -829,22 +923,7 @@ impl Mapping {
         let (Some(f), true) = (&st.file, self.opts.is_shared()) else {
             return Ok(());
         };
-        let start = self.offset.checked_add(off).ok_or(Error::Einval)?;
-        let (start, len) = match (libc::off_t::try_from(start), libc::off_t::try_from(len)) {
-            (Ok(s), Ok(l)) => (s, l),
-            _ => return Err(Error::Einval),
-        };
-        // SAFETY: `f` is an open file descriptor owned by this handle, kept open by the
-        // state lock the caller holds; fallocate only changes the file's block allocation
-        // and, past its end, its size.
-        match unsafe { libc::fallocate(f.as_raw_fd(), 0, start, len) } {
-            0 => Ok(()),
-            _ => match Error::last_os() {
-                // The file system cannot reserve blocks ahead: nothing more to do.
-                Error::Os(libc::EOPNOTSUPP) => Ok(()),
-                e => Err(e),
-            },
-        }
+        reserve_blocks(f, self.offset, off, len)
     }
 
     /// The mapped file's metadata (`None` for anonymous memory).

@@ -157,6 +157,32 @@ impl Region {
         Some(self.successor(new_map_len, new_len, true))
     }
 
+    /// Undoes [`Region::grow_in_place`] before anything used the result: shrinks `grown`'s
+    /// mapping back to this descriptor's size (in place, which cannot move it) and gives
+    /// the ownership back to `self`. On failure `grown` is handed back, still owning.
+    pub fn undo_grow(&self, grown: Region) -> std::result::Result<(), Region> {
+        if grown.map_ptr != self.map_ptr || grown.map_len < self.map_len || self.owns() {
+            return Err(grown);
+        }
+        // SAFETY: `grown` owns the mapping at `map_ptr` (it came from `grow_in_place` on
+        // `self` and was never installed, so nothing points past our old end); shrinking
+        // with flags 0 keeps the first `self.map_len` bytes where they are.
+        let p = unsafe {
+            libc::mremap(
+                grown.map_ptr as *mut libc::c_void,
+                grown.map_len,
+                self.map_len,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED || p as *mut u8 != self.map_ptr {
+            return Err(grown);
+        }
+        grown.owns.store(false, Ordering::Release);
+        self.owns.store(true, Ordering::Release);
+        Ok(())
+    }
+
     /// A descriptor that owns this one's memory (whose ownership the caller has just given
     /// up), now `map_len` bytes long with `len` usable.
     fn successor(&self, map_len: usize, len: usize, growable: bool) -> Region {

@@ -299,3 +299,104 @@ fn positions_stop_at_the_largest_file_offset_and_empty_writes_fit_anywhere() {
     assert_eq!(ro.pwrite(0, b""), Err(Error::Eacces));
     assert_eq!(ro.write(b""), Err(Error::Eacces));
 }
+
+/// A directory on tmpfs (whose files take any size up to 2^63 - 1 without using space,
+/// so growing the file succeeds and only the mapping can fail), if there is one.
+fn tmpfs_dir() -> Option<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    let c = std::ffi::CString::new("/dev/shm").unwrap();
+    // SAFETY: statfs writes into `st`, a buffer of the right type; the path is a C string.
+    let ok = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) } == 0;
+    // SAFETY: initialised by the successful call above.
+    let tmpfs = ok && unsafe { st.assume_init() }.f_type == libc::TMPFS_MAGIC;
+    tmpfs.then(|| tempfile::tempdir_in(shm).ok()).flatten()
+}
+
+/// A grow that fails changes nothing: not the file's size on disk, not the mapping
+/// (`resize(1 << 47)` on tmpfs used to leave a 2^47-byte file behind).
+#[test]
+fn failed_growth_leaves_file_and_mapping_as_they_were() {
+    let Some(d) = tmpfs_dir() else {
+        eprintln!("no tmpfs at /dev/shm: skipped");
+        return;
+    };
+    let p = file_with(d.path(), "big", &[7u8; 4096]);
+    for o in [&["write", "shared"][..], &["write", "shared", "nolock"][..]] {
+        let m = Mapping::open(Some(&p), 0, 0, opts(o)).unwrap();
+        assert!(m.resize(1 << 47).is_err());
+        assert!(m.truncate(1 << 47).is_err());
+        assert!(m.allocate(0, 1 << 47).is_err());
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 4096, "{o:?}");
+        assert_eq!(m.size(), Ok(4096));
+        assert_eq!(m.pread(4095, 1, |b| b.to_vec()).unwrap().unwrap(), [7]);
+        m.pwrite(4095, b"x").unwrap();
+        assert_eq!(m.resize(8192), Ok(8192));
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 8192);
+        m.pwrite(8191, b"y").unwrap();
+        m.close();
+        std::fs::write(&p, [7u8; 4096]).unwrap();
+    }
+}
+
+/// `allocate` whose disk reservation fails after the new mapping was made (past the
+/// largest file on ext4: efbig; past the size of a tmpfs: enospc): the mapping is given
+/// back and the file keeps its size.
+#[test]
+fn failed_allocation_leaves_file_and_mapping_as_they_were() {
+    let d = tempfile::tempdir().unwrap();
+    let p = file_with(d.path(), "alloc", &[5u8; 4096]);
+    let m = Mapping::open(Some(&p), 0, 0, opts(&["write", "shared"])).unwrap();
+    let e = m.allocate(4096, 1 << 45).unwrap_err();
+    assert!(
+        [
+            Error::Os(libc::EFBIG),
+            Error::Os(libc::ENOSPC),
+            Error::Os(libc::ENOMEM)
+        ]
+        .contains(&e),
+        "{e:?}"
+    );
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), 4096);
+    assert_eq!(m.size(), Ok(4096));
+    assert_eq!(
+        m.pread(0, 4096, |b| b.to_vec()).unwrap().unwrap(),
+        [5u8; 4096]
+    );
+    assert_eq!(m.allocate(4096, 4096), Ok(()));
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), 8192);
+    m.pwrite(8191, b"z").unwrap();
+}
+
+/// An `{address, A}` mapping with a neighbour right after it cannot grow (it may not
+/// move): `enomem`, and the file is not grown either (it was: 4096 -> 8192 bytes).
+#[test]
+fn boxed_in_fixed_mapping_refuses_to_grow_and_changes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let p = file_with(d.path(), "boxed", &[3u8; 4096]);
+    let page = 4096u64;
+    let (m, _neighbour) = (0..20)
+        .find_map(|_| {
+            let probe = Mapping::open(None, 0, 4 * page, opts(&["anon"])).unwrap();
+            let a = probe.info().address as u64;
+            probe.close();
+            drop(probe);
+            let mut o = opts(&["write", "shared"]);
+            o.apply("address", Some(a)).unwrap();
+            let m = Mapping::open(Some(&p), 0, 0, o).ok()?;
+            let mut n = opts(&["anon"]);
+            n.apply("address", Some(a + page)).unwrap();
+            let neighbour = Mapping::open(None, 0, page, n).ok()?;
+            Some((m, neighbour))
+        })
+        .expect("a free address for the test");
+    assert_eq!(m.resize(2 * page), Err(Error::Os(libc::ENOMEM)));
+    assert_eq!(m.truncate(2 * page), Err(Error::Os(libc::ENOMEM)));
+    assert_eq!(m.allocate(0, 2 * page), Err(Error::Os(libc::ENOMEM)));
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), page);
+    assert_eq!(m.size(), Ok(page as usize));
+    assert_eq!(
+        m.pread(0, page, |b| b.to_vec()).unwrap().unwrap(),
+        [3u8; 4096]
+    );
+}
