@@ -8,6 +8,7 @@
 use std::os::fd::RawFd;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 
@@ -22,13 +23,29 @@ pub fn page_size() -> usize {
     }
 }
 
+/// The lowest address a fixed mapping may start at: the kernel's `vm.mmap_min_addr`
+/// (read once; 65536, its usual value, if it cannot be read), and never below the first
+/// page. The kernel enforces that limit only on processes without `CAP_SYS_RAWIO`: a VM
+/// running as root could otherwise map a file at address 0, the null page.
+pub fn min_fixed_address() -> usize {
+    static MIN: OnceLock<usize> = OnceLock::new();
+    *MIN.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/vm/mmap_min_addr")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(65536)
+            .max(page_size())
+    })
+}
+
 /// Where the kernel should place a new mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placement {
     /// Anywhere.
     Any,
     /// Exactly at this page-aligned address, failing with `eexist` if anything is there.
-    /// Never replaces existing memory (`MAP_FIXED_NOREPLACE`).
+    /// Never replaces existing memory (`MAP_FIXED_NOREPLACE`). Below
+    /// [`min_fixed_address`]: `einval`.
     Exact(usize),
 }
 
@@ -79,6 +96,7 @@ impl Region {
         let file_off = libc::off_t::try_from(file_off).map_err(|_| Error::Einval)?;
         let (hint, extra) = match place {
             Placement::Any => (ptr::null_mut(), 0),
+            Placement::Exact(a) if a < min_fixed_address() => return Err(Error::Einval),
             Placement::Exact(a) => (a as *mut libc::c_void, libc::MAP_FIXED_NOREPLACE),
         };
         let fd = spec.fd.unwrap_or(-1);
@@ -349,6 +367,22 @@ mod tests {
             Region::map(&spec, 0, Placement::Any).unwrap_err(),
             Error::Einval
         );
+    }
+
+    #[test]
+    fn low_fixed_addresses_are_refused() {
+        let min = min_fixed_address();
+        assert!(min >= page_size());
+        let spec = MapSpec {
+            prot: libc::PROT_READ,
+            flags: libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            fd: None,
+            offset: 0,
+        };
+        for a in [0, min - page_size()] {
+            let e = Region::map(&spec, 4096, Placement::Exact(a)).unwrap_err();
+            assert_eq!(e, Error::Einval, "address {a:#x}");
+        }
     }
 
     #[test]

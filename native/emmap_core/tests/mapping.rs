@@ -400,3 +400,22 @@ fn boxed_in_fixed_mapping_refuses_to_grow_and_changes_nothing() {
         [3u8; 4096]
     );
 }
+
+/// `{address, A}` below `vm.mmap_min_addr` (page 0 included) is `einval`: running as root,
+/// `{address, 1}` mapped the file at address 0, the null page, and `info` then reported
+/// address 0 as for a closed handle.
+#[test]
+fn fixed_addresses_below_the_kernel_minimum_are_refused() {
+    let min = emmap_core::region::min_fixed_address() as u64;
+    for a in [1, 4095, min - 1] {
+        let mut o = opts(&["anon", "write"]);
+        o.apply("address", Some(a)).unwrap();
+        assert_eq!(
+            Mapping::open(None, 0, 4096, o).unwrap_err(),
+            Error::Einval,
+            "address {a:#x}"
+        );
+    }
+    let m = Mapping::open(None, 0, 4096, opts(&["anon"])).unwrap();
+    assert!(m.info().address as u64 >= min);
+}
