@@ -130,6 +130,8 @@ open(File, Options) ->
 %% @doc Maps `Len' bytes of `File' starting at byte `Offset' (which need not be page
 %% aligned). `Len = 0' maps the rest of an existing file, or `{size, N}' bytes.
 %% A new file needs `create' and a length. With `anon' the file name is ignored.
+%% A file that cannot be mapped (a FIFO, a socket, a device, a `/proc' or `/sys' file) is
+%% `{error, einval}' at once: opening never waits.
 -spec open(filename(), non_neg_integer(), non_neg_integer(), [open_option()]) ->
           {ok, mmap_file()} | {error, posix_reason()}.
 open(File, Offset, Len, Options)

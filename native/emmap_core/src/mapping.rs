@@ -128,15 +128,28 @@ impl Access<'_> {
     }
 }
 
+/// Opens the file to map. Nothing that cannot be mapped may make this wait: a FIFO opened
+/// for reading waits for a writer (and holds a dirty scheduler meanwhile), a device's open
+/// may wait too. So anything that is not a regular file (or a directory, which gets its
+/// own error) is refused before it is opened, and the open is non-blocking, so that a
+/// FIFO put in its place meanwhile cannot block either; `map_file` then checks what was
+/// opened. `O_NONBLOCK` is cleared again once the file is known to be a regular one.
 fn open_file(path: &Path, opts: &Options) -> Result<(File, bool)> {
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return Err(Error::Einval);
+    }
     let rw = opts.write || opts.truncate || opts.fit;
     let mut o = OpenOptions::new();
-    o.read(true).write(rw);
+    o.read(true).write(rw).custom_flags(libc::O_NONBLOCK);
     match o.open(path) {
         Ok(f) => Ok((f, false)),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) && opts.create => {
             let mut c = OpenOptions::new();
-            c.read(true).write(true).create_new(true).mode(opts.chmod);
+            c.read(true)
+                .write(true)
+                .create_new(true)
+                .mode(opts.chmod)
+                .custom_flags(libc::O_NONBLOCK);
             match c.open(path) {
                 Ok(f) => Ok((f, true)),
                 // Someone else created it in between: open theirs.
@@ -144,7 +157,34 @@ fn open_file(path: &Path, opts: &Options) -> Result<(File, bool)> {
                 Err(e) => Err(e.into()),
             }
         }
+        // A socket (swapped in after the check above) cannot be opened at all.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Err(Error::Einval),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// File systems whose regular files are not data that can be mapped: `/proc`, `/sys`.
+fn pseudo_file_system(f: &File) -> bool {
+    const PROC_SUPER_MAGIC: libc::c_long = 0x9fa0;
+    const SYSFS_MAGIC: libc::c_long = 0x6265_6572;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: fstatfs fills the buffer it is given (of the right type) for an open fd.
+    if unsafe { libc::fstatfs(f.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: initialised by the successful call above.
+    let kind = unsafe { st.assume_init() }.f_type;
+    matches!(kind as libc::c_long, PROC_SUPER_MAGIC | SYSFS_MAGIC)
+}
+
+/// Clears the `O_NONBLOCK` that `open_file` opened with (it has no use on a regular file).
+fn clear_nonblock(f: &File) {
+    // SAFETY: F_GETFL and F_SETFL only read and set the status flags of an fd we own.
+    unsafe {
+        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
     }
 }
 
@@ -238,9 +278,10 @@ impl Mapping {
         if meta.is_dir() {
             return Err(Error::Os(libc::EISDIR));
         }
-        if !meta.is_file() {
+        if !meta.is_file() || pseudo_file_system(&file) {
             return Err(Error::Einval);
         }
+        clear_nonblock(&file);
         // Decide everything first, change the file last: an open that fails leaves an
         // existing file as it was (a created one is removed by the caller).
         let truncate = opts.truncate && !created;

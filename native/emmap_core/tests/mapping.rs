@@ -1,5 +1,6 @@
 use emmap_core::atomics::Op;
 use emmap_core::{Error, Line, Mapping, Options, Whence};
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 fn opts(items: &[&str]) -> Options {
@@ -418,4 +419,59 @@ fn fixed_addresses_below_the_kernel_minimum_are_refused() {
     }
     let m = Mapping::open(None, 0, 4096, opts(&["anon"])).unwrap();
     assert!(m.info().address as u64 >= min);
+}
+
+/// Files that cannot be mapped are `einval` at once, whatever the options: a FIFO (whose
+/// read-only open waited for a writer, holding a dirty scheduler), a socket, character
+/// devices, `/proc` and `/sys` files. Each open runs in a thread, so a blocked one fails
+/// the test (after a generous wait) instead of hanging it.
+#[test]
+fn special_files_are_refused_without_blocking() {
+    let d = tempfile::tempdir().unwrap();
+    let fifo = d.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads a C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let sock = d.path().join("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let mut paths = vec![
+        fifo.clone(),
+        sock,
+        "/dev/zero".into(),
+        "/dev/null".into(),
+        "/proc/self/status".into(),
+        "/proc/self/maps".into(),
+    ];
+    let sys = Path::new("/sys/kernel/mm/transparent_hugepage/enabled");
+    if sys.exists() {
+        paths.push(sys.into());
+    }
+    let sets: [&[&str]; 4] = [
+        &["read"],
+        &["write", "shared"],
+        &["write", "shared", "create"],
+        &["write", "shared", "fit"],
+    ];
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut n = 0;
+    for p in &paths {
+        for set in sets {
+            let (tx, p) = (tx.clone(), p.clone());
+            let o = opts(set);
+            n += 1;
+            std::thread::spawn(move || {
+                let len = if o.create || o.fit { 4096 } else { 0 };
+                let r = Mapping::open(Some(&p), 0, len, o).map(|_| ());
+                let _ = tx.send((p, set, r));
+            });
+        }
+    }
+    for _ in 0..n {
+        let (p, set, r) = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("an open of a special file blocked");
+        assert_eq!(r, Err(Error::Einval), "{p:?} {set:?}");
+    }
+    // Nothing was created or changed.
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
 }
