@@ -169,7 +169,8 @@ debug_report(Event, Info, Result, Report) ->
     ?LOG_NOTICE(maps:merge(maps:with(Keys, Info), Report#{emmap => Event, result => Result})).
 
 path_to_binary(File) when is_binary(File) ->
-    no_nul(File);
+    %% A copy: the path may be a `direct' binary that another process is changing.
+    no_nul(binary:copy(File));
 path_to_binary(File) when is_list(File); is_atom(File) ->
     Flat = try filename:flatten(File) catch _:_ -> erlang:error(badarg) end,
     case unicode:characters_to_binary(Flat, unicode, file:native_name_encoding()) of
@@ -222,7 +223,11 @@ info(_) -> erlang:error(badarg).
 
 %% @doc Reads up to `Len' bytes at `Pos'. Returns fewer bytes at the end of the mapping and
 %% `eof' at or past it, or for `Len = 0' (as raw files do). In `direct' mode the binary
-%% points into the mapping and shows later writes.
+%% points into the mapping and shows later writes: it is mutable. A BIF that parses a
+%% binary (`binary_to_term/1', `unicode:characters_to_list/2', `binary_to_atom/2', ...)
+%% while another process or OS process writes its bytes can return garbage, create a
+%% broken atom or crash the VM. Copy it first (`binary:copy/1'), or read through a second
+%% handle opened without `direct', when anything may write those bytes meanwhile.
 -spec pread(mmap_file(), integer(), non_neg_integer()) ->
           {ok, binary()} | eof | {error, posix_reason()}.
 pread(?H(R), Pos, Len) when ?IS_POS(Pos), is_integer(Len), Len >= 0, Len =< ?DIRTY_COPY ->

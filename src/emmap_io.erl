@@ -47,7 +47,8 @@
 -record(st, {h :: emmap:mmap_file(),
              mref :: reference(),
              mode = list :: list | binary,
-             enc = latin1 :: enc()}).
+             enc = latin1 :: enc(),
+             direct = false :: boolean()}).     % the handle reads `direct' binaries
 
 %% Encodings a request may carry (the I/O protocol has these two).
 -define(IS_REQ_ENC(E), (E =:= latin1 orelse E =:= unicode)).
@@ -192,7 +193,8 @@ init(Owner, H, Mode, Enc) ->
     %% The monitor tells when the owner exits, whatever its reason (a link's exit signal
     %% says nothing for `normal', and is lost if it came before trap_exit was set).
     MRef = erlang:monitor(process, Owner),
-    loop(#st{h = H, mref = MRef, mode = Mode, enc = Enc}).
+    #{direct := Direct} = emmap:info(H),
+    loop(#st{h = H, mref = MRef, mode = Mode, enc = Enc, direct = Direct}).
 
 %% @private
 %% @doc The device process's loop. It survives reloads of this module: after each message
@@ -334,10 +336,34 @@ put_chars(Chars, latin1, #st{h = H, enc = latin1}) ->
         error -> {error, badarg}
     end;
 put_chars(Chars, InEnc, #st{h = H, enc = Enc}) ->
-    case unicode:characters_to_binary(Chars, InEnc, Enc) of
+    case unicode:characters_to_binary(owned(Chars), InEnc, Enc) of
         Bin when is_binary(Bin) -> emmap:write(H, Bin);
         _ -> {error, {no_translation, InEnc, Enc}}
     end.
+
+%% Chardata from a client, with every binary in it copied before a unicode BIF converts
+%% it: a binary may be a `direct' one of some mapping, whose bytes another process may
+%% change while the BIF reads them twice (to size the result, then to fill it), which can
+%% crash the VM. A copy cannot change.
+owned(B) when is_binary(B) -> binary:copy(B);
+owned([H | T]) -> [owned(H) | owned(T)];
+owned(X) -> X.
+
+%% Whether every byte is below 128 (eight at a time while they are).
+is_ascii(<<W:64, Rest/binary>>) when W band 16#8080808080808080 =:= 0 -> is_ascii(Rest);
+is_ascii(<<C, Rest/binary>>) when C < 128 -> is_ascii(Rest);
+is_ascii(<<>>) -> true;
+is_ascii(_) -> false.
+
+%% Bytes read from the mapping at Pos, for parsing: with `direct' they would point into
+%% the mapping (see owned/1), so they are copied.
+pread_owned(H, Pos, Len, #st{direct = true}) ->
+    case emmap:pread(H, Pos, Len) of
+        {ok, Bin} -> {ok, binary:copy(Bin)};
+        Other -> Other
+    end;
+pread_owned(H, Pos, Len, #st{}) ->
+    emmap:pread(H, Pos, Len).
 
 to_bytes(Bin) when is_binary(Bin) -> {ok, Bin};
 to_bytes(Data) ->
@@ -348,9 +374,19 @@ to_bytes(Data) ->
 get_chars(0, OutEnc, #st{mode = Mode, enc = Enc}) ->
     {ok, Empty} = cast(<<>>, Mode, Enc, OutEnc),
     Empty;
-get_chars(N, OutEnc, #st{h = H, mode = Mode, enc = latin1}) ->
+get_chars(N, OutEnc, #st{h = H, mode = Mode, enc = latin1, direct = Direct}) ->
     %% One byte per character: the converted form always exists.
     case emmap:read(H, N) of
+        {ok, Bin} when Direct, Mode =:= binary, OutEnc =/= latin1 ->
+            %% A `direct' binary is not given to a BIF to convert (see owned/1): ASCII is
+            %% the same bytes in UTF-8, returned as read; anything else converts a copy.
+            case is_ascii(Bin) of
+                true ->
+                    Bin;
+                false ->
+                    {ok, Data} = cast(binary:copy(Bin), Mode, latin1, OutEnc),
+                    Data
+            end;
         {ok, Bin} ->
             {ok, Data} = cast(Bin, Mode, latin1, OutEnc),
             Data;
@@ -363,9 +399,9 @@ get_chars(N, OutEnc, #st{h = H} = S) ->
         Error -> Error
     end.
 
-get_chars_at(P, N, OutEnc, #st{h = H, mode = Mode, enc = Enc}) ->
+get_chars_at(P, N, OutEnc, #st{h = H, mode = Mode, enc = Enc} = S) ->
     Want = N * 4,                               % no character takes more than 4 bytes
-    case emmap:pread(H, P, Want) of
+    case pread_owned(H, P, Want, S) of
         {ok, Bin} ->
             case char_prefix(Bin, N, Enc, byte_size(Bin) < Want, OutEnc) of
                 {ok, Len} ->
@@ -443,10 +479,10 @@ incomplete(Rest, Enc) ->
     end.
 
 %% The bytes of one line (through the first newline, `\r\n' returned as `\n'), converted.
-get_line(OutEnc, #st{h = H, mode = Mode, enc = Enc}) ->
+get_line(OutEnc, #st{h = H, mode = Mode, enc = Enc} = S) ->
     case emmap:position(H, cur) of
         {ok, P} ->
-            case find_line(H, P, Enc) of
+            case find_line(P, S) of
                 {ok, Line, Len} -> deliver(H, P + Len, Line, Mode, Enc, OutEnc);
                 Other -> Other
             end;
@@ -466,13 +502,13 @@ deliver(H, NewPos, Bytes, Mode, Enc, OutEnc) ->
     end.
 
 %% {ok, Line, BytesConsumed} | eof | {error, _}. Reads in growing steps from P.
-find_line(H, P, Enc) ->
+find_line(P, #st{enc = Enc} = S) ->
     NL = unicode:characters_to_binary("\n", unicode, Enc),
     CR = unicode:characters_to_binary("\r", unicode, Enc),
-    find_line(H, P, NL, CR, <<>>, ?FIRST_CHUNK).
+    find_line(P, NL, CR, <<>>, ?FIRST_CHUNK, S).
 
-find_line(H, P, NL, CR, Acc, Step) ->
-    case emmap:pread(H, P + byte_size(Acc), Step) of
+find_line(P, NL, CR, Acc, Step, #st{h = H} = S) ->
+    case pread_owned(H, P + byte_size(Acc), Step, S) of
         eof when Acc =:= <<>> ->
             eof;
         eof ->
@@ -485,7 +521,7 @@ find_line(H, P, NL, CR, Acc, Step) ->
                 nomatch when byte_size(Bin) < Step ->
                     {ok, All, byte_size(All)};  % the end of the mapping: a last line
                 nomatch ->
-                    find_line(H, P, NL, CR, All, min(Step * 2, ?MAX_CHUNK));
+                    find_line(P, NL, CR, All, min(Step * 2, ?MAX_CHUNK), S);
                 I when I >= W, binary_part(All, I - W, W) =:= CR ->
                     {ok, <<(binary_part(All, 0, I - W))/binary, NL/binary>>, I + W};
                 I ->
@@ -523,7 +559,7 @@ get_until(OutEnc, MFA, #st{h = H} = S) ->
 %% Fed: where the bytes given to the function end; Pending: bytes after Fed that do not
 %% yet make a whole character.
 until(Cont, Fed, Pending, Step, OutEnc, MFA, #st{h = H, mode = Mode, enc = Enc} = S) ->
-    case emmap:pread(H, Fed + byte_size(Pending), Step) of
+    case pread_owned(H, Fed + byte_size(Pending), Step, S) of
         eof when Pending =:= <<>> ->
             feed(Cont, eof, Fed, ok, Step, OutEnc, MFA, S);
         eof ->
