@@ -159,6 +159,8 @@ open(File, Options) ->
 %% @doc Maps `Len' bytes of `File' starting at byte `Offset' (which need not be page
 %% aligned). `Len = 0' maps the rest of an existing file, or `{size, N}' bytes.
 %% A new file needs `create' and a length. With `anon' the file name is ignored.
+%% A file that cannot be mapped (a FIFO, a socket, a device, a `/proc' or `/sys' file) is
+%% `{error, einval}' at once: opening never waits.
 -spec open(filename(), non_neg_integer(), non_neg_integer(), [open_option()]) ->
           {ok, mmap_file()} | {error, posix_reason()}.
 open(File, Offset, Len, Options)
@@ -196,7 +198,8 @@ debug_report(Event, Info, Result, Report) ->
     ?LOG_NOTICE(maps:merge(maps:with(Keys, Info), Report#{emmap => Event, result => Result})).
 
 path_to_binary(File) when is_binary(File) ->
-    no_nul(File);
+    %% A copy: the path may be a `direct' binary that another process is changing.
+    no_nul(binary:copy(File));
 path_to_binary(File) when is_list(File); is_atom(File) ->
     Flat = try filename:flatten(File) catch _:_ -> erlang:error(badarg) end,
     case unicode:characters_to_binary(Flat, unicode, file:native_name_encoding()) of
@@ -261,7 +264,11 @@ sigbus_handler() ->
 
 %% @doc Reads up to `Len' bytes at `Pos'. Returns fewer bytes at the end of the mapping and
 %% `eof' at or past it, or for `Len = 0' (as raw files do). In `direct' mode the binary
-%% points into the mapping and shows later writes.
+%% points into the mapping and shows later writes: it is mutable. A BIF that parses a
+%% binary (`binary_to_term/1', `unicode:characters_to_list/2', `binary_to_atom/2', ...)
+%% while another process or OS process writes its bytes can return garbage, create a
+%% broken atom or crash the VM. Copy it first (`binary:copy/1'), or read through a second
+%% handle opened without `direct', when anything may write those bytes meanwhile.
 -spec pread(mmap_file(), integer(), non_neg_integer()) ->
           {ok, binary()} | eof | {error, posix_reason()}.
 pread(?H(R), Pos, Len) when ?IS_POS(Pos), is_integer(Len), Len >= 0, Len =< ?DIRTY_COPY ->
@@ -301,7 +308,9 @@ pread_list(_M, _, _) ->
     erlang:error(badarg).
 
 %% @doc Writes `Data' at `Pos': all of it, or nothing and `{error, einval}' if it does not
-%% fit in the mapping. A read-only mapping answers `{error, eacces}'.
+%% fit in the mapping. Empty `Data' needs no room: `ok' at any position from 0 to
+%% 2^63 - 1, past the end too, as for a raw file. A read-only mapping answers
+%% `{error, eacces}'.
 -spec pwrite(mmap_file(), integer(), iodata()) -> ok | {error, posix_reason()}.
 pwrite(?H(R), Pos, Bin) when is_binary(Bin), byte_size(Bin) =< ?DIRTY_WRITE, ?IS_POS(Pos) ->
     pwrite_nif(R, Pos, Bin);
@@ -367,6 +376,9 @@ read_line(_) ->
     erlang:error(badarg).
 
 %% @doc Writes `Data' at the handle's position and advances it past the bytes written.
+%% Processes sharing the handle each get a range of their own (the range is reserved with
+%% a compare-and-swap of the position). `{error, einval}' if it does not fit, and then the
+%% position stays; empty `Data' is `ok' wherever the position is.
 -spec write(mmap_file(), iodata()) -> ok | {error, posix_reason()}.
 write(?H(R), Data) ->
     Bin = to_binary(Data),
@@ -378,7 +390,9 @@ write(_, _) ->
     erlang:error(badarg).
 
 %% @doc Sets the handle's position, as `file:position/2' does. Positions past the end are
-%% allowed (reads there give `eof'); negative ones are `{error, einval}'.
+%% allowed (reads there give `eof') up to 2^63 - 1, the largest file offset; a negative
+%% one, or one past 2^63 - 1, is `{error, einval}' and the position stays (a raw file
+%% answers `{error, badarg}' where `Location' is outside the signed 64-bit range).
 -spec position(mmap_file(), Location) -> {ok, non_neg_integer()} | {error, posix_reason()}
       when Location :: integer() | {bof | cur | eof, integer()} | bof | cur | eof.
 position(?H(R), Where) ->
@@ -760,9 +774,12 @@ open_counters(File) ->
     open_counters(File, 0).
 
 %% @doc Opens (creating if needed) a file of `N' persistent 64-bit counters, all 0 in a
-%% new file. `N = 0' takes the count from an existing file's header. An existing file
-%% with a different count, a wrong size, or an unreadable header raises
-%% `{emmap_counters, File, Reason}'; nothing in it is changed.
+%% new file. `N = 0' takes the count from an existing file's header. Only a new file, or
+%% one of the right size that holds nothing but zeros, is initialised. Raises
+%% `{emmap_counters, File, Reason}', changing nothing in the file, for an existing file of
+%% another size than `16 + 8 * N' (`size_mismatch'), one whose header is not a counters
+%% header or does not describe the file (`bad_header'), or one `open/4' refuses (its
+%% reason, such as `enoent').
 -spec open_counters(filename(), non_neg_integer()) -> counters().
 open_counters(File, N) when is_integer(N), N >= 0, N < (1 bsl 56) ->
     Size = 16 + 8 * N,
@@ -777,24 +794,12 @@ open_counters(File, N) when is_integer(N), N >= 0, N < (1 bsl 56) ->
             {error, Why} -> counters_fail(File, Why)
         end,
     #{exist := Existed, size := FileSize} = info(M),
-    case counters_header(M, Existed, 20) of
-        {ok, HN} when (HN =:= N orelse N =:= 0), FileSize =:= 16 + 8 * HN, HN > 0 ->
-            {M, HN};
+    case counters_setup(M, N, Existed, FileSize, 2) of
         {ok, HN} ->
+            {M, HN};
+        {error, Why2} ->
             close(M),
-            counters_fail(File, {counters_mismatch, HN});
-        none when N > 0, FileSize =:= Size ->
-            %% New file, or one of the right size without a header: initialise it.
-            %% The count goes in first and the magic last, so a concurrent opener that
-            %% sees the magic also sees the count.
-            [ok = patomic_write_integer(M, 16 + 8 * I, 0) || Existed, I <- lists:seq(0, N - 1)],
-            ok = pwrite(M, 8, <<N:64/little>>),
-            <<Magic:64/signed-native>> = <<?COUNTERS_MAGIC>>,
-            ok = patomic_write_integer(M, 0, Magic),
-            {M, N};
-        none ->
-            close(M),
-            counters_fail(File, bad_header)
+            counters_fail(File, Why2)
     end;
 open_counters(_, _) ->
     erlang:error(badarg).
@@ -803,17 +808,59 @@ open_counters(_, _) ->
 counters_fail(File, Why) ->
     erlang:error({emmap_counters, File, Why}).
 
-%% A valid header's count, or `none'. A file that is being initialised by another
-%% process (right size, zero header) is given a few milliseconds to get its header.
-counters_header(M, Existed, Tries) ->
+%% `{ok, Count}' for a valid header that describes the file, after initialising a new or
+%% all-zero file; else `{error, bad_header}', having written nothing. Another opener may be
+%% initialising the same new file: the steps are the same for both (the count, then the
+%% magic with a compare-and-swap from 0), so whichever comes second finds the header
+%% written or writes the same bytes; Retries bounds the rereads this takes.
+counters_setup(M, N, Existed, FileSize, Retries) ->
+    <<Magic:64/signed-native>> = <<?COUNTERS_MAGIC>>,
+    case counters_header(M, N, Existed, 20) of
+        {ok, HN} when HN > 0, FileSize =:= 16 + 8 * HN, HN =:= N orelse N =:= 0 ->
+            {ok, HN};
+        {zero, HN} when N > 0, HN =:= 0 orelse HN =:= N, Retries > 0 ->
+            %% New, or all zeros so far (a magic of 0 and a count of 0 or N: nothing to
+            %% lose), or being initialised by another opener right now.
+            case not Existed orelse all_zero(M, 16, FileSize) of
+                true ->
+                    ok = pwrite(M, 8, <<N:64/little>>),
+                    _ = patomic_cas(M, 0, 0, Magic),
+                    counters_setup(M, N, Existed, FileSize, Retries - 1);
+                false ->
+                    %% a counter is set: another opener may have just finished
+                    counters_setup(M, N, Existed, FileSize, Retries - 1)
+            end;
+        _ ->
+            {error, bad_header}
+    end.
+
+%% `{ok, Count}' for a counters header, `{zero, Count}' for a magic that is still 0, else
+%% `bad'. An existing file without a magic may be being initialised by another process
+%% (the count is written first, then the magic): for `N = 0' (which cannot initialise it),
+%% that process is given a few milliseconds to finish.
+counters_header(M, N, Existed, Tries) ->
     case pread(M, 0, 16) of
         {ok, <<"EMMAP", _, _, $\n, HN:64/little>>} ->
             {ok, HN};
-        {ok, <<0:128>>} when Existed, Tries > 0 ->
+        {ok, <<0:64, _:64>>} when N =:= 0, Existed, Tries > 0 ->
             timer:sleep(1),
-            counters_header(M, Existed, Tries - 1);
+            counters_header(M, N, Existed, Tries - 1);
+        {ok, <<0:64, HN:64/little>>} ->
+            {zero, HN};
         _ ->
-            none
+            bad
+    end.
+
+%% Whether bytes [Pos, End) of the mapping are all zero (read in chunks of 64 KiB).
+all_zero(_M, Pos, End) when Pos >= End ->
+    true;
+all_zero(M, Pos, End) ->
+    Len = min(65536, End - Pos),
+    case pread(M, Pos, Len) of
+        {ok, Bin} when byte_size(Bin) =:= Len ->
+            Bin =:= <<0:(Len * 8)>> andalso all_zero(M, Pos + Len, End);
+        _ ->
+            false
     end.
 
 %% @doc Closes a counters file. The values are already in the file.

@@ -28,6 +28,8 @@
 -include_lib("kernel/include/file.hrl").
 
 -export([open/2, open/4, from_handle/1, from_handle/2, format_error/1]).
+%% The device process's loop, entered again after each request (see loop/1).
+-export([loop/1]).
 
 -export_type([io_option/0, encoding/0]).
 
@@ -45,7 +47,8 @@
 -record(st, {h :: emmap:mmap_file(),
              mref :: reference(),
              mode = list :: list | binary,
-             enc = latin1 :: enc()}).
+             enc = latin1 :: enc(),
+             direct = false :: boolean()}).     % the handle reads `direct' binaries
 
 %% Encodings a request may carry (the I/O protocol has these two).
 -define(IS_REQ_ENC(E), (E =:= latin1 orelse E =:= unicode)).
@@ -190,33 +193,48 @@ init(Owner, H, Mode, Enc) ->
     %% The monitor tells when the owner exits, whatever its reason (a link's exit signal
     %% says nothing for `normal', and is lost if it came before trap_exit was set).
     MRef = erlang:monitor(process, Owner),
-    loop(#st{h = H, mref = MRef, mode = Mode, enc = Enc}).
+    #{direct := Direct} = emmap:info(H),
+    loop(#st{h = H, mref = MRef, mode = Mode, enc = Enc, direct = Direct}).
 
+%% @private
+%% @doc The device process's loop. It survives reloads of this module: after each message
+%% it calls itself by its full name (so it runs the newest code from then on), and it waits
+%% for the next message hibernated (so while it waits no code of this module is in use:
+%% when `c:l/1' purges the old code, a process still running that code would be killed,
+%% and through the link its owner). Hibernating costs a garbage collection when the
+%% mailbox runs empty (about a microsecond); while requests keep coming it does not wait.
+%%
+%% Serving a request creates no fun: on OTP 25 the VM can crash when a process creates a
+%% fun of a module while that module is being reloaded over itself (erlang/otp#6541, fixed
+%% in OTP 26), so the code below passes atoms and tuples saying what to do instead.
+-spec loop(#st{}) -> no_return().
 loop(#st{h = H, mref = MRef} = S) ->
     receive
         {io_request, From, ReplyAs, Request} when is_pid(From) ->
-            {Reply, S1} = guarded(fun io_request/2, Request, S),
+            {Reply, S1} = guarded(io, Request, S),
             From ! {io_reply, ReplyAs, Reply},
-            loop(S1);
+            ?MODULE:loop(S1);
         {file_request, From, ReplyAs, close} when is_pid(From) ->
             Reply = emmap:close(H),
             From ! {file_reply, ReplyAs, Reply},
             exit(normal);
         {file_request, From, ReplyAs, Request} when is_pid(From) ->
-            {Reply, S1} = guarded(fun file_request/2, Request, S),
+            {Reply, S1} = guarded(file, Request, S),
             From ! {file_reply, ReplyAs, Reply},
-            loop(S1);
+            ?MODULE:loop(S1);
         {'DOWN', MRef, process, _, Reason} ->
             %% The owner has exited.
             stop(Reason, S);
         {'EXIT', _, normal} ->
-            loop(S);
+            ?MODULE:loop(S);
         {'EXIT', _, Reason} ->
             %% An exit signal (from the owner's link or from exit/2) stops the process as
             %% it would stop one that does not trap exits, but the mapping is closed first.
             stop(Reason, S);
         _ ->
-            loop(S)
+            ?MODULE:loop(S)
+    after 0 ->
+        erlang:hibernate(?MODULE, loop, [S])
     end.
 
 -spec stop(term(), #st{}) -> no_return().
@@ -224,12 +242,15 @@ stop(Reason, #st{h = H}) ->
     ok = emmap:close(H),
     exit(Reason).
 
-%% Runs one request. Nothing a client sends may end the process: an exception is answered
-%% with `{error, badarg}' (and the position is put back).
-guarded(Fun, Request, #st{h = H} = S) ->
+%% Runs one request of Kind (`io' or `file'). Nothing a client sends may end the process:
+%% an exception is answered with `{error, badarg}' (and the position is put back).
+guarded(Kind, Request, #st{h = H} = S) ->
     Before = emmap:position(H, cur),
     try
-        Fun(Request, S)
+        case Kind of
+            io -> io_request(Request, S);
+            file -> file_request(Request, S)
+        end
     catch
         _:_ ->
             restore(H, Before),
@@ -239,11 +260,12 @@ guarded(Fun, Request, #st{h = H} = S) ->
 restore(H, {ok, P}) -> _ = emmap:position(H, P), ok;
 restore(_H, _) -> ok.
 
-%% Fun() after moving to At; a failure puts the position back.
-at_location(H, At, Fun) ->
+%% A pread or pwrite: the read or write after moving to At; a failure puts the position
+%% back.
+at_location(H, At, What, S) ->
     Before = emmap:position(H, cur),
     Reply = case emmap:position(H, At) of
-                {ok, _} -> Fun();
+                {ok, _} -> located(What, S);
                 Error -> Error
             end,
     case Reply of
@@ -299,7 +321,7 @@ io_request(_, S) ->
 requests([], Last, S) ->
     {Last, S};
 requests([R | Rs], _, S) ->
-    case guarded(fun io_request/2, R, S) of
+    case guarded(io, R, S) of
         {{error, _}, _} = Failed -> Failed;
         {Reply, S1} -> requests(Rs, Reply, S1)
     end;
@@ -314,10 +336,34 @@ put_chars(Chars, latin1, #st{h = H, enc = latin1}) ->
         error -> {error, badarg}
     end;
 put_chars(Chars, InEnc, #st{h = H, enc = Enc}) ->
-    case unicode:characters_to_binary(Chars, InEnc, Enc) of
+    case unicode:characters_to_binary(owned(Chars), InEnc, Enc) of
         Bin when is_binary(Bin) -> emmap:write(H, Bin);
         _ -> {error, {no_translation, InEnc, Enc}}
     end.
+
+%% Chardata from a client, with every binary in it copied before a unicode BIF converts
+%% it: a binary may be a `direct' one of some mapping, whose bytes another process may
+%% change while the BIF reads them twice (to size the result, then to fill it), which can
+%% crash the VM. A copy cannot change.
+owned(B) when is_binary(B) -> binary:copy(B);
+owned([H | T]) -> [owned(H) | owned(T)];
+owned(X) -> X.
+
+%% Whether every byte is below 128 (eight at a time while they are).
+is_ascii(<<W:64, Rest/binary>>) when W band 16#8080808080808080 =:= 0 -> is_ascii(Rest);
+is_ascii(<<C, Rest/binary>>) when C < 128 -> is_ascii(Rest);
+is_ascii(<<>>) -> true;
+is_ascii(_) -> false.
+
+%% Bytes read from the mapping at Pos, for parsing: with `direct' they would point into
+%% the mapping (see owned/1), so they are copied.
+pread_owned(H, Pos, Len, #st{direct = true}) ->
+    case emmap:pread(H, Pos, Len) of
+        {ok, Bin} -> {ok, binary:copy(Bin)};
+        Other -> Other
+    end;
+pread_owned(H, Pos, Len, #st{}) ->
+    emmap:pread(H, Pos, Len).
 
 to_bytes(Bin) when is_binary(Bin) -> {ok, Bin};
 to_bytes(Data) ->
@@ -328,37 +374,43 @@ to_bytes(Data) ->
 get_chars(0, OutEnc, #st{mode = Mode, enc = Enc}) ->
     {ok, Empty} = cast(<<>>, Mode, Enc, OutEnc),
     Empty;
-get_chars(N, OutEnc, #st{h = H, mode = Mode, enc = latin1}) ->
+get_chars(N, OutEnc, #st{h = H, mode = Mode, enc = latin1, direct = Direct}) ->
     %% One byte per character: the converted form always exists.
     case emmap:read(H, N) of
+        {ok, Bin} when Direct, Mode =:= binary, OutEnc =/= latin1 ->
+            %% A `direct' binary is not given to a BIF to convert (see owned/1): ASCII is
+            %% the same bytes in UTF-8, returned as read; anything else converts a copy.
+            case is_ascii(Bin) of
+                true ->
+                    Bin;
+                false ->
+                    {ok, Data} = cast(binary:copy(Bin), Mode, latin1, OutEnc),
+                    Data
+            end;
         {ok, Bin} ->
             {ok, Data} = cast(Bin, Mode, latin1, OutEnc),
             Data;
         Other ->
             Other
     end;
-get_chars(N, OutEnc, #st{h = H, mode = Mode, enc = Enc}) ->
-    maybe_at_position(
-      H, fun(P) ->
-                 Want = N * 4,                  % no character takes more than 4 bytes
-                 case emmap:pread(H, P, Want) of
-                     {ok, Bin} ->
-                         case char_prefix(Bin, N, Enc, byte_size(Bin) < Want, OutEnc) of
-                             {ok, Len} ->
-                                 deliver(H, P + Len, binary_part(Bin, 0, Len), Mode, Enc,
-                                         OutEnc);
-                             Other ->
-                                 Other
-                         end;
-                     Other ->
-                         Other
-                 end
-         end).
-
-maybe_at_position(H, Fun) ->
+get_chars(N, OutEnc, #st{h = H} = S) ->
     case emmap:position(H, cur) of
-        {ok, P} -> Fun(P);
+        {ok, P} -> get_chars_at(P, N, OutEnc, S);
         Error -> Error
+    end.
+
+get_chars_at(P, N, OutEnc, #st{h = H, mode = Mode, enc = Enc} = S) ->
+    Want = N * 4,                               % no character takes more than 4 bytes
+    case pread_owned(H, P, Want, S) of
+        {ok, Bin} ->
+            case char_prefix(Bin, N, Enc, byte_size(Bin) < Want, OutEnc) of
+                {ok, Len} ->
+                    deliver(H, P + Len, binary_part(Bin, 0, Len), Mode, Enc, OutEnc);
+                Other ->
+                    Other
+            end;
+        Other ->
+            Other
     end.
 
 %% The byte length of the first N characters of Bin (or of all of them, when Bin holds
@@ -427,14 +479,16 @@ incomplete(Rest, Enc) ->
     end.
 
 %% The bytes of one line (through the first newline, `\r\n' returned as `\n'), converted.
-get_line(OutEnc, #st{h = H, mode = Mode, enc = Enc}) ->
-    maybe_at_position(
-      H, fun(P) ->
-                 case find_line(H, P, Enc) of
-                     {ok, Line, Len} -> deliver(H, P + Len, Line, Mode, Enc, OutEnc);
-                     Other -> Other
-                 end
-         end).
+get_line(OutEnc, #st{h = H, mode = Mode, enc = Enc} = S) ->
+    case emmap:position(H, cur) of
+        {ok, P} ->
+            case find_line(P, S) of
+                {ok, Line, Len} -> deliver(H, P + Len, Line, Mode, Enc, OutEnc);
+                Other -> Other
+            end;
+        Error ->
+            Error
+    end.
 
 %% Bytes read from the device as the request wants them; only once that worked does the
 %% position move past them (to NewPos).
@@ -448,13 +502,13 @@ deliver(H, NewPos, Bytes, Mode, Enc, OutEnc) ->
     end.
 
 %% {ok, Line, BytesConsumed} | eof | {error, _}. Reads in growing steps from P.
-find_line(H, P, Enc) ->
+find_line(P, #st{enc = Enc} = S) ->
     NL = unicode:characters_to_binary("\n", unicode, Enc),
     CR = unicode:characters_to_binary("\r", unicode, Enc),
-    find_line(H, P, NL, CR, <<>>, ?FIRST_CHUNK).
+    find_line(P, NL, CR, <<>>, ?FIRST_CHUNK, S).
 
-find_line(H, P, NL, CR, Acc, Step) ->
-    case emmap:pread(H, P + byte_size(Acc), Step) of
+find_line(P, NL, CR, Acc, Step, #st{h = H} = S) ->
+    case pread_owned(H, P + byte_size(Acc), Step, S) of
         eof when Acc =:= <<>> ->
             eof;
         eof ->
@@ -467,7 +521,7 @@ find_line(H, P, NL, CR, Acc, Step) ->
                 nomatch when byte_size(Bin) < Step ->
                     {ok, All, byte_size(All)};  % the end of the mapping: a last line
                 nomatch ->
-                    find_line(H, P, NL, CR, All, min(Step * 2, ?MAX_CHUNK));
+                    find_line(P, NL, CR, All, min(Step * 2, ?MAX_CHUNK), S);
                 I when I >= W, binary_part(All, I - W, W) =:= CR ->
                     {ok, <<(binary_part(All, 0, I - W))/binary, NL/binary>>, I + W};
                 I ->
@@ -497,12 +551,15 @@ find_unit(All, From, Unit) ->
 %% get_until: feeds the characters at the position to io_lib:get_until/4 (which calls
 %% M:F) in growing steps until it stops, then leaves the position after what it used.
 get_until(OutEnc, MFA, #st{h = H} = S) ->
-    maybe_at_position(H, fun(P) -> until(start, P, <<>>, ?FIRST_CHUNK, OutEnc, MFA, S) end).
+    case emmap:position(H, cur) of
+        {ok, P} -> until(start, P, <<>>, ?FIRST_CHUNK, OutEnc, MFA, S);
+        Error -> Error
+    end.
 
 %% Fed: where the bytes given to the function end; Pending: bytes after Fed that do not
 %% yet make a whole character.
 until(Cont, Fed, Pending, Step, OutEnc, MFA, #st{h = H, mode = Mode, enc = Enc} = S) ->
-    case emmap:pread(H, Fed + byte_size(Pending), Step) of
+    case pread_owned(H, Fed + byte_size(Pending), Step, S) of
         eof when Pending =:= <<>> ->
             feed(Cont, eof, Fed, ok, Step, OutEnc, MFA, S);
         eof ->
@@ -609,13 +666,17 @@ cast(Bin, list, latin1, _OutEnc) ->
 cast(Bin, list, Enc, OutEnc) ->
     case unicode:characters_to_list(Bin, Enc) of
         Chars when is_list(Chars) ->
-            case OutEnc =:= latin1 andalso lists:any(fun(C) -> C > 255 end, Chars) of
+            case OutEnc =:= latin1 andalso beyond_latin1(Chars) of
                 false -> {ok, Chars};
                 true -> {error, {no_translation, Enc, OutEnc}}
             end;
         _ ->
             {error, {no_translation, Enc, OutEnc}}
     end.
+
+beyond_latin1([C | _]) when C > 255 -> true;
+beyond_latin1([_ | Cs]) -> beyond_latin1(Cs);
+beyond_latin1([]) -> false.
 
 %% setopts: `binary', `list', `{binary, Bool}', `{list, Bool}', `{encoding, E}' and the
 %% atoms `latin1' and `unicode'. Another option: `{error, enotsup}'; an unknown encoding:
@@ -664,36 +725,42 @@ first(Old, _) -> Old.
 %%%===========================================================================
 
 file_request({pread, At, Size}, #st{h = H} = S) when is_integer(Size), Size >= 0 ->
-    {at_location(H, At, fun() ->
-                                case get_chars(Size, latin1, S) of
-                                    Data when is_list(Data); is_binary(Data) -> {ok, Data};
-                                    Other -> Other
-                                end
-                        end), S};
+    {at_location(H, At, {pread, Size}, S), S};
 file_request({pwrite, At, Data}, #st{h = H} = S) ->
-    {at_location(H, At, fun() -> put_chars(Data, latin1, S) end), S};
+    {at_location(H, At, {pwrite, Data}, S), S};
 file_request({position, At}, #st{h = H} = S) ->
     {emmap:position(H, At), S};
-file_request(truncate, #st{h = H} = S) ->
-    {forward(fun() -> file:truncate(H) end), S};
-file_request(sync, #st{h = H} = S) ->
-    {forward(fun() -> file:sync(H) end), S};
-file_request(datasync, #st{h = H} = S) ->
-    {forward(fun() -> file:datasync(H) end), S};
-file_request({advise, Offset, Length, Advice}, #st{h = H} = S) ->
-    {forward(fun() -> file:advise(H, Offset, Length, Advice) end), S};
-file_request({allocate, Offset, Length}, #st{h = H} = S) ->
-    {forward(fun() -> file:allocate(H, Offset, Length) end), S};
-file_request({read_handle_info, Opts}, #st{h = H} = S) ->
-    {forward(fun() -> file:read_file_info(H, Opts) end), S};
+file_request(Request, #st{h = H} = S)
+  when Request =:= truncate; Request =:= sync; Request =:= datasync;
+       element(1, Request) =:= advise, tuple_size(Request) =:= 4;
+       element(1, Request) =:= allocate, tuple_size(Request) =:= 3;
+       element(1, Request) =:= read_handle_info, tuple_size(Request) =:= 2 ->
+    {forward(Request, H), S};
 file_request(_, S) ->
     {{error, request}, S}.
 
-%% The handle's own answer. A call the handle's module does not implement answers
-%% `{error, enotsup}'; one it raises `badarg' (or another exception) for, `{error, badarg}'.
-forward(Fun) ->
-    try Fun()
+%% The read or write of a pread or pwrite, at the position.
+located({pread, Size}, S) ->
+    case get_chars(Size, latin1, S) of
+        Data when is_list(Data); is_binary(Data) -> {ok, Data};
+        Other -> Other
+    end;
+located({pwrite, Data}, S) ->
+    put_chars(Data, latin1, S).
+
+%% The handle's own answer to the same `file' call. A call the handle's module does not
+%% implement answers `{error, enotsup}'; one it raises `badarg' (or another exception)
+%% for, `{error, badarg}'.
+forward(Request, H) ->
+    try forward_call(Request, H)
     catch
         error:undef -> {error, enotsup};
         _:_ -> {error, badarg}
     end.
+
+forward_call(truncate, H) -> file:truncate(H);
+forward_call(sync, H) -> file:sync(H);
+forward_call(datasync, H) -> file:datasync(H);
+forward_call({advise, Offset, Length, Advice}, H) -> file:advise(H, Offset, Length, Advice);
+forward_call({allocate, Offset, Length}, H) -> file:allocate(H, Offset, Length);
+forward_call({read_handle_info, Opts}, H) -> file:read_file_info(H, Opts).

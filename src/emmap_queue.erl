@@ -151,7 +151,8 @@
 %% (and `create' when the file is missing). Useful ones: `fixed_size' (never grow: `push'
 %% returns `{error, full}' when the segment is full), `{max_inc_size, N}' (growth step,
 %% see the module doc), `auto_unlink' (remove a file this call creates once the queue is
-%% closed), `truncate' (discard an existing file and start afresh), `nolock'.
+%% closed), `truncate' (discard an existing file and start afresh), `nolock'. `direct' has
+%% no effect: terms are always decoded from a copy of the file's bytes.
 %%
 %% An existing file is mapped whole and `Size' is ignored (it may be 0); its header is
 %% checked and repaired as the module doc describes. A new file needs
@@ -163,7 +164,9 @@
           {ok, queue()} | failure().
 open(File, Size, Opts) when is_integer(Size), Size >= 0, is_list(Opts) ->
     _ = erlang:length(Opts),                    % badarg for an improper list
-    Base = [read, write, shared | Opts],
+    %% `direct' is left out: terms are decoded from the bytes read, and binary_to_term on
+    %% a `direct' binary whose bytes another process changes meanwhile can crash the VM.
+    Base = [read, write, shared | [O || O <- Opts, O =/= direct]],
     case emmap:open(File, 0, 0, Base) of
         {ok, M} ->
             attach(M);

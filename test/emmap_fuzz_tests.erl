@@ -505,7 +505,7 @@ result_ok(pwrite, 2, _, {error, {N, Reason}}) -> is_integer(N) andalso N >= 0 an
 result_ok(read, 2, [_, Len], R) -> read_ok(R, Len);
 result_ok(read_line, 1, _, R) -> R =:= eof orelse element(1, R) =:= ok andalso is_binary(element(2, R));
 result_ok(write, 2, _, R) -> R =:= ok;
-result_ok(position, 2, _, {ok, P}) -> is_integer(P) andalso P >= 0 andalso P =< ?U64;
+result_ok(position, 2, _, {ok, P}) -> is_integer(P) andalso P >= 0 andalso P =< ?I64MAX;
 result_ok(F, _, _, R) when F =:= flush; F =:= sync; F =:= datasync; F =:= advise -> R =:= ok;
 result_ok(truncate, 1, _, R) -> R =:= ok;
 result_ok(allocate, 3, _, R) -> R =:= ok;
@@ -579,14 +579,17 @@ positions_that_wrap_past_2_64_test() ->
                         fun(H, X) -> emmap:patomic_write_integer(H, X, 7) end]],
              %% a hint about bytes past the end is about nothing (as for files): no wrap
              ?assertEqual(ok, emmap:advise(M, ?U64 - 3, 8, normal)),
-             %% the handle position can sit near 2^64; a write from there must not wrap
+             %% the handle position can sit at 2^63 - 1, the largest file offset, and no
+             %% further (it could reach 2^64 - 1); a write from the top must not wrap
              {ok, ?I64MAX} = emmap:position(M, ?I64MAX),
-             ?assertEqual({ok, ?U64 - 3}, emmap:position(M, {cur, ?I64MAX - 2})),
+             ?assertEqual({error, einval}, emmap:position(M, {cur, ?I64MAX - 2})),
+             ?assertEqual({error, einval}, emmap:position(M, {cur, 1})),
+             ?assertEqual({ok, ?I64MAX}, emmap:position(M, cur)),
              ?assertEqual({error, einval}, emmap:write(M, Eight)),
              ?assertEqual(eof, emmap:read(M, 8)),
-             ?assertEqual({ok, ?U64 - 3}, emmap:position(M, cur)),
-             ?assertEqual({ok, ?U64}, emmap:position(M, {cur, 3})),
-             ?assertEqual({error, einval}, emmap:position(M, {cur, 1})),
+             ?assertEqual({ok, ?I64MAX - 3}, emmap:position(M, {cur, -3})),
+             ?assertEqual({error, einval}, emmap:write(M, Eight)),
+             ?assertEqual({ok, ?I64MAX - 3}, emmap:position(M, cur)),
              ?assertEqual({error, einval}, emmap:write(M, <<"x">>)),
              ?assertEqual(eof, emmap:read_line(M)),
              %% nothing was written anywhere

@@ -10,7 +10,7 @@
 -include_lib("eunit/include/eunit.hrl").
 -include_lib("kernel/include/file.hrl").
 
--export([child_reload/1, child_eval/1, child_other_library/1]).
+-export([child_reload/1, child_eval/1, child_other_library/1, child_io_reload/1]).
 
 %% The ways a module gets reloaded, in the order the child applies them.
 %%  c_l:         c:l/1 (purge old code, load the file: the NIF library's upgrade callback)
@@ -135,6 +135,134 @@ reload_keeps_module_and_handles_working_test_() ->
         try
             %% nothing else is printed: no warning report from a failed on_load either
             ?assertEqual({0, <<"result: ok\n">>}, child(child_reload, Dir))
+        after
+            _ = os:cmd("rm -rf " ++ Dir)
+        end
+    end}.
+
+%% Child VM: emmap_io loaded again and again (c:l/1 purges the code before the last
+%% load, so the second reload used to kill every device, and through the link its owner)
+%% while devices are open: idle ones, one in use by a client the whole time, and ones
+%% opened between reloads. After each reload every device answers and every owner lives.
+child_io_reload(Dir) ->
+    process_flag(trap_exit, true),
+    Self = self(),
+    P = fun(N) -> filename:join(Dir, N) end,
+    %% An owner opens a device, reports it and then serves requests to use it.
+    Owner = fun(Name, Open) ->
+                    spawn_link(fun() ->
+                                       {ok, D} = Open(P(Name)),
+                                       Self ! {device, self(), D},
+                                       owner_loop(D)
+                               end)
+            end,
+    Open1 = fun(F) -> emmap_io:open(F, [create, read, write, shared, {size, 4096}]) end,
+    Open2 = fun(F) -> emmap_io:open(F, [create, read, write, shared, binary,
+                                        {encoding, unicode}, {size, 4096}]) end,
+    Open3 = fun(F) ->
+                    {ok, M} = emmap:open(F, 0, 4096, [create, read, write, shared, direct]),
+                    emmap_io:from_handle(M, [binary])
+            end,
+    First = [Owner(N, O) || {N, O} <- [{"a", Open1}, {"b", Open2}, {"c", Open3}]],
+    Devices0 = [receive {device, O, D} -> {O, D} end || O <- First],
+    %% one device is used by a client during all reloads
+    {_, Busy} = hd(Devices0),
+    Client = spawn_link(fun() -> busy_client(Busy, 0) end),
+    Devices = lists:foldl(
+        fun(I, Ds) ->
+            %% c:l/1 purges the code the previous c:l/1 made old, then loads
+            {module, emmap_io} = c:l(emmap_io),
+            %% (a request that is being served while the code is purged is served by the
+            %% old code, and its process dies, as for any module: let the busy device
+            %% finish the request it was serving when the code was loaded)
+            client_progress(Client),
+            New = Owner("n" ++ integer_to_list(I), Open1),
+            Ds1 = [receive {device, New, NewD} -> {New, NewD} end | Ds],
+            [check_device(O, D, I) || {O, D} <- Ds1],
+            Ds1
+        end, Devices0, lists:seq(1, 3)),
+    Client ! {stop, self()},
+    N = receive {client, Count} -> Count end,
+    receive {'EXIT', Client, normal} -> ok end,
+    true = N > 0,
+    %% the last old code goes too; the devices, all waiting, are not in it
+    true = erlang:check_old_code(emmap_io),
+    true = code:purge(emmap_io) orelse true,
+    false = erlang:check_old_code(emmap_io),
+    [check_device(O, D, 4) || {O, D} <- Devices],
+    [begin
+         true = is_process_alive(O),
+         true = is_process_alive(D),
+         ok = file:close(D),
+         O ! stop
+     end || {O, D} <- Devices],
+    [receive {'EXIT', O, normal} -> ok end || {O, _} <- Devices],
+    receive {'EXIT', Pid, Why} -> {unexpected_exit, Pid, Why} after 0 -> ok end.
+
+owner_loop(D) ->
+    receive
+        {use, From, I} ->
+            %% (each request is done whole; a client of the same device may move the
+            %% position between two of them)
+            Line = iolist_to_binary(io_lib:format("reload ~w~n", [I])),
+            ok = file:pwrite(D, 0, Line),
+            {ok, Got} = file:pread(D, 0, byte_size(Line)),
+            From ! {used, self(), Got},
+            owner_loop(D);
+        stop ->
+            ok
+    end.
+
+%% The owner uses its device; the owner and the device are alive.
+check_device(Owner, D, I) ->
+    true = is_process_alive(D),
+    Owner ! {use, self(), I},
+    Want = lists:flatten(io_lib:format("reload ~w~n", [I])),
+    receive
+        {used, Owner, Got} ->
+            Want = unicode:characters_to_list(Got)
+    after 10000 ->
+        erlang:error({no_answer, Owner, D})
+    end.
+
+busy_client(D, N) ->
+    receive
+        {stop, From} -> From ! {client, N};
+        {count, From} -> From ! {client, N}, busy_client(D, N)
+    after 0 ->
+        %% requests along every path: file and I/O protocol, reads, writes, a term scan
+        {ok, _} = file:pread(D, 2048, 16),
+        ok = file:pwrite(D, 2048, <<"{busy, 1}.\n">>),
+        {ok, _} = file:position(D, 2048),
+        {ok, {busy, 1}} = io:read(D, ''),
+        _ = io:get_chars(D, '', 3),
+        _ = io:get_line(D, ''),
+        {ok, _} = file:read_file_info(D),
+        busy_client(D, N + 1)
+    end.
+
+%% Returns once the busy client has had two more requests answered.
+client_progress(Client) ->
+    Count = fun() ->
+                    Client ! {count, self()},
+                    receive {client, C} -> C after 10000 -> erlang:error(client_stuck) end
+            end,
+    N0 = Count(),
+    client_progress(Count, N0 + 2).
+
+client_progress(Count, Want) ->
+    case Count() >= Want of
+        true -> ok;
+        false -> timer:sleep(1), client_progress(Count, Want)
+    end.
+
+reload_emmap_io_keeps_devices_test_() ->
+    {timeout, 90, fun() ->
+        Dir = filename:join("/tmp", "emmap_reload_io_" ++ os:getpid() ++ "_"
+                            ++ integer_to_list(erlang:unique_integer([positive]))),
+        ok = filelib:ensure_dir(Dir ++ "/"),
+        try
+            ?assertEqual({0, <<"result: ok\n">>}, child(child_io_reload, Dir))
         after
             _ = os:cmd("rm -rf " ++ Dir)
         end

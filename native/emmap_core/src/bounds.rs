@@ -40,13 +40,27 @@ pub fn atomic_slot(base: usize, pos: u64, size: usize) -> Result<usize> {
     Ok(start)
 }
 
-/// New position for `file:position/2` semantics: `from` + `delta`, never negative.
+/// The largest file position: no file offset exceeds 2^63 - 1 (`off_t` is signed), and
+/// raw files refuse to go past it.
+pub const MAX_POS: u64 = i64::MAX as u64;
+
+/// New position for `file:position/2` semantics: `from` + `delta`, never negative and
+/// never past [`MAX_POS`].
 pub fn seek(from: u64, delta: i64) -> Result<u64> {
     let p = i128::from(from) + i128::from(delta);
-    if p < 0 || p > i128::from(u64::MAX) {
+    if p < 0 || p > i128::from(MAX_POS) {
         return Err(Error::Einval);
     }
     Ok(p as u64)
+}
+
+/// Whether an empty write at `pos` is accepted: it needs no room, so anywhere a file
+/// position can be (a raw file answers `ok` there too, and `einval` past [`MAX_POS`]).
+pub fn empty_write_ok(pos: u64) -> Result<()> {
+    if pos > MAX_POS {
+        return Err(Error::Einval);
+    }
+    Ok(())
 }
 
 /// The part of the mapping an `madvise` over `[off, off + len)` (len 0: to the end)
@@ -101,6 +115,12 @@ mod tests {
         assert_eq!(atomic_slot(0, u64::MAX, 16), Err(Error::Einval));
         assert_eq!(seek(u64::MAX, 1), Err(Error::Einval));
         assert_eq!(seek(0, i64::MIN), Err(Error::Einval));
+        assert_eq!(seek(4096, i64::MAX), Err(Error::Einval));
+        assert_eq!(seek(MAX_POS, 1), Err(Error::Einval));
+        assert_eq!(seek(MAX_POS, 0), Ok(MAX_POS));
+        assert_eq!(seek(1, i64::MAX - 1), Ok(MAX_POS));
+        assert_eq!(empty_write_ok(MAX_POS), Ok(()));
+        assert_eq!(empty_write_ok(MAX_POS + 1), Err(Error::Einval));
         assert_eq!(advise_range(0, u64::MAX, 2, 4096, 4096), Ok((0, 0)));
     }
 

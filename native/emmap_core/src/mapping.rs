@@ -164,15 +164,28 @@ impl Access<'_> {
     }
 }
 
+/// Opens the file to map. Nothing that cannot be mapped may make this wait: a FIFO opened
+/// for reading waits for a writer (and holds a dirty scheduler meanwhile), a device's open
+/// may wait too. So anything that is not a regular file (or a directory, which gets its
+/// own error) is refused before it is opened, and the open is non-blocking, so that a
+/// FIFO put in its place meanwhile cannot block either; `map_file` then checks what was
+/// opened. `O_NONBLOCK` is cleared again once the file is known to be a regular one.
 fn open_file(path: &Path, opts: &Options) -> Result<(File, bool)> {
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return Err(Error::Einval);
+    }
     let rw = opts.write || opts.truncate || opts.fit;
     let mut o = OpenOptions::new();
-    o.read(true).write(rw);
+    o.read(true).write(rw).custom_flags(libc::O_NONBLOCK);
     match o.open(path) {
         Ok(f) => Ok((f, false)),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) && opts.create => {
             let mut c = OpenOptions::new();
-            c.read(true).write(true).create_new(true).mode(opts.chmod);
+            c.read(true)
+                .write(true)
+                .create_new(true)
+                .mode(opts.chmod)
+                .custom_flags(libc::O_NONBLOCK);
             match c.open(path) {
                 Ok(f) => Ok((f, true)),
                 // Someone else created it in between: open theirs.
@@ -180,12 +193,68 @@ fn open_file(path: &Path, opts: &Options) -> Result<(File, bool)> {
                 Err(e) => Err(e.into()),
             }
         }
+        // A socket (swapped in after the check above) cannot be opened at all.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Err(Error::Einval),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// File systems whose regular files are not data that can be mapped: `/proc`, `/sys`.
+fn pseudo_file_system(f: &File) -> bool {
+    const PROC_SUPER_MAGIC: libc::c_long = 0x9fa0;
+    const SYSFS_MAGIC: libc::c_long = 0x6265_6572;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: fstatfs fills the buffer it is given (of the right type) for an open fd.
+    if unsafe { libc::fstatfs(f.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: initialised by the successful call above.
+    let kind = unsafe { st.assume_init() }.f_type;
+    matches!(kind as libc::c_long, PROC_SUPER_MAGIC | SYSFS_MAGIC)
+}
+
+/// Clears the `O_NONBLOCK` that `open_file` opened with (it has no use on a regular file).
+fn clear_nonblock(f: &File) {
+    // SAFETY: F_GETFL and F_SETFL only read and set the status flags of an fd we own.
+    unsafe {
+        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
     }
 }
 
 fn set_len(f: &File, len: u64) -> Result<()> {
     f.set_len(len).map_err(Error::from)
+}
+
+/// Makes a shared file at least `end` bytes long (what growing a mapping asks of it).
+fn extend_to(f: &File, end: u64) -> Result<()> {
+    if f.metadata()?.len() < end {
+        set_len(f, end)?;
+    }
+    Ok(())
+}
+
+/// Reserves disk blocks for bytes `[off, off + len)` of a mapping that starts at byte
+/// `base` of the file (`fallocate`, which also extends the file to the end of the range).
+fn reserve_blocks(f: &File, base: u64, off: u64, len: u64) -> Result<()> {
+    let start = base.checked_add(off).ok_or(Error::Einval)?;
+    let (start, len) = match (libc::off_t::try_from(start), libc::off_t::try_from(len)) {
+        (Ok(s), Ok(l)) => (s, l),
+        _ => return Err(Error::Einval),
+    };
+    // SAFETY: `f` is an open file descriptor owned by the handle, kept open by the state
+    // lock the caller holds; fallocate only changes the file's block allocation and, past
+    // its end, its size.
+    match unsafe { libc::fallocate(f.as_raw_fd(), 0, start, len) } {
+        0 => Ok(()),
+        _ => match Error::last_os() {
+            // The file system cannot reserve blocks ahead: nothing more to do.
+            Error::Os(libc::EOPNOTSUPP) => Ok(()),
+            e => Err(e),
+        },
+    }
 }
 
 impl Mapping {
@@ -245,9 +314,10 @@ impl Mapping {
         if meta.is_dir() {
             return Err(Error::Os(libc::EISDIR));
         }
-        if !meta.is_file() {
+        if !meta.is_file() || pseudo_file_system(&file) {
             return Err(Error::Einval);
         }
+        clear_nonblock(&file);
         // Decide everything first, change the file last: an open that fails leaves an
         // existing file as it was (a created one is removed by the caller).
         let truncate = opts.truncate && !created;
@@ -567,7 +637,8 @@ impl Mapping {
         }
     }
 
-    /// Writes all of `data` at `pos`, or nothing.
+    /// Writes all of `data` at `pos`, or nothing. An empty write needs no room: it is
+    /// accepted at every file position, past the end too (as raw files do).
     #[inline]
     pub fn pwrite(&self, pos: u64, data: &[u8]) -> Result<()> {
         self.answer(self.pwrite_in(pos, data))
@@ -577,9 +648,19 @@ impl Mapping {
     fn pwrite_in(&self, pos: u64, data: &[u8]) -> Result<()> {
         let a = self.access()?;
         self.check_writable()?;
+        if data.is_empty() {
+            return bounds::empty_write_ok(pos);
+        }
         let (s, _) = bounds::write_range(pos, data.len(), a.len())?;
+        self.store(&a, s, data)
+    }
+
+    /// Copies `data` to byte `s` of the pinned region; the caller has checked that
+    /// `[s, s + data.len())` lies inside it and that the mapping is writable. A range the
+    /// file no longer has is refused before anything is written.
+    fn store(&self, a: &Access<'_>, s: usize, data: &[u8]) -> Result<()> {
+        debug_assert!(s + data.len() <= a.len());
         let e = s + data.len();
-        // A range the file no longer has is refused before anything is written.
         a.probe(s, e)?;
         // SAFETY: [s, s + data.len()) lies inside the pinned, writable region; `data` is a
         // VM binary or a Rust buffer, never part of a writable mapping region... except a
@@ -588,15 +669,38 @@ impl Mapping {
         a.check(s, e)
     }
 
-    /// Writes at the current position and advances it.
+    /// Writes at the current position and advances it. The range is reserved first, by a
+    /// compare-and-swap of the position (as `read` does), so concurrent writers on one
+    /// handle each get their own bytes and no advance is lost. A write that does not fit
+    /// changes nothing, the position included. An empty write is `ok` wherever the
+    /// position is (it is always a valid file position, see `position`).
     pub fn write(&self, data: &[u8]) -> Result<()> {
-        let p = self.pos.0.load(Ordering::Acquire);
-        self.pwrite(p, data)?;
-        self.pos.0.store(p + data.len() as u64, Ordering::Release);
-        Ok(())
+        self.answer(self.write_in(data))
     }
 
-    /// Moves the shared position; positions past the end are allowed (reads give eof).
+    fn write_in(&self, data: &[u8]) -> Result<()> {
+        let a = self.access()?;
+        self.check_writable()?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        loop {
+            let p = self.pos.0.load(Ordering::Acquire);
+            let (s, e) = bounds::write_range(p, data.len(), a.len())?;
+            // Only the thread whose swap succeeds writes [s, e): the ranges never overlap.
+            if self
+                .pos
+                .0
+                .compare_exchange(p, e as u64, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return self.store(&a, s, data);
+            }
+        }
+    }
+
+    /// Moves the shared position; positions past the end are allowed (reads give eof), up
+    /// to 2^63 - 1 (no file offset is larger: raw files answer `einval` beyond it).
     pub fn position(&self, whence: Whence, delta: i64) -> Result<u64> {
         let a = self.access()?;
         let base = match whence {
@@ -735,7 +839,7 @@ impl Mapping {
         if target < old_len {
             return Err(Error::Einval);
         }
-        self.grow_locked(&mut st, target)
+        self.grow_locked(&mut st, target, extend_to)
     }
 
     /// The current region, or `Closed`.
@@ -759,8 +863,17 @@ impl Mapping {
     }
 
     /// Grows to `target >= len` bytes; the caller holds the state lock and, with `lock`,
-    /// excludes readers.
-    fn grow_locked(&self, st: &mut State, target: usize) -> Result<usize> {
+    /// excludes readers. A shared file must be extended too: the new mapping is made
+    /// first (mapping past the end of a file is allowed, and nothing touches those pages
+    /// before it is installed), then `extend` sizes the file, then the mapping is
+    /// installed. So a request that fails changes nothing: not the mapping, not the file
+    /// (a failed `extend` has its size put back).
+    fn grow_locked(
+        &self,
+        st: &mut State,
+        target: usize,
+        extend: impl FnOnce(&File, u64) -> Result<()>,
+    ) -> Result<usize> {
         let old = Self::current(st, &self.closed)?;
         let old_len = old.len();
         if target == old_len {
@@ -769,20 +882,43 @@ impl Mapping {
         // Growing needs write access: to extend the file, and to copy into new memory.
         self.check_writable()?;
         let file_backed = st.file.is_some() && self.opts.is_shared();
-        if file_backed {
-            if st.file_use.is_none() {
-                // About to map file pages again after a cut to zero (see `truncate`).
-                st.file_use = st.file_id.map(FileUse::new);
-            }
+        // The file's end the new mapping needs, and its size now.
+        let file_end = if file_backed {
             let end = self
                 .offset
                 .checked_add(target as u64)
                 .ok_or(Error::Einval)?;
             let f = st.file.as_ref().expect("file_backed");
-            if f.metadata()?.len() < end {
-                set_len(f, end)?;
-            }
+            Some((end, f.metadata()?.len()))
+        } else {
+            None
+        };
+        let must_extend = file_end.is_some_and(|(end, len)| len < end);
+        // About to map file pages again after a cut to zero (see `truncate`): claim the
+        // file first, so no other handle cuts it meanwhile; given back if this fails.
+        let claimed = file_backed && st.file_use.is_none();
+        if claimed {
+            st.file_use = st.file_id.map(FileUse::new);
         }
+        let result = self.grow_new(st, &old, target, file_end, must_extend, extend);
+        if claimed && result.is_err() {
+            st.file_use = None;
+        }
+        result
+    }
+
+    /// The part of [`Mapping::grow_locked`] after the checks.
+    fn grow_new(
+        &self,
+        st: &mut State,
+        old: &Arc<Region>,
+        target: usize,
+        file_end: Option<(u64, u64)>,
+        must_extend: bool,
+        extend: impl FnOnce(&File, u64) -> Result<()>,
+    ) -> Result<usize> {
+        let old_len = old.len();
+        let file_backed = file_end.is_some();
         // A private file mapping cannot grow in place (pages past the file's end would
         // fault), nor can anonymous shared memory (its backing object keeps its size:
         // the new pages would fault with SIGBUS). Both get new memory and a copy.
@@ -793,13 +929,19 @@ impl Mapping {
         } else {
             old.grow_in_place(target)
         };
+        let in_place = grown.is_some();
         let new = match grown {
             Some(r) => r,
             None if self.opts.address.is_some() => return Err(Error::Os(libc::ENOMEM)),
             None if file_backed => {
+                let mut flags = self.opts.map_flags();
+                if must_extend {
+                    // Pages past the current end cannot be prefaulted yet.
+                    flags &= !libc::MAP_POPULATE;
+                }
                 let spec = MapSpec {
                     prot: self.opts.prot(),
-                    flags: self.opts.map_flags(),
+                    flags,
                     fd: st.file.as_ref().map(|f| f.as_raw_fd()),
                     offset: self.offset,
                 };
@@ -822,7 +964,7 @@ impl Mapping {
                     offset: 0,
                 };
                 let r = Region::map(&spec, target, Placement::Any)?;
-                r.copy_from(&old);
+                r.copy_from(old);
                 // Bytes the old memory had lost were copied as zeros: still lost.
                 if let Some(v) = old.vanished() {
                     r.record_damage(v);
@@ -830,6 +972,28 @@ impl Mapping {
                 r
             }
         };
+        if let (Some((end, len)), Some(f)) = (file_end, st.file.as_ref()) {
+            if let Err(e) = extend(f, end) {
+                // Put back what changed: the file's size, and the mapping (a new one is
+                // unmapped when `new` is dropped; one grown in place shrinks back).
+                if f.metadata().map_or(true, |m| m.len() != len) {
+                    let _ = set_len(f, len);
+                }
+                if in_place {
+                    if let Err(kept) = old.undo_grow(new) {
+                        // Cannot happen (shrinking in place always works); if it did, the
+                        // memory stays mapped, used only up to the old length.
+                        if let Some(r) = kept.shrunk(old_len) {
+                            self.install(st, r);
+                        }
+                    }
+                }
+                return Err(e);
+            }
+            if must_extend && self.opts.populate {
+                let _ = new.advise(0, 0, libc::MADV_WILLNEED);
+            }
+        }
         self.install(st, new);
         Ok(target)
     }
@@ -868,7 +1032,7 @@ impl Mapping {
         }
         let Some(new_len) = usize::try_from(new_len).ok().filter(|&n| n < old_len) else {
             let target = usize::try_from(new_len).map_err(|_| Error::Einval)?;
-            return self.grow_locked(&mut st, target);
+            return self.grow_locked(&mut st, target, extend_to);
         };
         if !old.owns() {
             return Err(Error::Einval); // the current region always owns its memory
@@ -950,12 +1114,17 @@ impl Mapping {
         let mut st = self.state.write();
         let _excl = self.opts.lock.then(|| self.readers.write());
         let cur_len = Self::current(&st, &self.closed)?.len();
-        // Disk space first: when there is none, the mapping stays as it was.
-        self.reserve(&st, off, len)?;
-        if end > cur_len as u64 {
-            let target = usize::try_from(end).map_err(|_| Error::Einval)?;
-            self.grow_locked(&mut st, target)?;
+        if end <= cur_len as u64 {
+            return self.reserve(&st, off, len); // grown meanwhile
         }
+        let target = usize::try_from(end).map_err(|_| Error::Einval)?;
+        // The disk blocks are reserved (which also extends the file) once the new mapping
+        // exists and before it is installed: with no space, or no memory, nothing changes.
+        let offset = self.offset;
+        self.grow_locked(&mut st, target, |f, end| {
+            reserve_blocks(f, offset, off, len)?;
+            extend_to(f, end) // when the file system cannot reserve blocks ahead
+        })?;
         Ok(())
     }
 
@@ -965,22 +1134,7 @@ impl Mapping {
         let (Some(f), true) = (&st.file, self.opts.is_shared()) else {
             return Ok(());
         };
-        let start = self.offset.checked_add(off).ok_or(Error::Einval)?;
-        let (start, len) = match (libc::off_t::try_from(start), libc::off_t::try_from(len)) {
-            (Ok(s), Ok(l)) => (s, l),
-            _ => return Err(Error::Einval),
-        };
-        // SAFETY: `f` is an open file descriptor owned by this handle, kept open by the
-        // state lock the caller holds; fallocate only changes the file's block allocation
-        // and, past its end, its size.
-        match unsafe { libc::fallocate(f.as_raw_fd(), 0, start, len) } {
-            0 => Ok(()),
-            _ => match Error::last_os() {
-                // The file system cannot reserve blocks ahead: nothing more to do.
-                Error::Os(libc::EOPNOTSUPP) => Ok(()),
-                e => Err(e),
-            },
-        }
+        reserve_blocks(f, self.offset, off, len)
     }
 
     /// The mapped file's metadata (`None` for anonymous memory).

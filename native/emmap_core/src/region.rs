@@ -8,6 +8,7 @@
 use std::os::fd::RawFd;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 use crate::sigbus::{self, Mark};
@@ -23,13 +24,29 @@ pub fn page_size() -> usize {
     }
 }
 
+/// The lowest address a fixed mapping may start at: the kernel's `vm.mmap_min_addr`
+/// (read once; 65536, its usual value, if it cannot be read), and never below the first
+/// page. The kernel enforces that limit only on processes without `CAP_SYS_RAWIO`: a VM
+/// running as root could otherwise map a file at address 0, the null page.
+pub fn min_fixed_address() -> usize {
+    static MIN: OnceLock<usize> = OnceLock::new();
+    *MIN.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/vm/mmap_min_addr")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(65536)
+            .max(page_size())
+    })
+}
+
 /// Where the kernel should place a new mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placement {
     /// Anywhere.
     Any,
     /// Exactly at this page-aligned address, failing with `eexist` if anything is there.
-    /// Never replaces existing memory (`MAP_FIXED_NOREPLACE`).
+    /// Never replaces existing memory (`MAP_FIXED_NOREPLACE`). Below
+    /// [`min_fixed_address`]: `einval`.
     Exact(usize),
 }
 
@@ -84,6 +101,7 @@ impl Region {
         let file_off = libc::off_t::try_from(file_off).map_err(|_| Error::Einval)?;
         let (hint, extra) = match place {
             Placement::Any => (ptr::null_mut(), 0),
+            Placement::Exact(a) if a < min_fixed_address() => return Err(Error::Einval),
             Placement::Exact(a) => (a as *mut libc::c_void, libc::MAP_FIXED_NOREPLACE),
         };
         let fd = spec.fd.unwrap_or(-1);
@@ -174,6 +192,36 @@ impl Region {
         self.owns.store(false, Ordering::Release);
         sigbus::resize(self.mark, new_map_len);
         Some(self.successor(new_map_len, new_len, true))
+    }
+
+    /// Undoes [`Region::grow_in_place`] before anything used the result: shrinks `grown`'s
+    /// mapping back to this descriptor's size (in place, which cannot move it) and gives
+    /// the ownership back to `self`. On failure `grown` is handed back, still owning.
+    pub fn undo_grow(&self, grown: Region) -> std::result::Result<(), Region> {
+        if grown.map_ptr != self.map_ptr || grown.map_len < self.map_len || self.owns() {
+            return Err(grown);
+        }
+        // The fault handler must stop claiming the tail before it is unmapped and its
+        // addresses can be given to anything else (nothing of ours uses the tail yet).
+        sigbus::resize(self.mark, self.map_len);
+        // SAFETY: `grown` owns the mapping at `map_ptr` (it came from `grow_in_place` on
+        // `self` and was never installed, so nothing points past our old end); shrinking
+        // with flags 0 keeps the first `self.map_len` bytes where they are.
+        let p = unsafe {
+            libc::mremap(
+                grown.map_ptr as *mut libc::c_void,
+                grown.map_len,
+                self.map_len,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED || p as *mut u8 != self.map_ptr {
+            sigbus::resize(self.mark, grown.map_len);
+            return Err(grown);
+        }
+        grown.owns.store(false, Ordering::Release);
+        self.owns.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// A descriptor that owns this one's memory (whose ownership the caller has just given
@@ -406,6 +454,22 @@ mod tests {
             Region::map(&spec, 0, Placement::Any).unwrap_err(),
             Error::Einval
         );
+    }
+
+    #[test]
+    fn low_fixed_addresses_are_refused() {
+        let min = min_fixed_address();
+        assert!(min >= page_size());
+        let spec = MapSpec {
+            prot: libc::PROT_READ,
+            flags: libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            fd: None,
+            offset: 0,
+        };
+        for a in [0, min - page_size()] {
+            let e = Region::map(&spec, 4096, Placement::Exact(a)).unwrap_err();
+            assert_eq!(e, Error::Einval, "address {a:#x}");
+        }
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! `i128` arithmetic (which cannot wrap for these inputs), and that an accepted range lies
 //! inside the region. A panic in any helper fails the test.
 
-use emmap_core::bounds::{advise_range, atomic_slot, read_range, seek, write_range};
+use emmap_core::bounds::{
+    advise_range, atomic_slot, empty_write_ok, read_range, seek, write_range, MAX_POS,
+};
 use emmap_core::Error;
 use proptest::prelude::*;
 
@@ -99,14 +101,18 @@ proptest! {
         }
     }
 
-    /// `seek` is plain integer addition that refuses results outside `0..=u64::MAX`.
+    /// `seek` is plain integer addition that refuses results outside `0..=2^63-1` (no file
+    /// offset is larger).
     #[test]
-    fn seek_is_exact_addition_within_u64(from in edgy_u64(), delta in any::<i64>()) {
+    fn seek_is_exact_addition_within_file_offsets(from in edgy_u64(), delta in any::<i64>()) {
         let want = i128::from(from) + i128::from(delta);
         match seek(from, delta) {
-            Ok(p) => prop_assert_eq!(i128::from(p), want),
+            Ok(p) => {
+                prop_assert_eq!(i128::from(p), want);
+                prop_assert!(p <= MAX_POS);
+            }
             Err(e) => {
-                prop_assert!(want < 0 || want > i128::from(u64::MAX));
+                prop_assert!(want < 0 || want > i128::from(i64::MAX));
                 prop_assert_eq!(e, Error::Einval);
             }
         }
@@ -114,9 +120,15 @@ proptest! {
 
     /// `seek` with small deltas around the top of the range.
     #[test]
-    fn seek_near_the_top(from in (0u64..=16).prop_map(|d| u64::MAX - d), delta in -32i64..=32) {
+    fn seek_near_the_top(from in (0u64..=16).prop_map(|d| MAX_POS - d), delta in -32i64..=32) {
         let want = i128::from(from) + i128::from(delta);
-        prop_assert_eq!(seek(from, delta).is_ok(), want <= i128::from(u64::MAX));
+        prop_assert_eq!(seek(from, delta).is_ok(), want <= i128::from(i64::MAX));
+    }
+
+    /// An empty write is accepted at every file position and nowhere else.
+    #[test]
+    fn empty_writes_fit_at_every_file_position(pos in edgy_u64()) {
+        prop_assert_eq!(empty_write_ok(pos).is_ok(), pos <= i64::MAX as u64);
     }
 
     /// `advise_range`, under the preconditions every caller guarantees (a power-of-two page,

@@ -67,10 +67,14 @@ fn open_nif<'a>(
     opts: Vec<Term>,
 ) -> NifResult<Term<'a>> {
     let o = decode_options(opts)?;
-    if path.as_slice().contains(&0) {
+    // A copy: the path may be a `direct` binary of some mapping, whose bytes another
+    // process can change while we check, open, and (after a failure) remove what we
+    // created. The copy is what all of them see.
+    let path = path.as_slice().to_vec();
+    if path.contains(&0) {
         return Err(rustler::Error::BadArg);
     }
-    let p = (!path.is_empty()).then(|| Path::new(OsStr::from_bytes(path.as_slice())));
+    let p = (!path.is_empty()).then(|| Path::new(OsStr::from_bytes(&path)));
     Ok(match Mapping::open(p, offset, len, o) {
         Ok(m) => (atoms::ok(), resource::new_term(env, m)).encode(env),
         Err(e) => reply::<Atom>(env, Err(e)),
