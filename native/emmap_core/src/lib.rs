@@ -8,9 +8,12 @@
 pub mod atomics;
 pub mod blocks;
 pub mod bounds;
+pub mod crc32c;
 pub mod error;
 pub mod file_users;
+pub mod growth;
 pub mod mapping;
+pub mod mem;
 pub mod options;
 pub mod readers;
 pub mod region;

@@ -22,4 +22,9 @@ rustler::atoms! {
     max_inc_size,
     closed,
     address,
+    // block storage and queue errors and answers
+    not_initialized,
+    corrupt,
+    full,
+    mismatch,
 }

@@ -11,6 +11,7 @@ mod entry;
 mod hot;
 mod raw;
 mod resource;
+mod schedule;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
