@@ -15,6 +15,7 @@ pub mod growth;
 pub mod mapping;
 pub mod mem;
 pub mod options;
+pub mod queue;
 pub mod readers;
 pub mod region;
 

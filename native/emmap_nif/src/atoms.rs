@@ -27,4 +27,8 @@ rustler::atoms! {
     corrupt,
     full,
     mismatch,
+    corrupt_header,
+    nil,
+    moved,
+    compressed,
 }

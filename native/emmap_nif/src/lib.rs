@@ -9,6 +9,7 @@ mod atoms;
 mod blocks;
 mod entry;
 mod hot;
+mod queue;
 mod raw;
 mod resource;
 mod schedule;

@@ -66,6 +66,13 @@ pub fn tuple2(env: Raw, a: ErlNifTerm, b: ErlNifTerm) -> ErlNifTerm {
     unsafe { enif_make_tuple_from_array(env, arr.as_ptr(), 2) }
 }
 
+/// A tuple of the terms in `items` (all of this env).
+#[inline]
+pub fn tuple(env: Raw, items: &[ErlNifTerm]) -> ErlNifTerm {
+    // SAFETY: `items` holds `items.len()` valid terms of this env.
+    unsafe { enif_make_tuple_from_array(env, items.as_ptr(), items.len() as _) }
+}
+
 /// A list of the terms in `items` (all of this env).
 #[inline]
 pub fn list(env: Raw, items: &[ErlNifTerm]) -> ErlNifTerm {
@@ -77,6 +84,18 @@ pub fn list(env: Raw, items: &[ErlNifTerm]) -> ErlNifTerm {
 pub fn uint(env: Raw, v: u64) -> ErlNifTerm {
     // SAFETY: plain value conversion in the current env.
     unsafe { enif_make_uint64(env, v) }
+}
+
+/// `true` or `false` as a bool; `None` for any other term.
+#[inline]
+pub fn get_bool(t: ErlNifTerm) -> Option<bool> {
+    if t == atom(atoms::true_()) {
+        Some(true)
+    } else if t == atom(atoms::false_()) {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 #[inline]

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use emmap_core::blocks::Cache;
+use emmap_core::queue::Queue;
 use emmap_core::Mapping;
 use rustler::sys::{
     enif_alloc_resource, enif_get_resource, enif_make_resource, enif_make_resource_binary,
@@ -44,6 +45,8 @@ use rustler::{Decoder, Env, NifResult, Term};
 /// holding it (needed to make resource binaries) and the type it was allocated with.
 pub struct Handle {
     pub mapping: Mapping,
+    /// Serialises this handle's queue operations (`emmap_queue`).
+    pub queue: Queue,
     /// The block storage headers this handle has validated (`emmap_blocks`).
     pub blocks: Cache,
     raw: *const c_void,
@@ -187,6 +190,7 @@ pub fn new_term(env: Env<'_>, mapping: Mapping) -> Term<'_> {
             aligned(obj),
             Handle {
                 mapping,
+                queue: Queue::default(),
                 blocks: Cache::default(),
                 raw: obj,
                 ty: t,
