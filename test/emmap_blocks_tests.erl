@@ -596,23 +596,26 @@ crash_next(Live, S, MaxLive) ->
     end.
 
 %% @doc Body of the child VM: stores and frees forever, one acknowledgement per call.
-%% Acknowledgements go straight to file descriptor 1 through a port (not through the I/O
-%% server), so that the child spends most of its time inside store and free.
+%% Acknowledgements go straight to file descriptor 1 (not through the I/O server), so that
+%% the child spends most of its time inside store and free, and synchronously (a raw file
+%% write, not a port, whose queue would die with the child): every call that returned
+%% has its acknowledgement in the pipe, however far the child ran ahead of the parent
+%% while the parent was starting `kill'.
 crash_child(Path, Seed, BS, MaxLive) ->
     {ok, M} = emmap:open(Path, [read, write, shared]),
-    Out = open_port({fd, 0, 1}, [out, binary]),
-    true = port_command(Out, ["pid ", os:getpid(), "\n"]),
+    {ok, Out} = file:open("/proc/self/fd/1", [write, raw, binary]),
+    ok = file:write(Out, ["pid ", os:getpid(), "\n"]),
     crash_loop(M, Out, {BS, MaxLive}, 1, #{}, rand:seed_s(exsss, Seed)).
 
 crash_loop(M, Out, {BS, MaxLive} = G, N, Live, S) ->
     case crash_next(Live, S, MaxLive) of
         {store, S1} ->
             A = ?B:store_block(M, crash_data(N, BS)),
-            true = port_command(Out, ["s ", integer_to_list(N), " ", integer_to_list(A), "\n"]),
+            ok = file:write(Out, ["s ", integer_to_list(N), " ", integer_to_list(A), "\n"]),
             crash_loop(M, Out, G, N + 1, Live#{A => N}, S1);
         {{free, A}, S1} ->
             true = ?B:free_block(M, A),
-            true = port_command(Out, ["f ", integer_to_list(N), " ", integer_to_list(A), "\n"]),
+            ok = file:write(Out, ["f ", integer_to_list(N), " ", integer_to_list(A), "\n"]),
             crash_loop(M, Out, G, N + 1, maps:remove(A, Live), S1)
     end.
 
