@@ -88,12 +88,63 @@ run(Quick) ->
     _ = os:cmd("rm -rf " ++ Dir),
     SmallRows ++ BigRows ++ Scale ++ Resp ++ Extra.
 
-%% Rows from the queue and block-storage benches (each prints its own table too).
-extra_rows(_N) ->
+%% Rows from the queue and block-storage benches (each prints its own table too), after
+%% the two container rows of the performance targets, each next to its floor.
+extra_rows(N) ->
+    Containers = container_rows(N),
     Queue = [{"queue push+pop pair", Name, Ns, 1.0e9 / Ns} || {Name, Ns} <- emmap_queue_bench:run()],
     Blocks = [{"block storage 1531 B", atom_to_list(Op), Ns, 1.0e9 / Ns}
               || {Op, Ns} <- emmap_blocks_bench:run()],
-    Queue ++ Blocks.
+    Containers ++ Queue ++ Blocks.
+
+%% Queue push + pop of a 100-byte term and block store + read + free of 1531 bytes, hot
+%% (the queue holds at most one message, the block goes back to the same slot), with
+%% their floors measured in the same run: the same NIF calls and encoding or copying
+%% without the container's work (for the queue: term_to_binary, binary_to_term and two
+%% NIF calls; for blocks: pwrite and pread of 1531 bytes and an atomic read, i.e. the same
+%% three calls and copies with no bookkeeping and no checksum).
+container_rows(N) ->
+    Dir = "/tmp/emmap_bench_c_" ++ os:getpid(),
+    ok = filelib:ensure_dir(Dir ++ "/"),
+    {ok, Q} = emmap_queue:open(filename:join(Dir, "q"), 65536, []),
+    {ok, M} = emmap:open(filename:join(Dir, "b"), 0, 1, [create, read, write, shared]),
+    ok = emmap_blocks:init_block_storage(M, 1531),
+    {ok, F} = emmap:open(filename:join(Dir, "f"), 0, 1 bsl 20, [create, read, write, shared]),
+    Term = {msg, 12345, binary:copy(<<"p">>, 80)},
+    Bin = binary:copy(<<"b">>, 1531),
+    Slot = rand_slots(),
+    Fresh = fun(Op, Impl, F0) ->
+                    %% In a new process: the bench's own heap (large tuples of offsets)
+                    %% would make every garbage collection of these loops slower.
+                    Self = self(),
+                    Pid = spawn_link(fun() -> Self ! {self(), measure(Op, Impl, N, F0, Slot)} end),
+                    receive {Pid, Row} -> Row end
+            end,
+    Rows =
+      [Fresh("queue push+pop 100 B", "emmap_queue push+pop_and_purge",
+               fun(_) -> ok = emmap_queue:push(Q, Term), Term = emmap_queue:pop_and_purge(Q) end),
+       Fresh("queue push+pop 100 B", "floor: t2b+b2t+2 NIF calls",
+               fun(_) ->
+                       B = term_to_binary(Term, [{compressed, 0}, {minor_version, 2}]),
+                       {ok, _} = emmap:patomic_read_integer(F, 0),
+                       {ok, _} = emmap:patomic_read_integer(F, 0),
+                       Term = binary_to_term(B)
+               end),
+       Fresh("blocks store+read+free 1531 B", "emmap_blocks",
+               fun(_) ->
+                       A = emmap_blocks:store_block(M, Bin),
+                       <<_/binary>> = emmap_blocks:read_block(M, A),
+                       true = emmap_blocks:free_block(M, A)
+               end),
+       Fresh("blocks store+read+free 1531 B", "floor: pwrite+pread+patomic",
+               fun(_) ->
+                       ok = emmap:pwrite(F, 4096, Bin),
+                       {ok, _} = emmap:pread(F, 4096, 1531),
+                       {ok, _} = emmap:patomic_read_integer(F, 0)
+               end)],
+    ok = emmap_queue:close(Q), ok = emmap:close(M), ok = emmap:close(F),
+    _ = os:cmd("rm -rf " ++ Dir),
+    Rows.
 
 offsets(Max) ->
     list_to_tuple([rand:uniform(Max + 1) - 1 || _ <- lists:seq(1, ?NOFFS)]).
