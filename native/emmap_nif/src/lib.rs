@@ -3,7 +3,9 @@
 //!
 //! Argument shapes are guaranteed by `emmap.erl` (integers are already range-checked
 //! there); anything else that reaches a NIF fails to decode and raises `badarg`.
-//! The few calls on the hot path are raw NIFs in `hot.rs`; the rest use rustler's `#[nif]`.
+//! The few calls on the hot path are raw NIFs in `hot.rs`; block storage (`blocks.rs`) and
+//! the queue (`queue.rs`) are raw NIFs that decide their scheduler themselves
+//! (`schedule.rs`); the rest use rustler's `#[nif]`.
 
 mod atoms;
 mod blocks;
