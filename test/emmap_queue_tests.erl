@@ -1084,6 +1084,9 @@ shared_handle(Q, F) ->
     [?assertEqual(lists:sort(Is), Is)
      || L <- Got ++ [Rest], P <- lists:seq(1, Producers),
         Is <- [[I || {P1, I, _} <- L, P1 =:= P]]],
+    %% Empty (the last pop may not have purged); purging resets the header.
+    ?assert(emmap_queue:is_empty(Q)),
+    ?assert(emmap_queue:purge(Q)),
     #{size := S} = emmap_queue:metadata(Q),
     ?assertEqual(meta(S, 16, 16, 16), emmap_queue:metadata(Q)),
     ?assert(S > 256),
