@@ -66,7 +66,7 @@
                       | enoent | enomem | eisdir | truncated | eio | atom().
 -opaque counters() :: {mmap_file(), pos_integer()}.
 -type filename() :: file:name_all().
--include("emmap_blocks_nif.hrl").  % block storage NIF stubs (see emmap_blocks)
+-include("emmap_containers_nif.hrl").  % block storage and queue NIF stubs
 
 %%%===========================================================================
 %%% Loading

@@ -8,6 +8,8 @@
 %%%
 %%% Every call is short: reads and stores touch one block, and the whole-storage calls
 %%% (`read_blocks/1', `repair_block_storage/1') loop in Erlang over bounded NIF steps.
+%%% Work that may take longer (blocks over 64 KiB, a store that grows the file) moves
+%%% itself to a dirty I/O scheduler inside the NIF.
 %%% After a crash, call `repair_block_storage/1' (or `/3' in steps) before storing or
 %%% freeing: it never loses a block whose `store_block/2' returned, and forgets every block
 %%% whose `free_block/2' returned. The layout is documented in `native/emmap_core/BLOCKS.md'.
@@ -31,8 +33,6 @@
 
 -define(H(R), #file_descriptor{module = emmap, data = R}).
 -define(U64MAX, 16#FFFFFFFFFFFFFFFF).
-%% Blocks larger than this are stored from a dirty I/O scheduler right away.
--define(DIRTY_WRITE, 65536).
 
 -type addr() :: non_neg_integer().
 %% The address of a block: its slot number, from 0.
@@ -81,13 +81,8 @@ init_block_storage(_, _, _) ->
 %% the block size (else `error:badarg'). `{error, full}' when every slot is taken, or
 %% every slot a `fixed_size' mapping can hold.
 -spec store_block(emmap:mmap_file(), binary()) -> addr() | {error, block_error()}.
-store_block(?H(R), Bin) when is_binary(Bin), byte_size(Bin) > ?DIRTY_WRITE ->
-    emmap:block_store_dirty_nif(R, Bin);
 store_block(?H(R), Bin) when is_binary(Bin) ->
-    case emmap:block_store_nif(R, Bin) of
-        dirty -> emmap:block_store_dirty_nif(R, Bin);  % the mapping must grow first
-        Res -> Res
-    end;
+    emmap:block_store_nif(R, Bin);
 store_block(_, _) ->
     erlang:error(badarg).
 
@@ -96,28 +91,16 @@ store_block(_, _) ->
 %% does: no copy, and it shows what is stored there later.
 -spec read_block(emmap:mmap_file(), integer()) -> binary() | eof | {error, block_error()}.
 read_block(?H(R), Addr) when is_integer(Addr) ->
-    A = addr(Addr),
-    case emmap:block_read_nif(R, A) of
-        dirty -> emmap:block_read_dirty_nif(R, A);
-        Res -> Res
-    end;
+    emmap:block_read_nif(R, Addr);
 read_block(_, _) ->
     erlang:error(badarg).
 
 %% @doc Frees the block at `Addr': `true' if there was one, `false' if there was none.
 -spec free_block(emmap:mmap_file(), integer()) -> boolean() | {error, block_error()}.
 free_block(?H(R), Addr) when is_integer(Addr) ->
-    A = addr(Addr),
-    case emmap:block_free_nif(R, A) of
-        dirty -> emmap:block_free_dirty_nif(R, A);
-        Res -> Res
-    end;
+    emmap:block_free_nif(R, Addr);
 free_block(_, _) ->
     erlang:error(badarg).
-
-%% Addresses no storage has map to one that is past every capacity.
-addr(A) when A >= 0, A =< ?U64MAX -> A;
-addr(_) -> ?U64MAX.
 
 %%%===========================================================================
 %%% Every block
@@ -157,11 +140,7 @@ collect(_R, eof, _Left, Acc) ->
     {lists:append(lists:reverse(Acc)), eof};
 collect(R, Start, Left, Acc) ->
     Max = case Left of infinity -> ?U64MAX; _ -> min(Left, ?U64MAX) end,
-    Res = case emmap:block_chunk_nif(R, Start, Max) of
-              dirty -> emmap:block_chunk_dirty_nif(R, Start, Max);
-              Other -> Other
-          end,
-    case Res of
+    case emmap:block_chunk_nif(R, Start, Max) of
         {L, Next} when is_list(L) ->
             Left1 = case Left of infinity -> infinity; _ -> Left - length(L) end,
             collect(R, Next, Left1, [L | Acc]);
@@ -206,11 +185,7 @@ repair(_R, Next, Left) when is_integer(Left), Left =< 0 ->
     Next;
 repair(R, Start, Left) ->
     Max = case Left of infinity -> ?U64MAX; _ -> min(Left, ?U64MAX) end,
-    Res = case emmap:block_repair_nif(R, Start, Max) of
-              dirty -> emmap:block_repair_dirty_nif(R, Start, Max);
-              Other -> Other
-          end,
-    case Res of
+    case emmap:block_repair_nif(R, Start, Max) of
         Next when is_integer(Next) ->
             Left1 = case Left of infinity -> infinity; _ -> Left - (Next - Start) end,
             repair(R, Next, Left1);

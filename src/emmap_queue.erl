@@ -7,10 +7,15 @@
 %%%
 %%% As a container: `open/3' returns a queue handle `Q' (an `emmap' mapping, so
 %%% `emmap:info/1', `emmap:sync/1' and friends work on it too) and `push/2,3', `pop/1',
-%%% `peek_front/1', `peek/3' etc. operate on it directly, in the calling process. These
-%%% functions read and write the header without any locking: use a handle from one process
-%%% at a time, and open a file through one handle at a time (nothing stops a second
-%%% `open/3' of the same file; two writers would corrupt each other).
+%%% `peek_front/1', `peek/3' etc. operate on it directly, in the calling process. Each
+%%% operation runs under the handle's own lock, so several processes may share a handle:
+%%% every pushed term is popped exactly once, and the terms one process pushes come out
+%%% in its order. The funs of `try_pop/2' and `pop/3' run outside the lock (in the caller),
+%%% so they cannot hold the message against other poppers: if another process pops it
+%%% while the fun runs, the call raises `error({emmap_queue, queue_modified_while_popping})'
+%%% (the message is then removed once, by that process); several consumers that need a fun
+%%% should use the server. Open a file through one handle at a time (nothing stops a
+%%% second `open/3' of the same file, and two handles would corrupt each other).
 %%%
 %%% As a process: `start_link/4' starts a `gen_server' that owns the queue; `enqueue/2',
 %%% `dequeue/1', `try_dequeue/2', `inspect/1' and `info/1' can be called from any number
@@ -45,9 +50,8 @@
 %%%
 %%% A push writes `NextTail = Tail + Sz', then the message at `Tail', then the new `Tail'
 %%% (the commit). A pop writes the new `Head'. Every header update is one aligned 64-bit
-%%% atomic store (`emmap:patomic_write_integer/3' of the word holding `Tail' and
-%%% `NextTail', or of the word holding `Size' and `Head'), so no field is ever seen half
-%%% written. The pages belong to the OS, so when the VM is killed (even with `kill -9')
+%%% atomic store (of the word holding `Tail' and `NextTail', or of the word holding `Size'
+%%% and `Head'), so no field is ever seen half written. The pages belong to the OS, so when the VM is killed (even with `kill -9')
 %%% every store made before is in the file: a message is either committed in full or not
 %%% at all, and a push that returned `ok' is never lost. `open/3' repairs what an
 %%% interrupted operation leaves behind:
@@ -115,12 +119,9 @@
 
 -define(HDR, 16).
 -define(MAX_OFFSET, 16#FFFFFFFF).
-%% Bytes read at a message's start in one go; a larger message takes a second read.
--define(FIRST_READ, 256).
-%% Chunk size when checking that a file holds nothing but zeros.
--define(ZERO_CHUNK, 1048576).
 
 -define(Q(Q), #file_descriptor{module = emmap} = Q).
+-define(R(R), #file_descriptor{module = emmap, data = R}).
 
 -type queue() :: emmap:mmap_file().
 %% A queue handle returned by `open/3': an `emmap' mapping of the queue file.
@@ -190,75 +191,13 @@ create(File, Size, Opts, _Why) ->
     end.
 
 %% Checks (and if needed repairs or initialises) the header of a fresh mapping.
-attach(M) ->
-    case prepare(M) of
+attach(?R(R) = M) ->
+    case emmap:queue_attach_nif(R) of
         ok ->
             {ok, M};
         {error, _} = E ->
             ok = emmap:close(M),
             E
-    end.
-
-prepare(M) ->
-    #{size := FSize, exist := Existed} = emmap:info(M),
-    case emmap:pread(M, 0, ?HDR) of
-        _ when FSize > ?MAX_OFFSET ->
-            {error, corrupt_header};
-        {ok, <<0:128>>} when not Existed ->
-            init_header(M, FSize);
-        {ok, <<S:32, H:32, T:32, N:32>>} ->
-            recover(M, FSize, S, H, T, N);
-        {ok, _} ->
-            {error, corrupt_header};             % shorter than a header
-        eof ->
-            {error, corrupt_header};
-        {error, _} = E ->
-            E
-    end.
-
-%% Nothing was ever committed to a file whose Tail word is zero: if the whole file is
-%% zeros except a partly written header, write the header.
-recover(M, FSize, S, H, 0, 0) ->
-    Partial = (S =:= 0 andalso H =:= 0) orelse (S =:= FSize andalso H =:= ?HDR),
-    case Partial andalso all_zero(M, ?HDR, FSize) of
-        true -> init_header(M, FSize);
-        false -> {error, corrupt_header}
-    end;
-recover(M, FSize, S, H, T, N)
-  when ?HDR =< T, T =< N, N =< S, S =< FSize, ?HDR =< H, H =< S ->
-    if
-        H =< T ->
-            repair(M, FSize, S, H, H, T, N);
-        T =:= ?HDR, N =:= ?HDR ->
-            %% A purge interrupted between its two stores.
-            repair(M, FSize, S, H, ?HDR, T, N);
-        true ->
-            {error, corrupt_header}
-    end;
-recover(_M, _FSize, _S, _H, _T, _N) ->
-    {error, corrupt_header}.
-
-%% Writes back what differs: NextTail (reset to Tail), Size (set to the file's size),
-%% Head (H0 as stored, H as it should be).
-repair(M, FSize, S, H0, H, T, N) ->
-    chain([fun() -> N =:= T orelse put_word(M, 8, T, T) end,
-           fun() -> (S =:= FSize andalso H0 =:= H) orelse put_word(M, 0, FSize, H) end]).
-
-init_header(_M, FSize) when FSize < ?HDR ->
-    {error, corrupt_header};
-init_header(M, FSize) ->
-    chain([fun() -> put_word(M, 0, FSize, ?HDR) end,
-           fun() -> put_word(M, 8, ?HDR, ?HDR) end]).
-
-all_zero(_M, Pos, End) when Pos >= End ->
-    true;
-all_zero(M, Pos, End) ->
-    Len = min(?ZERO_CHUNK, End - Pos),
-    case emmap:pread(M, Pos, Len) of
-        {ok, Bin} when byte_size(Bin) =:= Len ->
-            Bin =:= <<0:(Len * 8)>> andalso all_zero(M, Pos + Len, End);
-        _ ->
-            false
     end.
 
 %% @doc Closes the queue. Everything pushed is already in the file. Idempotent.
@@ -280,177 +219,143 @@ sync(_) -> erlang:error(badarg).
 
 %% @doc Appends `Term' (uncompressed). Same as `push(Q, Term, 0)'.
 -spec push(Q :: queue(), Term :: term()) -> ok | {error, full} | failure().
-push(Q, Term) ->
-    push(Q, Term, 0).
+push(?R(R), Term) ->
+    emmap:queue_push_nif(R, term_to_binary(Term, [{compressed, 0}, {minor_version, 2}]));
+push(_, _) ->
+    erlang:error(badarg).
 
 %% @doc Appends `Term', encoded by `term_to_binary/2' with compression level `Level'
 %% (from 0, none, to 9, the smallest). Grows the file when the message does not fit (see
 %% the module doc); returns `{error, full}' if it cannot grow (`fixed_size', or the
 %% 4 GiB limit of the format). Constant time, apart from growth.
 -spec push(Q :: queue(), Term :: term(), Level :: 0..9) -> ok | {error, full} | failure().
-push(?Q(Q), Term, Level) when is_integer(Level), Level >= 0, Level =< 9 ->
-    Bin = term_to_binary(Term, [{compressed, Level}, {minor_version, 2}]),
-    Sz0 = byte_size(Bin) + 8,
-    Pad = Sz0 rem 8,
-    Sz = Sz0 + Pad,
-    case header(Q) of
-        {ok, {S, H, T, _N}} ->
-            NewTail = T + Sz,
-            case room(Q, S, H, NewTail) of
-                ok ->
-                    Msg = <<Sz:32, Bin/binary, 0:(Pad * 8), Sz:32>>,
-                    chain([fun() -> put_word(Q, 8, T, NewTail) end,
-                           fun() -> emmap:pwrite(Q, T, Msg) end,
-                           fun() -> put_word(Q, 8, NewTail, NewTail) end]);
-                {error, _} = E ->
-                    E
-            end;
-        {error, _} = E ->
-            E
-    end;
+push(?R(R), Term, Level) when is_integer(Level), Level >= 0, Level =< 9 ->
+    emmap:queue_push_nif(R, term_to_binary(Term, [{compressed, Level}, {minor_version, 2}]));
 push(_, _, _) ->
     erlang:error(badarg).
-
-%% Makes the segment at least End bytes long.
-room(_Q, S, _H, End) when End =< S ->
-    ok;
-room(_Q, _S, _H, End) when End > ?MAX_OFFSET ->
-    {error, full};
-room(Q, _S, H, End) ->
-    case emmap:info(Q) of
-        #{closed := true} ->
-            {error, closed};
-        #{fixed_size := true} ->
-            {error, full};
-        #{size := Cur, max_inc_size := Inc} ->
-            Target = min(?MAX_OFFSET, grow_target(Cur, Inc, End)),
-            case emmap:resize(Q, Target) of
-                {ok, NewSize} -> put_word(Q, 0, NewSize, H);
-                {error, fixed_size} -> {error, full};
-                {error, _} = E -> E
-            end
-    end.
-
-%% The size emmap:resize/1 would reach, applied until it is at least End.
-grow_target(Cur, _Inc, End) when Cur >= End -> Cur;
-grow_target(Cur, Inc, End) -> grow_target(Cur + min(max(Cur, 1), Inc), Inc, End).
 
 %% @doc Removes and returns the oldest term; `nil' if the queue is empty. The space it
 %% took is reclaimed only by a later purge (see `pop_and_purge/1').
 -spec pop(Q :: queue()) -> term() | nil | failure().
-pop(?Q(Q)) -> take(Q, none, false);
+pop(?R(R)) -> pop_one(R, false);
 pop(_) -> erlang:error(badarg).
 
 %% @doc Like `pop/1', and when this empties the queue, also resets the header to
 %% 16/16/16 so the whole segment is free again.
 -spec pop_and_purge(Q :: queue()) -> term() | nil | failure().
-pop_and_purge(?Q(Q)) -> take(Q, none, true);
+pop_and_purge(?R(R)) -> pop_one(R, true);
 pop_and_purge(_) -> erlang:error(badarg).
+
+pop_one(R, Purge) ->
+    case emmap:queue_pop_nif(R, Purge) of
+        {ok, Term} ->
+            Term;
+        {compressed, Bin, H, Next} ->
+            %% Decoded here; removed only if it is still the oldest message (else
+            %% another process popped it meanwhile: take the next one).
+            case inflate(Bin, H, Next) of
+                {ok, Term} ->
+                    case emmap:queue_advance_nif(R, H, Next, Purge) of
+                        ok -> Term;
+                        moved -> pop_one(R, Purge);
+                        {error, _} = E -> E
+                    end;
+                {error, _} = E ->
+                    E
+            end;
+        Other ->
+            Other                               % nil or {error, _}
+    end.
 
 %% @doc Calls `Fun' on the oldest term and removes that term only if `Fun' returns;
 %% returns what `Fun' returned (`nil' without calling it if the queue is empty). If `Fun'
 %% raises, the exception reaches the caller and the queue is unchanged. `Fun' may push to
-%% the same queue but must not pop from it.
+%% the same queue but must not pop from it. If another process pops the term while `Fun'
+%% runs, `error({emmap_queue, queue_modified_while_popping})' is raised (the term was
+%% removed once, by that process).
 -spec try_pop(Q :: queue(), Fun :: fun((term()) -> Result)) -> Result | nil | failure().
-try_pop(?Q(Q), Fun) when is_function(Fun, 1) -> take(Q, Fun, false);
+try_pop(?R(R), Fun) when is_function(Fun, 1) -> take(R, Fun, false);
 try_pop(_, _) -> erlang:error(badarg).
 
 %% @doc `try_pop/2' that purges the queue when it becomes empty (see `pop_and_purge/1').
 -spec try_pop_and_purge(Q :: queue(), Fun :: fun((term()) -> Result)) ->
           Result | nil | failure().
-try_pop_and_purge(?Q(Q), Fun) when is_function(Fun, 1) -> take(Q, Fun, true);
+try_pop_and_purge(?R(R), Fun) when is_function(Fun, 1) -> take(R, Fun, true);
 try_pop_and_purge(_, _) -> erlang:error(badarg).
 
-%% Pops the oldest message; with a Fun, only once Fun has returned (and then its result).
-take(Q, Fun, Purge) ->
-    case header(Q) of
-        {ok, {_S, H, H, _N}} ->
-            nil;
-        {ok, {S, H, T, N}} ->
-            case read_frame(Q, H, T) of
-                {ok, Term, Next} when Fun =:= none ->
-                    %% Nothing ran since the header was read: it is still current.
-                    case Purge andalso Next =:= T andalso T =:= N of
-                        true -> keep(purge_header(Q, S), Term);
-                        false -> keep(put_word(Q, 0, S, Next), Term)
-                    end;
-                {ok, Term, Next} ->
-                    Res = Fun(Term),
-                    keep(advance(Q, H, Next, Purge), Res);
-                {error, _} = E ->
-                    E
+%% Runs Fun on the oldest message and removes it once Fun has returned.
+take(R, Fun, Purge) ->
+    case front(R) of
+        {ok, Term, H, Next} ->
+            Res = Fun(Term),
+            keep(advance(R, H, Next, Purge), Res);
+        Other ->
+            Other                               % nil or {error, _}
+    end.
+
+%% The oldest message: {ok, Term, Head, Next}, nil or {error, _}.
+front(R) ->
+    case emmap:queue_front_nif(R) of
+        {compressed, Bin, H, Next} ->
+            case inflate(Bin, H, Next) of
+                {ok, Term} -> {ok, Term, H, Next};
+                {error, _} = E -> E
             end;
-        {error, _} = E ->
-            E
+        Other ->
+            Other
     end.
 
 keep(ok, Res) -> Res;
 keep({error, _} = E, _Res) -> E.
 
-%% Moves Head from H (where the message just consumed starts) to Next. The header is
-%% read again: a fun called in between may have pushed (and grown the file).
-advance(Q, H, Next, Purge) ->
-    case header(Q) of
-        {ok, {S, H, T, T}} when Purge, Next =:= T ->
-            purge_header(Q, S);
-        {ok, {S, H, T, _N}} when Next =< T ->
-            put_word(Q, 0, S, Next);
-        {ok, _} ->
-            erlang:error({emmap_queue, queue_modified_while_popping});
-        {error, _} = E ->
-            E
+%% Moves Head from H (where the message just consumed starts) to Next, if that message is
+%% still the oldest: a fun called in between may have pushed (and grown the file), but
+%% must not have popped.
+advance(R, H, Next, Purge) ->
+    case emmap:queue_advance_nif(R, H, Next, Purge) of
+        moved -> erlang:error({emmap_queue, queue_modified_while_popping});
+        Res -> Res
     end.
-
-%% Tail and NextTail first, then Head: an interruption in between leaves
-%% Tail = NextTail = 16 < Head, which open/3 recognises.
-purge_header(Q, S) ->
-    chain([fun() -> put_word(Q, 8, ?HDR, ?HDR) end,
-           fun() -> put_word(Q, 0, S, ?HDR) end]).
 
 %% @doc The oldest term, left in the queue; `nil' if the queue is empty.
 -spec peek_front(Q :: queue()) -> term() | nil | failure().
-peek_front(?Q(Q)) ->
-    case header(Q) of
-        {ok, {_S, H, H, _N}} -> nil;
-        {ok, {_S, H, T, _N}} -> term_of(read_frame(Q, H, T));
-        {error, _} = E -> E
-    end;
-peek_front(_) ->
-    erlang:error(badarg).
+peek_front(?R(R)) -> peek_one(R, false);
+peek_front(_) -> erlang:error(badarg).
 
 %% @doc The newest term, left in the queue; `nil' if the queue is empty.
 -spec peek_back(Q :: queue()) -> term() | nil | failure().
-peek_back(?Q(Q)) ->
-    case header(Q) of
-        {ok, {_S, H, H, _N}} -> nil;
-        {ok, {_S, H, T, _N}} -> term_of(read_frame_before(Q, H, T));
-        {error, _} = E -> E
-    end;
-peek_back(_) ->
-    erlang:error(badarg).
+peek_back(?R(R)) -> peek_one(R, true);
+peek_back(_) -> erlang:error(badarg).
 
-term_of({ok, Term, _}) -> Term;
+peek_one(R, Back) ->
+    case emmap:queue_peek_nif(R, Back) of
+        {ok, Term} -> Term;
+        {compressed, Bin, Start, End} -> term_of(inflate(Bin, Start, End));
+        Other -> Other
+    end.
+
+term_of({ok, Term}) -> Term;
 term_of({error, _} = E) -> E.
 
 %% @doc Folds `Fun' over the terms from the oldest to the newest, without removing them.
 %% `Fun(Term, Acc)' returns `{cont, Acc1}' to go on or `{halt, Acc1}' to stop; the result
 %% is the last `Acc'. `Fun' must not modify the queue.
 -spec peek(Q :: queue(), Acc, Fun :: fold_fun()) -> Acc | failure().
-peek(?Q(Q), Acc, Fun) when is_function(Fun, 2) ->
-    case header(Q) of
-        {ok, {_S, H, T, _N}} -> fold_fwd(Q, H, T, Acc, Fun);
+peek(?R(R), Acc, Fun) when is_function(Fun, 2) ->
+    case header(R) of
+        {_S, H, T, _N} -> fold_fwd(R, H, T, Acc, Fun);
         {error, _} = E -> E
     end;
 peek(_, _, _) ->
     erlang:error(badarg).
 
-fold_fwd(_Q, T, T, Acc, _Fun) ->
+fold_fwd(_R, T, T, Acc, _Fun) ->
     Acc;
-fold_fwd(Q, Pos, T, Acc, Fun) ->
-    case read_frame(Q, Pos, T) of
+fold_fwd(R, Pos, T, Acc, Fun) ->
+    case frame(R, Pos, T, false) of
         {ok, Term, Next} ->
             case Fun(Term, Acc) of
-                {cont, Acc1} -> fold_fwd(Q, Next, T, Acc1, Fun);
+                {cont, Acc1} -> fold_fwd(R, Next, T, Acc1, Fun);
                 {halt, Acc1} -> Acc1;
                 Other -> erlang:error({bad_return_value, Other})
             end;
@@ -460,21 +365,21 @@ fold_fwd(Q, Pos, T, Acc, Fun) ->
 
 %% @doc Like `peek/3', from the newest term to the oldest.
 -spec rpeek(Q :: queue(), Acc, Fun :: fold_fun()) -> Acc | failure().
-rpeek(?Q(Q), Acc, Fun) when is_function(Fun, 2) ->
-    case header(Q) of
-        {ok, {_S, H, T, _N}} -> fold_back(Q, H, T, Acc, Fun);
+rpeek(?R(R), Acc, Fun) when is_function(Fun, 2) ->
+    case header(R) of
+        {_S, H, T, _N} -> fold_back(R, H, T, Acc, Fun);
         {error, _} = E -> E
     end;
 rpeek(_, _, _) ->
     erlang:error(badarg).
 
-fold_back(_Q, H, H, Acc, _Fun) ->
+fold_back(_R, H, H, Acc, _Fun) ->
     Acc;
-fold_back(Q, H, End, Acc, Fun) ->
-    case read_frame_before(Q, H, End) of
+fold_back(R, H, End, Acc, Fun) ->
+    case frame(R, End, H, true) of
         {ok, Term, Start} ->
             case Fun(Term, Acc) of
-                {cont, Acc1} -> fold_back(Q, H, Start, Acc1, Fun);
+                {cont, Acc1} -> fold_back(R, H, Start, Acc1, Fun);
                 {halt, Acc1} -> Acc1;
                 Other -> erlang:error({bad_return_value, Other})
             end;
@@ -487,32 +392,28 @@ fold_back(Q, H, End, Acc, Fun) ->
 %% `{halt, Acc1}' (then it stops). Returns the last `Acc', also when the queue runs
 %% empty. If `Fun' raises (or returns anything else), the term it was given stays in the
 %% queue, the ones before are gone, and the exception reaches the caller. Does not purge.
-%% `Fun' may push to the same queue but must not pop from it.
+%% `Fun' may push to the same queue but must not pop from it (nor may another process
+%% meanwhile: see `try_pop/2').
 -spec pop(Q :: queue(), Acc, Fun :: fold_fun()) -> Acc | failure().
-pop(?Q(Q), Acc, Fun) when is_function(Fun, 2) ->
-    pop_fold(Q, Acc, Fun);
+pop(?R(R), Acc, Fun) when is_function(Fun, 2) ->
+    pop_fold(R, Acc, Fun);
 pop(_, _, _) ->
     erlang:error(badarg).
 
-pop_fold(Q, Acc, Fun) ->
-    case header(Q) of
-        {ok, {_S, H, H, _N}} ->
+pop_fold(R, Acc, Fun) ->
+    case front(R) of
+        nil ->
             Acc;
-        {ok, {_S, H, T, _N}} ->
-            case read_frame(Q, H, T) of
-                {ok, Term, Next} ->
-                    {Go, Acc1} = case Fun(Term, Acc) of
-                                     {cont, _} = C -> C;
-                                     {halt, _} = C -> C;
-                                     Other -> erlang:error({bad_return_value, Other})
-                                 end,
-                    case {advance(Q, H, Next, false), Go} of
-                        {ok, cont} -> pop_fold(Q, Acc1, Fun);
-                        {ok, halt} -> Acc1;
-                        {{error, _} = E, _} -> E
-                    end;
-                {error, _} = E ->
-                    E
+        {ok, Term, H, Next} ->
+            {Go, Acc1} = case Fun(Term, Acc) of
+                             {cont, _} = C -> C;
+                             {halt, _} = C -> C;
+                             Other -> erlang:error({bad_return_value, Other})
+                         end,
+            case {advance(R, H, Next, false), Go} of
+                {ok, cont} -> pop_fold(R, Acc1, Fun);
+                {ok, halt} -> Acc1;
+                {{error, _} = E, _} -> E
             end;
         {error, _} = E ->
             E
@@ -520,9 +421,9 @@ pop_fold(Q, Acc, Fun) ->
 
 %% @doc Whether the queue holds no message.
 -spec is_empty(Q :: queue()) -> boolean() | failure().
-is_empty(?Q(Q)) ->
-    case header(Q) of
-        {ok, {_S, H, T, _N}} -> H =:= T;
+is_empty(?R(R)) ->
+    case header(R) of
+        {_S, H, T, _N} -> H =:= T;
         {error, _} = E -> E
     end;
 is_empty(_) ->
@@ -530,149 +431,72 @@ is_empty(_) ->
 
 %% @doc The number of messages. Walks the queue: linear in the number of messages.
 -spec length(Q :: queue()) -> non_neg_integer() | failure().
-length(?Q(Q)) ->
-    case header(Q) of
-        {ok, {_S, H, T, _N}} -> count(Q, H, T, 0);
+length(?R(R)) ->
+    case header(R) of
+        {_S, H, T, _N} -> count(R, H, T, 0);
         {error, _} = E -> E
     end;
 length(_) ->
     erlang:error(badarg).
 
-count(_Q, T, T, N) ->
+%% In bounded NIF steps.
+count(_R, T, T, N) ->
     N;
-count(Q, Pos, T, N) ->
-    case emmap:pread(Q, Pos, 4) of
-        {ok, <<Sz:32>>} when Sz >= 8, Sz =< T - Pos -> count(Q, Pos + Sz, T, N + 1);
-        {error, _} = E -> E;
-        _ -> {error, corrupt_header}
+count(R, Pos, T, N) ->
+    case emmap:queue_count_nif(R, Pos, T) of
+        {K, Next} when is_integer(K) -> count(R, Next, T, N + K);
+        {error, _} = E -> E
     end.
 
 %% @doc Reclaims the whole segment if the queue is empty (resets the header to
 %% 16/16/16) and returns `true'; returns `false', changing nothing, if it is not empty.
 -spec purge(Q :: queue()) -> boolean() | failure().
-purge(?Q(Q)) ->
-    case header(Q) of
-        {ok, {_S, ?HDR, ?HDR, ?HDR}} ->
-            true;
-        {ok, {S, H, H, _N}} ->
-            case purge_header(Q, S) of
-                ok -> true;
-                {error, _} = E -> E
-            end;
-        {ok, _} ->
-            false;
-        {error, _} = E ->
-            E
-    end;
-purge(_) ->
-    erlang:error(badarg).
+purge(?R(R)) -> emmap:queue_purge_nif(R);
+purge(_) -> erlang:error(badarg).
 
 %% @doc Drops every message and resets the header to 16/16/16 (with `Size' set to the
 %% mapping's size). Works on a queue whose header went bad while it was open, too.
 -spec erase(Q :: queue()) -> ok | failure().
-erase(?Q(Q)) ->
-    case emmap:info(Q) of
-        #{closed := true} -> {error, closed};
-        #{size := S} -> purge_header(Q, S)
-    end;
-erase(_) ->
-    erlang:error(badarg).
+erase(?R(R)) -> emmap:queue_erase_nif(R);
+erase(_) -> erlang:error(badarg).
 
 %% @doc The header fields as stored: `#{head, tail, next_tail, size}'. Not checked, so
 %% it also shows a corrupt header.
 -spec metadata(Q :: queue()) -> metadata() | failure().
-metadata(?Q(Q)) ->
-    case emmap:pread(Q, 0, ?HDR) of
-        {ok, <<S:32, H:32, T:32, N:32>>} -> #{head => H, tail => T, next_tail => N, size => S};
-        {error, _} = E -> E;
-        _ -> {error, corrupt_header}
+metadata(?R(R)) ->
+    case emmap:queue_header_nif(R, false) of
+        {S, H, T, N} -> #{head => H, tail => T, next_tail => N, size => S};
+        {error, _} = E -> E
     end;
 metadata(_) ->
     erlang:error(badarg).
 
-%%%---------------------------------------------------------------------------
-%%% Header and frames
-%%%---------------------------------------------------------------------------
+%% The header, if it satisfies the invariant: {Size, Head, Tail, NextTail}.
+header(R) ->
+    emmap:queue_header_nif(R, true).
 
-%% The header, if it satisfies the invariant.
-header(Q) ->
-    case emmap:pread(Q, 0, ?HDR) of
-        {ok, <<S:32, H:32, T:32, N:32>>} when ?HDR =< H, H =< T, T =< N, N =< S ->
-            {ok, {S, H, T, N}};
-        {error, _} = E ->
-            E;
-        _ ->
-            {error, corrupt_header}
-    end.
-
-%% Stores two header fields, A at Pos and B at Pos + 4 (Pos is 0 or 8), as one aligned
-%% 64-bit atomic store.
-put_word(Q, Pos, A, B) ->
-    <<V:64/signed-native>> = <<A:32, B:32>>,
-    emmap:patomic_write_integer(Q, Pos, V).
-
-%% Runs the steps in order while they return ok (or true).
-chain([]) ->
-    ok;
-chain([F | Rest]) ->
-    case F() of
-        ok -> chain(Rest);
-        true -> chain(Rest);
-        {error, _} = E -> E
-    end.
-
-%% The message starting at Pos, which must end at or before Limit:
-%% {ok, Term, EndOfMessage}.
-read_frame(Q, Pos, Limit) ->
-    Avail = Limit - Pos,
-    First = min(Avail, ?FIRST_READ),
-    case Avail >= 8 andalso emmap:pread(Q, Pos, First) of
-        {ok, <<Sz:32, _/binary>> = B} when byte_size(B) =:= First, Sz >= 8, Sz =< Avail ->
-            if
-                Sz =< First ->
-                    decode(binary_part(B, 4, Sz - 4), Sz, Pos);
-                true ->
-                    case emmap:pread(Q, Pos + 4, Sz - 4) of
-                        {ok, Rest} when byte_size(Rest) =:= Sz - 4 -> decode(Rest, Sz, Pos);
-                        {error, _} = E -> E;
-                        _ -> {error, corrupt_header}
-                    end
-            end;
-        {error, _} = E ->
-            E;
-        _ ->
-            {error, corrupt_header}
-    end.
-
-%% The message ending at End, which must start at or after H: {ok, Term, Start}.
-read_frame_before(Q, H, End) ->
-    case End - H >= 8 andalso emmap:pread(Q, End - 4, 4) of
-        {ok, <<Sz:32>>} when Sz >= 8, Sz =< End - H ->
-            Start = End - Sz,
-            case read_frame(Q, Start, End) of
-                {ok, Term, End} -> {ok, Term, Start};
-                {ok, _, _} -> {error, corrupt_header};
+%% One step of a fold (see queue_frame_nif): {ok, Term, NextPos} or {error, _}.
+frame(R, Pos, Limit, Back) ->
+    case emmap:queue_frame_nif(R, Pos, Limit, Back) of
+        {compressed, Bin, Start, End} ->
+            case inflate(Bin, Start, End) of
+                {ok, Term} when Back -> {ok, Term, Start};
+                {ok, Term} -> {ok, Term, End};
                 {error, _} = E -> E
             end;
-        {error, _} = E ->
-            E;
-        _ ->
-            {error, corrupt_header}
+        Other ->
+            Other
     end.
 
-%% Body: the message without its leading size (the term, the padding, the trailing size).
-decode(Body, Sz, Pos) ->
-    Len = Sz - 8,
-    case Body of
-        <<Bin:Len/binary, Sz:32>> ->
-            try binary_to_term(Bin, [used]) of
-                {Term, Used} when Used + 8 + (Used + 8) rem 8 =:= Sz -> {ok, Term, Pos + Sz};
-                _ -> {error, corrupt_header}
-            catch
-                error:badarg -> {error, corrupt_header}
-            end;
-        _ ->
-            {error, corrupt_header}
+%% Decodes a compressed term (the bytes between the frame's two sizes, padding included),
+%% which must fill its frame from Start to End as an uncompressed one must.
+inflate(Bin, Start, End) ->
+    Sz = End - Start,
+    try binary_to_term(Bin, [used]) of
+        {Term, Used} when Used + 8 + (Used + 8) rem 8 =:= Sz -> {ok, Term};
+        _ -> {error, corrupt_header}
+    catch
+        error:badarg -> {error, corrupt_header}
     end.
 
 %%%===========================================================================

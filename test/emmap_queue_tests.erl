@@ -1040,6 +1040,105 @@ server_closes_queue_when_parent_dies_test() ->
     ?assertNot(filelib:is_regular(F)).
 
 %%%===========================================================================
+%%% Several processes on one handle
+%%%===========================================================================
+
+%% 4 producers and 4 consumers share one handle (no server): every term comes out exactly
+%% once, each consumer sees each producer's terms in push order, and the file is a valid,
+%% empty queue afterwards. The segment starts small, so pushes grow it (on dirty
+%% schedulers) while others pop. Consumers mix pop/1, pop_and_purge/1, try_pop/2 and
+%% pop/3; a fun-based pop whose term another process took meanwhile raises, as
+%% documented, and counts as nothing taken.
+shared_handle_test_() ->
+    {timeout, 120, fun() -> with_queue(256, [], fun shared_handle/2) end}.
+
+shared_handle(Q, F) ->
+    Producers = 4,
+    N = 3000,
+    Parent = self(),
+    Ps = [spawn_link(fun() ->
+                             [ok = emmap_queue:push(Q, {P, I, binary:copy(<<P>>, I rem 97)})
+                              || I <- lists:seq(1, N)],
+                             Parent ! {pushed, self()}
+                     end) || P <- lists:seq(1, Producers)],
+    Cs = [spawn_link(fun() -> rand:seed(exsss, {C, 1, 2}), consume(Q, Parent, []) end)
+          || C <- lists:seq(1, 4)],
+    [receive {pushed, P} -> ok end || P <- Ps],
+    [C ! stop || C <- Cs],
+    Got = [receive {consumed, C, L} -> L end || C <- Cs],
+    Rest = fun Drain(Acc) ->
+                   case emmap_queue:pop_and_purge(Q) of
+                       nil -> lists:reverse(Acc);
+                       T -> Drain([T | Acc])
+                   end
+           end([]),
+    All = lists:append(Got) ++ Rest,
+    ?debugFmt("shared handle: consumers took ~w, ~w were left", [[length(L) || L <- Got],
+                                                                length(Rest)]),
+    ?assert(length(Rest) < Producers * N),
+    Keys = [{P, I} || {P, I, _} <- All],
+    ?assertEqual(Producers * N, length(Keys)),
+    ?assertEqual([{P, I} || P <- lists:seq(1, Producers), I <- lists:seq(1, N)],
+                 lists:sort(Keys)),
+    [?assertEqual(binary:copy(<<P>>, I rem 97), B) || {P, I, B} <- All],
+    [?assertEqual(lists:sort(Is), Is)
+     || L <- Got ++ [Rest], P <- lists:seq(1, Producers),
+        Is <- [[I || {P1, I, _} <- L, P1 =:= P]]],
+    %% Empty (the last pop may not have purged); purging resets the header.
+    ?assert(emmap_queue:is_empty(Q)),
+    ?assert(emmap_queue:purge(Q)),
+    #{size := S} = emmap_queue:metadata(Q),
+    ?assertEqual(meta(S, 16, 16, 16), emmap_queue:metadata(Q)),
+    ?assert(S > 256),
+    {ok, Q2} = emmap_queue:open(F, 0, []),
+    ?assertEqual(meta(S, 16, 16, 16), emmap_queue:metadata(Q2)),
+    ok = emmap_queue:close(Q2).
+
+consume(Q, Parent, Acc) ->
+    receive
+        stop -> Parent ! {consumed, self(), lists:reverse(Acc)}
+    after 0 ->
+        Taken = case rand:uniform(5) of
+                    1 -> [emmap_queue:pop(Q)];
+                    2 -> [emmap_queue:pop_and_purge(Q)];
+                    3 -> try [emmap_queue:try_pop(Q, fun(T) -> T end)]
+                         catch error:{emmap_queue, queue_modified_while_popping} -> []
+                         end;
+                    4 -> try emmap_queue:pop(Q, [], fun(T, A) -> {halt, [T | A]} end)
+                         catch error:{emmap_queue, queue_modified_while_popping} -> []
+                         end;
+                    5 -> _ = emmap_queue:peek_front(Q), _ = emmap_queue:length(Q), []
+                end,
+        consume(Q, Parent, [T || T <- Taken, T =/= nil] ++ Acc)
+    end.
+
+%%%===========================================================================
+%%% Long operations leave the normal schedulers free
+%%%===========================================================================
+
+%% A term of 48 MiB is pushed into a small queue (the file grows) and popped again, with a
+%% single normal scheduler online: the copies and the growth run on a dirty I/O scheduler
+%% (which is busy for much of each call), and a bystander process keeps getting answers.
+huge_terms_run_on_dirty_schedulers_test_() ->
+    {timeout, 120, fun() ->
+        Big = {big, binary:copy(<<"0123456789abcdef">>, 3 * 1024 * 1024)},
+        with_queue(4096, [], fun(Q, _) ->
+            {ok, MaxPush, DirtyPush} =
+                emmap_test_lib:off_normal_schedulers(fun() -> emmap_queue:push(Q, Big) end),
+            {Big, MaxPop, DirtyPop} =
+                emmap_test_lib:off_normal_schedulers(fun() -> emmap_queue:pop_and_purge(Q) end),
+            ?debugFmt("48 MiB push/pop: longest bystander round trip ~w/~w ms, "
+                      "dirty I/O busy ~.2f/~.2f of the call", [MaxPush, MaxPop, DirtyPush, DirtyPop]),
+            ?assert(DirtyPush > 0.3),
+            ?assert(DirtyPop > 0.3),
+            ?assert(MaxPush < 500),
+            ?assert(MaxPop < 500),
+            ?assertEqual(meta(maps:get(size, emmap_queue:metadata(Q)), 16, 16, 16),
+                         emmap_queue:metadata(Q))
+        end)
+    end}.
+
+%%%===========================================================================
 %%% kill -9 in the middle of pushes and pops
 %%%===========================================================================
 

@@ -88,12 +88,73 @@ run(Quick) ->
     _ = os:cmd("rm -rf " ++ Dir),
     SmallRows ++ BigRows ++ Scale ++ Resp ++ Extra.
 
-%% Rows from the queue and block-storage benches (each prints its own table too).
-extra_rows(_N) ->
+%% Rows from the queue and block-storage benches (each prints its own table too), after
+%% the two container rows of the performance targets, each next to its floor.
+extra_rows(N) ->
+    Containers = container_rows(N),
     Queue = [{"queue push+pop pair", Name, Ns, 1.0e9 / Ns} || {Name, Ns} <- emmap_queue_bench:run()],
     Blocks = [{"block storage 1531 B", atom_to_list(Op), Ns, 1.0e9 / Ns}
               || {Op, Ns} <- emmap_blocks_bench:run()],
-    Queue ++ Blocks.
+    Containers ++ Queue ++ Blocks.
+
+%% Queue push + pop of a 100-byte term and block store + read + free of 1531 bytes, hot
+%% (the queue holds at most one message, the block goes back to the same slot), each in a
+%% fresh process with a plain loop, next to a floor measured the same way in the same run:
+%% for the queue, the term_to_binary a push needs and two NIF calls; for blocks, a pwrite
+%% and a pread of 1531 bytes and an atomic read: the same three calls and copies without
+%% bookkeeping or checksums.
+container_rows(N) ->
+    Dir = "/tmp/emmap_bench_c_" ++ os:getpid(),
+    ok = filelib:ensure_dir(Dir ++ "/"),
+    {ok, Q} = emmap_queue:open(filename:join(Dir, "q"), 65536, []),
+    {ok, M} = emmap:open(filename:join(Dir, "b"), 0, 1, [create, read, write, shared]),
+    ok = emmap_blocks:init_block_storage(M, 1531),
+    {ok, F} = emmap:open(filename:join(Dir, "f"), 0, 1 bsl 20, [create, read, write, shared]),
+    Term = {msg, 12345, binary:copy(<<"p">>, 80)},
+    Bin = binary:copy(<<"b">>, 1531),
+    Rows =
+      [fresh("queue push+pop 100 B", "emmap_queue push+pop_and_purge", N,
+             fun() -> ok = emmap_queue:push(Q, Term), Term = emmap_queue:pop_and_purge(Q) end),
+       fresh("queue push+pop 100 B", "floor: term_to_binary+2 NIFs", N,
+             fun() ->
+                     <<_/binary>> = term_to_binary(Term, [{compressed, 0}, {minor_version, 2}]),
+                     {ok, _} = emmap:patomic_read_integer(F, 0),
+                     {ok, _} = emmap:patomic_read_integer(F, 0)
+             end),
+       fresh("blocks store+read+free 1531 B", "emmap_blocks", N,
+             fun() ->
+                     A = emmap_blocks:store_block(M, Bin),
+                     <<_/binary>> = emmap_blocks:read_block(M, A),
+                     true = emmap_blocks:free_block(M, A)
+             end),
+       fresh("blocks store+read+free 1531 B", "floor: pwrite+pread+patomic", N,
+             fun() ->
+                     ok = emmap:pwrite(F, 4096, Bin),
+                     {ok, _} = emmap:pread(F, 4096, 1531),
+                     {ok, _} = emmap:patomic_read_integer(F, 0)
+             end)],
+    ok = emmap_queue:close(Q), ok = emmap:close(M), ok = emmap:close(F),
+    _ = os:cmd("rm -rf " ++ Dir),
+    Rows.
+
+%% Median ns per call of F() over the rounds, measured in a new process (this one's heap
+%% holds large tuples of offsets, which would slow down every garbage collection).
+fresh(Op, Impl, N, F) ->
+    Self = self(),
+    Pid = spawn_link(fun() ->
+                             _ = plain_loop(F, min(N, 10000)),
+                             Ts = [begin
+                                       T0 = erlang:monotonic_time(nanosecond),
+                                       plain_loop(F, N),
+                                       (erlang:monotonic_time(nanosecond) - T0) / N
+                                   end || _ <- lists:seq(1, ?ROUNDS)],
+                             Self ! {self(), median(Ts)}
+                     end),
+    Ns = receive {Pid, T} -> T end,
+    {Op, Impl, Ns, 1.0e9 / Ns}.
+
+plain_loop(_F, 0) -> ok;
+plain_loop(F, N) -> F(), plain_loop(F, N - 1).
 
 offsets(Max) ->
     list_to_tuple([rand:uniform(Max + 1) - 1 || _ <- lists:seq(1, ?NOFFS)]).

@@ -16,24 +16,39 @@
 //! frees of one block cannot both succeed), then clear the bit. Repair clears bits whose
 //! slot holds no valid block and rebuilds the summary.
 //!
+//! Two layouts exist; they differ only in the checksum of a slot's marker: version 1 uses
+//! a 64-bit multiply hash ([`checksum`]), version 2 (what new storages get) the standard
+//! CRC-32C ([`crate::crc32c`]), which the CPU computes several times faster. Files of
+//! either version are read and written in their own version.
+//!
 //! Two layers live here. [`Storage`] is plain Rust over a [`Mem`] view (a mapped region or,
 //! in tests, a `Vec<u64>`): every offset comes from [`Layout`]'s checked arithmetic and every
 //! access is bounds- and alignment-checked, so a garbage file can give an error or an empty
 //! result but never an out-of-bounds access or a panic. The free functions at the bottom
-//! ([`init`], [`store`], [`read`], [`free`], [`scan`], [`repair`]) run those on a
-//! [`Mapping`], pinning its region with `access()` and growing it with `resize()`.
+//! ([`init`], [`store`], [`with_storage`], [`read`], [`free`], [`scan`], [`repair`]) run
+//! those on a [`Mapping`], through [`crate::mem::with_mem`], and grow it with `resize()`.
+//! A [`Cache`] per handle remembers validated headers, so that the header is checked by
+//! comparing 64 bytes instead of decoding and checksumming it on every call.
 
-use std::marker::PhantomData;
-use std::ptr;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
+use crate::crc32c;
 use crate::error::Error;
+use crate::growth::{self, Growth};
 use crate::mapping::Mapping;
+use crate::mem::{self, Fault, Mem};
+
+mod cache;
+pub use cache::Cache;
 
 /// First 8 bytes of a block storage file.
 pub const MAGIC: [u8; 8] = *b"EMMAPBLK";
-/// Layout version this code reads and writes.
-pub const VERSION: u32 = 1;
+/// Layout version whose markers use the 64-bit multiply hash.
+pub const VERSION_1: u32 = 1;
+/// Layout version whose markers use CRC-32C.
+pub const VERSION_2: u32 = 2;
+/// Layout version `init` gives new storages.
+pub const VERSION: u32 = VERSION_2;
 /// Size of the header; the bitmap starts right after it.
 pub const HEADER_SIZE: u64 = 64;
 /// Slots in a storage when `init` is not given a capacity.
@@ -49,6 +64,8 @@ pub const COMMIT_TAG: u32 = 0xB10C_C0DE;
 /// Seeds of the two checksums, so a header can never pass as slot data or the reverse.
 const HEADER_SEED: u64 = 0x6865_6164_6572_2131;
 const SLOT_SEED: u64 = 0x736c_6f74_2164_6174;
+/// The smallest step block storage grows its mapping by.
+const GROWTH_FLOOR: u64 = 64 * 1024;
 
 /// Why a block operation could not be carried out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,9 +81,9 @@ pub enum BlockError {
     Mismatch,
     /// A block whose length is not the storage's block size (`badarg` in Erlang).
     BadSize,
-    /// The storage's blocks are larger than the caller's limit (a NIF on a normal
-    /// scheduler): nothing was done, retry without the limit on a dirty scheduler.
-    TooBig,
+    /// The store needs the mapping to grow and the caller said it may not
+    /// ([`Growth::Refused`]): nothing was done.
+    NeedsGrowth,
     /// An error of the mapping itself (closed, eacces, alignment, fixed_size, ...).
     Map(Error),
 }
@@ -80,7 +97,7 @@ impl BlockError {
             BlockError::Full => "full",
             BlockError::Mismatch => "mismatch",
             BlockError::BadSize => "badarg",
-            BlockError::TooBig => "dirty",
+            BlockError::NeedsGrowth => "eagain",
             BlockError::Map(e) => e.atom(),
         }
     }
@@ -89,6 +106,15 @@ impl BlockError {
 impl From<Error> for BlockError {
     fn from(e: Error) -> BlockError {
         BlockError::Map(e)
+    }
+}
+
+impl From<Fault> for BlockError {
+    fn from(f: Fault) -> BlockError {
+        match f {
+            Fault::OutOfRange => BlockError::Corrupt,
+            Fault::Misaligned => BlockError::Map(Error::Alignment),
+        }
     }
 }
 
@@ -162,10 +188,47 @@ pub fn checksum(seed: u64, data: &[u8]) -> u64 {
     h
 }
 
-/// The commit marker of a slot holding `data` at `addr`: never 0 (free) thanks to the tag.
+/// The version 1 commit marker of a slot holding `data` at `addr`: never 0 (free) thanks
+/// to the tag.
 pub fn commit_marker(addr: u64, data: &[u8]) -> u64 {
     let h = checksum(SLOT_SEED ^ addr.wrapping_mul(LANE_K[0]), data);
     (u64::from(COMMIT_TAG) << 32) | ((h ^ (h >> 32)) & 0xFFFF_FFFF)
+}
+
+/// The version 2 commit marker: the tag and the CRC-32C of the address (8 bytes,
+/// little-endian) followed by the block. `plan` must be for `data.len()` bytes to be fast
+/// (any plan gives the same value).
+pub fn commit_marker_v2(addr: u64, data: &[u8], plan: &crc32c::Plan) -> u64 {
+    let r = crc32c::update(!0, &addr.to_le_bytes());
+    (u64::from(COMMIT_TAG) << 32) | u64::from(!plan.update(r, data))
+}
+
+/// How a storage's markers are computed: by its layout version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    V1,
+    /// With the CRC plan for the storage's block size.
+    V2(crc32c::Plan),
+}
+
+impl Check {
+    /// The check of a layout (for version 2 this prepares the CRC constants: a few
+    /// microseconds, which is why [`Cache`] keeps it).
+    pub fn of(lay: &Layout) -> Check {
+        match lay.version {
+            VERSION_1 => Check::V1,
+            _ => Check::V2(crc32c::Plan::new(lay.block_size as usize)),
+        }
+    }
+
+    /// The commit marker of a slot holding `data` at `addr`.
+    #[inline]
+    pub fn marker(&self, addr: u64, data: &[u8]) -> u64 {
+        match self {
+            Check::V1 => commit_marker(addr, data),
+            Check::V2(plan) => commit_marker_v2(addr, data, plan),
+        }
+    }
 }
 
 fn is_commit_tag(marker: u64) -> bool {
@@ -182,6 +245,8 @@ fn round_up(v: u64, to: u64) -> Option<u64> {
 /// arithmetic. Every offset in a [`Layout`] is below `total`, which fits in an `i64`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
+    /// [`VERSION_1`] or [`VERSION_2`]: how slot markers are computed.
+    pub version: u32,
     pub block_size: u64,
     pub capacity: u64,
     /// Bytes per slot: 8 (marker) + block size, rounded up to 8.
@@ -198,9 +263,16 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The layout for a block size and a capacity, or `None` if either is out of range.
+    /// The layout of a new storage ([`VERSION`]) for a block size and a capacity, or
+    /// `None` if either is out of range.
     pub fn new(block_size: u64, capacity: u64) -> Option<Layout> {
-        if block_size == 0
+        Layout::with_version(VERSION, block_size, capacity)
+    }
+
+    /// Like [`Layout::new`], for a given layout version (`None` for an unknown one).
+    pub fn with_version(version: u32, block_size: u64, capacity: u64) -> Option<Layout> {
+        if !(VERSION_1..=VERSION_2).contains(&version)
+            || block_size == 0
             || block_size > MAX_BLOCK_SIZE
             || capacity == 0
             || capacity > MAX_CAPACITY
@@ -219,6 +291,7 @@ impl Layout {
             return None;
         }
         Some(Layout {
+            version,
             block_size,
             capacity,
             stride,
@@ -268,7 +341,7 @@ impl Layout {
     pub fn encode(&self) -> [u8; 64] {
         let mut h = [0u8; 64];
         h[0..8].copy_from_slice(&MAGIC);
-        h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        h[8..12].copy_from_slice(&self.version.to_le_bytes());
         h[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
         h[16..24].copy_from_slice(&self.block_size.to_le_bytes());
         h[24..32].copy_from_slice(&self.capacity.to_le_bytes());
@@ -288,108 +361,15 @@ impl Layout {
         }
         let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
         let u64_at = |i: usize| word_at(h, i);
-        if u64_at(56) != checksum(HEADER_SEED, &h[..56])
-            || u32_at(8) != VERSION
-            || u64::from(u32_at(12)) != HEADER_SIZE
-        {
+        if u64_at(56) != checksum(HEADER_SEED, &h[..56]) || u64::from(u32_at(12)) != HEADER_SIZE {
             return Err(BlockError::Corrupt);
         }
-        let lay = Layout::new(u64_at(16), u64_at(24)).ok_or(BlockError::Corrupt)?;
+        let lay =
+            Layout::with_version(u32_at(8), u64_at(16), u64_at(24)).ok_or(BlockError::Corrupt)?;
         if lay.stride != u64_at(32) || lay.summary_off != u64_at(40) || lay.data_off != u64_at(48) {
             return Err(BlockError::Corrupt);
         }
         Ok(lay)
-    }
-}
-
-// ------------------------------------------------------------------------------ memory view
-
-/// A byte region shared with other threads and processes: touched only through atomics on
-/// aligned words and through raw copies, never through `&mut`.
-#[derive(Clone, Copy)]
-pub struct Mem<'a> {
-    ptr: *mut u8,
-    len: usize,
-    _life: PhantomData<&'a [AtomicU64]>,
-}
-
-// SAFETY: a `Mem` is made for memory shared between threads (and processes): every shared
-// word is accessed through atomics, block bytes are written only by the one writer that
-// claimed the slot's bit, and readers validate what they read against the slot's marker.
-unsafe impl Send for Mem<'_> {}
-// SAFETY: as for `Send`.
-unsafe impl Sync for Mem<'_> {}
-
-impl<'a> Mem<'a> {
-    /// A view of `len` bytes at `ptr`.
-    ///
-    /// # Safety
-    /// For all of `'a`, `ptr..ptr + len` must stay mapped and readable, and writable if any
-    /// writing method (store, free, init, repair) is called; nothing may hold a `&mut` to
-    /// it. Other threads or processes may change it concurrently.
-    pub unsafe fn from_raw(ptr: *mut u8, len: usize) -> Mem<'a> {
-        Mem {
-            ptr,
-            len,
-            _life: PhantomData,
-        }
-    }
-
-    /// A view of a buffer we own exclusively (tests, tools).
-    pub fn from_words(words: &'a mut [u64]) -> Mem<'a> {
-        let len = std::mem::size_of_val(words);
-        // SAFETY: the exclusive borrow keeps the buffer alive, writable and unaliased for 'a.
-        unsafe { Mem::from_raw(words.as_mut_ptr().cast(), len) }
-    }
-
-    pub fn len(&self) -> u64 {
-        self.len as u64
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// `[off, off + n)` as a `usize` range inside the region, or `None`.
-    fn range(&self, off: u64, n: u64) -> Option<usize> {
-        let end = off.checked_add(n)?;
-        if end > self.len as u64 {
-            return None;
-        }
-        usize::try_from(off).ok()
-    }
-
-    /// The 8-byte word at `off` as an atomic, if it is inside and 8-aligned in memory.
-    fn atomic(&self, off: u64) -> Result<&'a AtomicU64> {
-        let s = self.range(off, 8).ok_or(BlockError::Corrupt)?;
-        if (self.ptr as usize).wrapping_add(s) % 8 != 0 {
-            return Err(BlockError::Map(Error::Alignment));
-        }
-        // SAFETY: the 8 bytes at `s` are inside the region (checked above), which lives for
-        // 'a per `from_raw`'s contract, and are 8-aligned in memory (checked above): that is
-        // all `AtomicU64` needs. Every access to shared words goes through atomics.
-        Ok(unsafe { &*(self.ptr.add(s) as *const AtomicU64) })
-    }
-
-    /// `n` bytes at `off`, for reading. Others may change them while the slice is alive;
-    /// callers only copy or hash them and then re-check the slot's marker.
-    fn bytes(&self, off: u64, n: u64) -> Result<&'a [u8]> {
-        let s = self.range(off, n).ok_or(BlockError::Corrupt)?;
-        // SAFETY: inside the region (checked), alive for 'a (contract of `from_raw`); the
-        // slice is used for copying/hashing only, as `Mapping::bytes` does for pread.
-        Ok(unsafe { std::slice::from_raw_parts(self.ptr.add(s), n as usize) })
-    }
-
-    /// Copies `data` to `off`. `data` may overlap the destination (a direct binary of this
-    /// very slot), hence `ptr::copy` (memmove).
-    fn write(&self, off: u64, data: &[u8]) -> Result<()> {
-        let s = self
-            .range(off, data.len() as u64)
-            .ok_or(BlockError::Corrupt)?;
-        // SAFETY: the destination is inside the region (checked), which the caller keeps
-        // writable (contract of `from_raw`); memmove copes with overlap.
-        unsafe { ptr::copy(data.as_ptr(), self.ptr.add(s), data.len()) };
-        Ok(())
     }
 }
 
@@ -437,8 +417,7 @@ pub struct Repaired {
 pub struct Storage<'a> {
     mem: Mem<'a>,
     lay: Layout,
-    /// Slots lying whole inside the region.
-    mapped: u64,
+    check: Check,
 }
 
 /// Retries of a read whose slot changed under it, before answering "no block".
@@ -447,24 +426,44 @@ const READ_RETRIES: usize = 8;
 impl<'a> Storage<'a> {
     /// Opens the storage in `mem`, validating the header.
     pub fn open(mem: Mem<'a>) -> Result<Storage<'a>> {
+        let words = Storage::header_words(mem)?;
+        let lay = Layout::decode(&header_bytes(&words))?;
+        Storage::on(mem, lay, Check::of(&lay))
+    }
+
+    /// Like [`Storage::open`], with the header validated through `cache`: a header seen
+    /// before (all 64 bytes equal) is not decoded again.
+    #[inline]
+    pub fn open_cached(mem: Mem<'a>, cache: &Cache) -> Result<Storage<'a>> {
+        let words = Storage::header_words(mem)?;
+        if let Some((lay, check)) = cache.get(&words) {
+            return Storage::on(mem, lay, check);
+        }
+        let lay = Layout::decode(&header_bytes(&words))?;
+        let check = Check::of(&lay);
+        cache.put(words, lay, check);
+        Storage::on(mem, lay, check)
+    }
+
+    /// The header's words, if the region has a header with the magic.
+    #[inline]
+    fn header_words(mem: Mem<'a>) -> Result<[u64; 8]> {
         if mem.len() < HEADER_SIZE {
             return Err(BlockError::NotInitialized);
         }
-        let magic = mem.atomic(0)?.load(Ordering::Acquire);
-        if magic != u64::from_ne_bytes(MAGIC) {
+        let words = mem.words::<8>(0)?;
+        if words[0] != u64::from_ne_bytes(MAGIC) {
             return Err(BlockError::NotInitialized);
         }
-        let mut h = [0u8; 64];
-        h.copy_from_slice(mem.bytes(0, HEADER_SIZE)?);
-        let lay = Layout::decode(&h)?;
+        Ok(words)
+    }
+
+    #[inline]
+    fn on(mem: Mem<'a>, lay: Layout, check: Check) -> Result<Storage<'a>> {
         if mem.len() < lay.data_off {
             return Err(BlockError::Corrupt);
         }
-        Ok(Storage {
-            mem,
-            mapped: lay.slots_in(mem.len()),
-            lay,
-        })
+        Ok(Storage { mem, lay, check })
     }
 
     /// Writes a fresh, empty storage into `mem`, which must hold at least `lay.data_off`
@@ -503,21 +502,29 @@ impl<'a> Storage<'a> {
 
     /// Slots lying whole inside the region (never more than the capacity).
     pub fn mapped_slots(&self) -> u64 {
-        self.mapped
+        self.lay.slots_in(self.mem.len())
+    }
+
+    /// Whether slot `addr` exists and lies whole inside the region.
+    #[inline]
+    fn in_region(&self, addr: u64) -> bool {
+        self.lay
+            .slot_end(addr)
+            .is_some_and(|end| end <= self.mem.len())
     }
 
     fn bit_word(&self, w: u64) -> Result<&'a AtomicU64> {
         if w >= self.lay.words {
             return Err(BlockError::Corrupt);
         }
-        self.mem.atomic(self.lay.bitmap_off + 8 * w)
+        Ok(self.mem.atomic(self.lay.bitmap_off + 8 * w)?)
     }
 
     fn summary_word(&self, s: u64) -> Result<&'a AtomicU64> {
         if s >= self.lay.summary_words {
             return Err(BlockError::Corrupt);
         }
-        self.mem.atomic(self.lay.summary_off + 8 * s)
+        Ok(self.mem.atomic(self.lay.summary_off + 8 * s)?)
     }
 
     /// Bits of summary word `s` that stand for real bitmap words.
@@ -537,13 +544,14 @@ impl<'a> Storage<'a> {
     }
 
     fn marker(&self, addr: u64) -> Result<&'a AtomicU64> {
-        self.mem
-            .atomic(self.lay.slot_off(addr).ok_or(BlockError::Corrupt)?)
+        Ok(self
+            .mem
+            .atomic(self.lay.slot_off(addr).ok_or(BlockError::Corrupt)?)?)
     }
 
     fn data(&self, addr: u64) -> Result<&'a [u8]> {
         let off = self.lay.slot_off(addr).ok_or(BlockError::Corrupt)?;
-        self.mem.bytes(off + 8, self.lay.block_size)
+        Ok(self.mem.bytes(off + 8, self.lay.block_size)?)
     }
 
     fn bit_is_set(&self, addr: u64) -> Result<bool> {
@@ -552,7 +560,7 @@ impl<'a> Storage<'a> {
 
     /// Whether `marker` commits the bytes slot `addr` holds now.
     fn commits(&self, addr: u64, marker: u64) -> Result<bool> {
-        Ok(is_commit_tag(marker) && commit_marker(addr, self.data(addr)?) == marker)
+        Ok(is_commit_tag(marker) && self.check.marker(addr, self.data(addr)?) == marker)
     }
 
     /// The lowest address whose bit is clear, or `None` when all are taken. Words the
@@ -590,7 +598,7 @@ impl<'a> Storage<'a> {
             let Some(addr) = self.find_free()? else {
                 return Err(BlockError::Full);
             };
-            if addr >= self.mapped {
+            if !self.in_region(addr) {
                 let need = self.lay.slot_end(addr).ok_or(BlockError::Corrupt)?;
                 return Ok(Stored::Grow { need });
             }
@@ -602,19 +610,97 @@ impl<'a> Storage<'a> {
             let marker = self.marker(addr)?;
             let off = self.lay.slot_off(addr).ok_or(BlockError::Corrupt)?;
             marker.store(0, Ordering::SeqCst);
-            self.mem.write(off + 8, data)?;
-            // The checksum is of what the slot holds now, i.e. exactly what readers will see.
-            let m = commit_marker(addr, self.data(addr)?);
+            let m = self.fill(addr, off + 8, data)?;
             marker.store(m, Ordering::Release);
             return Ok(Stored::At(addr));
         }
+    }
+
+    /// Copies `data` into the slot of `addr` at `off` and returns the slot's commit marker,
+    /// computed over exactly the bytes written (version 2: while copying, in one pass).
+    fn fill(&self, addr: u64, off: u64, data: &[u8]) -> Result<u64> {
+        if let Check::V2(plan) = &self.check {
+            let dst = self.mem.ptr_at(off, data.len() as u64)?;
+            let (s, d, n) = (data.as_ptr() as usize, dst as usize, data.len());
+            // `data` may be a direct binary of this mapping: overlapping (but not
+            // identical) ranges need memmove, below.
+            let apart = s + n <= d || d + n <= s || s == d;
+            if apart && plan.len() == n {
+                let r = crc32c::update(!0, &addr.to_le_bytes());
+                // SAFETY: `dst` is `n` writable bytes of the region (range-checked above;
+                // store needs a writable region), `data` is `n` readable bytes, and the
+                // two are apart or the same range (checked above).
+                let c = unsafe { plan.copy_update(r, data.as_ptr(), dst) };
+                return Ok((u64::from(COMMIT_TAG) << 32) | u64::from(!c));
+            }
+        }
+        self.mem.write(off, data)?;
+        // The checksum is of what the slot holds now, i.e. exactly what readers will see.
+        Ok(self.check.marker(addr, self.data(addr)?))
+    }
+
+    /// The block at `addr` copied into memory `alloc` provides: `alloc(n)` is called with
+    /// the block size and returns a value and `n` bytes to copy into; the value is returned
+    /// if the copy is a block (its checksum is checked on the copy itself, so what is
+    /// handed out is exactly what was checked), `None` if there is no block. A block freed
+    /// or replaced meanwhile is read again; `alloc` may be called more than once.
+    pub fn read_copy<'d, T>(
+        &self,
+        addr: u64,
+        mut alloc: impl FnMut(usize) -> (T, &'d mut [u8]),
+    ) -> Result<Option<T>> {
+        if !self.in_region(addr) {
+            return Ok(None);
+        }
+        let marker = self.marker(addr)?;
+        let off = self.lay.slot_off(addr).ok_or(BlockError::Corrupt)? + 8;
+        let n = self.lay.block_size;
+        for _ in 0..READ_RETRIES {
+            if !self.bit_is_set(addr)? {
+                return Ok(None);
+            }
+            let m = marker.load(Ordering::Acquire);
+            if !is_commit_tag(m) {
+                return Ok(None);
+            }
+            let (v, buf) = alloc(n as usize);
+            if buf.len() as u64 != n {
+                return Err(BlockError::BadSize);
+            }
+            let got = match &self.check {
+                Check::V2(plan) if plan.len() == buf.len() => {
+                    let src = self.mem.ptr_at(off, n)?;
+                    let r = crc32c::update(!0, &addr.to_le_bytes());
+                    // SAFETY: `src` is `n` readable bytes of the region (range-checked),
+                    // `buf` is `n` bytes of private memory we hold exclusively, so they
+                    // do not overlap.
+                    let c = unsafe { plan.copy_update(r, src, buf.as_mut_ptr()) };
+                    (u64::from(COMMIT_TAG) << 32) | u64::from(!c)
+                }
+                check => {
+                    self.mem.read_into(off, buf)?;
+                    check.marker(addr, buf)
+                }
+            };
+            if got != m {
+                if marker.load(Ordering::Acquire) == m {
+                    return Ok(None); // torn or damaged slot: not a block
+                }
+                continue;
+            }
+            fence(Ordering::Acquire);
+            if marker.load(Ordering::Relaxed) == m {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
     }
 
     /// Calls `f` on the block at `addr` (its bytes in the region) and returns what `f`
     /// returned, or `None` if there is no block. A block freed or replaced while `f` ran is
     /// detected through its marker and read again; `f` may run more than once.
     pub fn read<T>(&self, addr: u64, mut f: impl FnMut(&'a [u8]) -> T) -> Result<Option<T>> {
-        if addr >= self.mapped {
+        if !self.in_region(addr) {
             return Ok(None);
         }
         let marker = self.marker(addr)?;
@@ -627,7 +713,7 @@ impl<'a> Storage<'a> {
                 return Ok(None);
             }
             let data = self.data(addr)?;
-            if commit_marker(addr, data) != m {
+            if self.check.marker(addr, data) != m {
                 if marker.load(Ordering::Acquire) == m {
                     return Ok(None); // torn or damaged slot: not a block
                 }
@@ -644,7 +730,7 @@ impl<'a> Storage<'a> {
 
     /// Frees the block at `addr`: `true` if there was one. Needs a writable region.
     pub fn free(&self, addr: u64) -> Result<bool> {
-        if addr >= self.mapped {
+        if !self.in_region(addr) {
             return Ok(false);
         }
         let marker = self.marker(addr)?;
@@ -684,7 +770,7 @@ impl<'a> Storage<'a> {
         budget: Budget,
         mut make: impl FnMut(&'a [u8]) -> T,
     ) -> Result<Chunk<T>> {
-        let end = self.mapped;
+        let end = self.mapped_slots();
         let mut out = Vec::new();
         if start >= end {
             return Ok((out, None));
@@ -734,6 +820,7 @@ impl<'a> Storage<'a> {
             return Ok(((start < cap).then_some(start), rep));
         }
         let stop = start.saturating_add(max_slots).min(cap);
+        let mapped = self.mapped_slots();
         for w in start / 64..=(stop - 1) / 64 {
             let lo = start.max(w * 64) - w * 64;
             let hi = stop.min(w * 64 + 64) - w * 64;
@@ -747,7 +834,7 @@ impl<'a> Storage<'a> {
             while bits != 0 {
                 let addr = w * 64 + u64::from(bits.trailing_zeros());
                 bits &= bits - 1;
-                if addr >= self.mapped {
+                if addr >= mapped {
                     continue;
                 }
                 let marker = self.marker(addr)?;
@@ -779,33 +866,27 @@ fn word_bytes(h: &[u8; 64], i: usize) -> [u8; 8] {
     w
 }
 
+/// The header's bytes from its words as loaded from memory (native byte order).
+fn header_bytes(words: &[u64; 8]) -> [u8; 64] {
+    let mut h = [0u8; 64];
+    for (i, w) in words.iter().enumerate() {
+        h[i * 8..i * 8 + 8].copy_from_slice(&w.to_ne_bytes());
+    }
+    h
+}
+
 // ------------------------------------------------------------------------------ on a Mapping
 
-/// Runs `f` on the storage in `m`'s current region, pinned for the duration of `f`.
-fn with_storage<T>(m: &Mapping, f: impl FnOnce(&Storage<'_>) -> Result<T>) -> Result<T> {
-    explained(m, pinned(m, f))
-}
-
-/// An error from a pinned call, as the mapping explains it (see `Mapping::explain`).
-fn explained<T>(m: &Mapping, r: Result<T>) -> Result<T> {
-    r.map_err(|e| match e {
-        BlockError::Map(e) => BlockError::Map(m.explain(e)),
-        e => e,
-    })
-}
-
-fn pinned<T>(m: &Mapping, f: impl FnOnce(&Storage<'_>) -> Result<T>) -> Result<T> {
-    let a = m.access()?;
-    // SAFETY: `a` pins the current region (mapped, `a.len()` bytes) until it is dropped at
-    // the end of this function, after `f` and everything borrowed from the view are gone.
-    // Nothing in emmap makes a `&mut` to mapped memory. Writes happen only after
-    // `check_writable`, i.e. on mappings opened `write` (mapped PROT_WRITE).
-    let mem = unsafe { Mem::from_raw(a.ptr(), a.len()) };
-    let r = f(&Storage::open(mem)?)?;
-    // A call touches the header, the bitmap and a slot: if any page of the mapping was
-    // cut away by someone else, do not answer as if it had worked.
-    a.check(0, a.len())?;
-    Ok(r)
+/// Runs `f` on the storage in `m`'s current region (validated through `cache`), which stays
+/// mapped while `f` runs. `f` may look at the layout before doing anything (a caller that
+/// must stay short can decline large blocks).
+#[inline]
+pub fn with_storage<T>(
+    m: &Mapping,
+    cache: &Cache,
+    f: impl FnOnce(&Storage<'_>) -> Result<T>,
+) -> Result<T> {
+    mem::with_mem(m, |mem| f(&Storage::open_cached(mem, cache)?))
 }
 
 fn check_writable(m: &Mapping) -> Result<()> {
@@ -822,8 +903,8 @@ fn may_resize(m: &Mapping) -> bool {
     !o.fixed_size
 }
 
-/// Grows `m` to hold at least `need` bytes: by the mapping's usual step (its size, at most
-/// `max_inc_size`, at least 64 KiB), never past `total`. `fixed_size` means full.
+/// Grows `m` to hold at least `need` bytes, by the usual growth rule (at least 64 KiB a
+/// step), never past `total`. `fixed_size` means full.
 fn grow(m: &Mapping, need: u64, total: u64) -> Result<()> {
     let cur = m.size()? as u64;
     if cur >= need {
@@ -832,8 +913,10 @@ fn grow(m: &Mapping, need: u64, total: u64) -> Result<()> {
     if !may_resize(m) {
         return Err(BlockError::Full);
     }
-    let step = cur.max(64 * 1024).min(m.options().max_inc_size.max(1));
-    let target = cur.saturating_add(step).min(total).max(need);
+    let target = growth::target(cur, need, m.options().max_inc_size, GROWTH_FLOOR)
+        .unwrap_or(total)
+        .min(total)
+        .max(need);
     match m.resize(target) {
         Ok(_) => Ok(()),
         // Someone else grew it meanwhile (resize never shrinks): fine if it is enough now.
@@ -844,45 +927,37 @@ fn grow(m: &Mapping, need: u64, total: u64) -> Result<()> {
 }
 
 /// The storage's layout (validates the header).
-pub fn layout(m: &Mapping) -> Result<Layout> {
-    with_storage(m, |s| Ok(*s.layout()))
+pub fn layout(m: &Mapping, cache: &Cache) -> Result<Layout> {
+    with_storage(m, cache, |s| Ok(*s.layout()))
 }
 
 /// `init_block_storage`: formats a new storage (growing the mapping to hold its bitmap),
-/// or accepts an existing one with the same block size (and capacity, if one is given).
-pub fn init(m: &Mapping, block_size: u64, capacity: Option<u64>) -> Result<Layout> {
-    explained(m, init_in(m, block_size, capacity))
-}
-
-fn init_in(m: &Mapping, block_size: u64, capacity: Option<u64>) -> Result<Layout> {
+/// or accepts an existing one with the same block size (and capacity, if one is given),
+/// whatever its layout version.
+pub fn init(m: &Mapping, cache: &Cache, block_size: u64, capacity: Option<u64>) -> Result<Layout> {
     check_writable(m)?;
     let lay = Layout::new(block_size, capacity.unwrap_or(DEFAULT_CAPACITY))
         .ok_or(BlockError::Map(Error::Einval))?;
     for _ in 0..4 {
-        let a = m.access()?;
-        // SAFETY: as in `with_storage`: `a` pins the region until the end of this iteration,
-        // the mapping is writable (checked above).
-        let mem = unsafe { Mem::from_raw(a.ptr(), a.len()) };
-        match Storage::open(mem) {
+        let done = mem::with_mem(m, |mem| match Storage::open_cached(mem, cache) {
             Ok(s) => {
-                a.check(0, a.len())?;
                 let have = s.layout();
                 let same_cap = capacity.is_none_or(|c| c == have.capacity);
-                return if have.block_size == block_size && same_cap {
-                    Ok(*have)
+                if have.block_size == block_size && same_cap {
+                    Ok(Some(*have))
                 } else {
                     Err(BlockError::Mismatch)
-                };
+                }
             }
-            Err(BlockError::NotInitialized) => {}
-            Err(e) => return Err(e),
-        }
-        if mem.len() >= lay.data_off {
-            let l = Storage::format(mem, lay).map(|s| *s.layout())?;
-            a.check(0, a.len())?;
+            Err(BlockError::NotInitialized) if mem.len() >= lay.data_off => {
+                Storage::format(mem, lay).map(|s| Some(*s.layout()))
+            }
+            Err(BlockError::NotInitialized) => Ok(None),
+            Err(e) => Err(e),
+        })?;
+        if let Some(l) = done {
             return Ok(l);
         }
-        drop(a);
         if !may_resize(m) {
             return Err(BlockError::Map(Error::FixedSize));
         }
@@ -895,29 +970,20 @@ fn init_in(m: &Mapping, block_size: u64, capacity: Option<u64>) -> Result<Layout
     Err(BlockError::Map(Error::Os(libc::EAGAIN)))
 }
 
-/// Outcome of [`store`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreOutcome {
-    Stored(u64),
-    /// The mapping must grow and `may_grow` was false: call again with `may_grow`.
-    MustGrow,
-}
-
-/// `store_block`: stores `data` in the lowest free slot, growing the mapping (when
-/// `may_grow`) if that slot lies past its end.
-pub fn store(m: &Mapping, data: &[u8], may_grow: bool) -> Result<StoreOutcome> {
+/// `store_block`: stores `data` in the lowest free slot and returns its address, growing
+/// the mapping if that slot lies past its end (with [`Growth::Refused`]: answering
+/// [`BlockError::NeedsGrowth`] instead, having done nothing).
+pub fn store(m: &Mapping, cache: &Cache, data: &[u8], growth: Growth) -> Result<u64> {
     check_writable(m)?;
     // Each round either stores or grows the mapping; growth is bounded by the capacity, so
     // only a storm of concurrent stores could need many rounds.
     for _ in 0..64 {
-        let (r, total) = with_storage(m, |s| Ok((s.store(data)?, s.layout().total)))?;
+        let (r, total) = with_storage(m, cache, |s| Ok((s.store(data)?, s.layout().total)))?;
         match r {
-            Stored::At(addr) => return Ok(StoreOutcome::Stored(addr)),
-            Stored::Grow { .. } if !may_grow => {
-                if !may_resize(m) {
-                    return Err(BlockError::Full);
-                }
-                return Ok(StoreOutcome::MustGrow);
+            Stored::At(addr) => return Ok(addr),
+            Stored::Grow { .. } if !may_resize(m) => return Err(BlockError::Full),
+            Stored::Grow { .. } if growth == Growth::Refused => {
+                return Err(BlockError::NeedsGrowth)
             }
             Stored::Grow { need } => grow(m, need, total)?,
         }
@@ -928,55 +994,58 @@ pub fn store(m: &Mapping, data: &[u8], may_grow: bool) -> Result<StoreOutcome> {
 /// In direct mode, records that binaries into the mapping are about to be handed out, so
 /// that no region is unmapped before the handle is dropped (see `mapping.rs`). A 1-byte
 /// `pread` is the mapping's public way of doing that.
-fn mark_exported(m: &Mapping) -> Result<()> {
+pub fn mark_exported(m: &Mapping) -> Result<()> {
     if m.options().direct {
         m.pread(0, 1, |_| ())?;
     }
     Ok(())
 }
 
-fn within(s: &Storage<'_>, limit: u64) -> Result<()> {
-    if s.layout().block_size > limit {
-        return Err(BlockError::TooBig);
-    }
-    Ok(())
-}
-
 /// `read_block`: `f` gets the block's bytes inside the mapping (in direct mode they stay
 /// mapped until the handle is dropped), `None` if there is no block at `addr`.
-/// `Err(TooBig)`, having done nothing, if blocks are larger than `limit` bytes.
-pub fn read<T>(m: &Mapping, addr: u64, limit: u64, f: impl FnMut(&[u8]) -> T) -> Result<Option<T>> {
+pub fn read<T>(
+    m: &Mapping,
+    cache: &Cache,
+    addr: u64,
+    f: impl FnMut(&[u8]) -> T,
+) -> Result<Option<T>> {
     mark_exported(m)?;
-    with_storage(m, |s| {
-        within(s, limit)?;
-        s.read(addr, f)
-    })
+    with_storage(m, cache, |s| s.read(addr, f))
 }
 
-/// `free_block`; `Err(TooBig)`, having done nothing, if blocks are larger than `limit`.
-pub fn free(m: &Mapping, addr: u64, limit: u64) -> Result<bool> {
+/// `free_block`: `true` if there was a block at `addr`.
+pub fn free(m: &Mapping, cache: &Cache, addr: u64) -> Result<bool> {
     check_writable(m)?;
-    with_storage(m, |s| {
-        within(s, limit)?;
-        s.free(addr)
-    })
+    with_storage(m, cache, |s| s.free(addr))
+}
+
+/// `eacces` for a mapping not opened with `write`: what stores, frees and repairs need
+/// (for callers that run [`Storage`] operations through [`with_storage`] themselves).
+pub fn writable(m: &Mapping) -> Result<()> {
+    check_writable(m)
 }
 
 /// One bounded step of `read_blocks`: see [`Storage::scan`].
 pub fn scan<T>(
     m: &Mapping,
+    cache: &Cache,
     start: u64,
     budget: Budget,
     make: impl FnMut(&[u8]) -> T,
 ) -> Result<Chunk<T>> {
     mark_exported(m)?;
-    with_storage(m, |s| s.scan(start, budget, make))
+    with_storage(m, cache, |s| s.scan(start, budget, make))
 }
 
 /// One bounded step of `repair_block_storage`: see [`Storage::repair`].
-pub fn repair(m: &Mapping, start: u64, max_slots: u64) -> Result<(Option<u64>, Repaired)> {
+pub fn repair(
+    m: &Mapping,
+    cache: &Cache,
+    start: u64,
+    max_slots: u64,
+) -> Result<(Option<u64>, Repaired)> {
     check_writable(m)?;
-    with_storage(m, |s| s.repair(start, max_slots))
+    with_storage(m, cache, |s| s.repair(start, max_slots))
 }
 
 #[cfg(test)]

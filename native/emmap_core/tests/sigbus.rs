@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use emmap_core::atomics::Op;
+use emmap_core::growth::Growth;
 use emmap_core::{blocks, sigbus, Error, Line, Mapping, Options, Whence};
 
 const PAGE: u64 = 4096;
@@ -223,21 +224,19 @@ fn block_storage_calls_answer_truncated() {
         opts(&["read", "write", "shared", "create", "fit"]).with_size(64 * 1024),
     )
     .unwrap();
-    blocks::init(&m, 1000, Some(64)).unwrap();
+    let cache = blocks::Cache::default();
+    blocks::init(&m, &cache, 1000, Some(64)).unwrap();
     let data = vec![7u8; 1000];
     let mut addrs = Vec::new();
     for _ in 0..40 {
-        match blocks::store(&m, &data, true).unwrap() {
-            blocks::StoreOutcome::Stored(a) => addrs.push(a),
-            blocks::StoreOutcome::MustGrow => unreachable!(),
-        }
+        addrs.push(blocks::store(&m, &cache, &data, Growth::Allowed).unwrap());
     }
     cut(&p, 8 * PAGE);
     let last = *addrs.last().unwrap();
-    let r = blocks::read(&m, last, u64::MAX, |b| b.to_vec());
+    let r = blocks::read(&m, &cache, last, |b| b.to_vec());
     assert_eq!(r, Err(blocks::BlockError::Map(Error::Truncated)));
-    assert!(blocks::store(&m, &data, true).is_err());
-    assert!(blocks::free(&m, last, u64::MAX).is_err());
+    assert!(blocks::store(&m, &cache, &data, Growth::Allowed).is_err());
+    assert!(blocks::free(&m, &cache, last).is_err());
 }
 
 trait WithSize {

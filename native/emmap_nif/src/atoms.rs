@@ -25,4 +25,13 @@ rustler::atoms! {
     lost_from,
     enabled,
     library,
+    // block storage and queue errors and answers
+    not_initialized,
+    corrupt,
+    full,
+    mismatch,
+    corrupt_header,
+    nil,
+    moved,
+    compressed,
 }

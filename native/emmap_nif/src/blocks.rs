@@ -1,17 +1,19 @@
 //! NIFs behind `emmap_blocks.erl`: decode, call `emmap_core::blocks`, encode.
 //!
-//! Every call on a normal scheduler is bounded: a store, read or free touches one block
-//! (storages of blocks above `DIRTY_COPY` bytes answer `dirty`, and the Erlang side calls
-//! the dirty-scheduler variant), and the chunked scans and repairs
-//! stop after a fixed amount of work and hand back a continuation, which the Erlang side
-//! loops over. Growing the mapping (ftruncate, mremap or a copy) is done on a dirty I/O
-//! scheduler: a normal-scheduler store that needs it answers `dirty`.
+//! One NIF per operation, each a raw NIF (see `schedule.rs`). A store, read or free
+//! touches one block and runs on the caller's scheduler unless the storage's blocks are
+//! larger than `DIRTY_COPY` or a store must grow the mapping: then it moves itself to a
+//! dirty I/O scheduler. The scans and repairs stop after a bounded amount of work and hand
+//! back a continuation, which the Erlang side loops over. Every call validates the header
+//! through the handle's cache (`blocks::Cache`), which makes that a 64-byte compare.
 
-use emmap_core::blocks::{self, BlockError, Budget, StoreOutcome};
-use rustler::{Atom, Binary, Encoder, Env, NifResult, Term};
+use emmap_core::blocks::{self, BlockError, Budget};
+use rustler::sys::{enif_make_new_binary, ErlNifTerm};
 
+use crate::raw::{self, get_bin, get_u64, Raw};
 use crate::resource::{self, Handle};
-use crate::{atoms, raw, term, DIRTY_COPY};
+use crate::schedule::{nif, On, Step};
+use crate::{atoms, DIRTY_COPY};
 
 /// Bytes one normal-scheduler call may copy or checksum (about 20-50 µs of work).
 const CALL_BYTES: u64 = 128 * 1024;
@@ -22,209 +24,223 @@ const CALL_BLOCKS: u64 = 1024;
 /// Bitmap words one scan call looks at (262,144 slots: a few µs of loads).
 const CALL_WORDS: u64 = 4096;
 
-fn block_err<'a>(env: Env<'a>, e: BlockError) -> NifResult<Term<'a>> {
-    match e {
-        BlockError::BadSize => Err(rustler::Error::BadArg),
-        BlockError::TooBig => Ok(atoms::dirty().encode(env)),
-        BlockError::Map(e) => Ok(term(env, raw::error(env.as_c_arg(), e))),
-        e => Ok((atoms::error(), Atom::from_str(env, e.atom())?).encode(env)),
+/// What an error becomes: `{error, Reason}`, `badarg` (a block of the wrong size), or a
+/// move to a dirty scheduler (a store that must grow the mapping).
+fn error(env: Raw, e: BlockError) -> Option<Step> {
+    let reason = match e {
+        BlockError::BadSize => return None,
+        BlockError::NeedsGrowth => return Some(Step::Dirty),
+        BlockError::Map(e) => return Some(Step::Done(raw::error(env, e))),
+        BlockError::NotInitialized => atoms::not_initialized(),
+        BlockError::Corrupt => atoms::corrupt(),
+        BlockError::Full => atoms::full(),
+        BlockError::Mismatch => atoms::mismatch(),
+    };
+    Some(Step::Done(raw::tuple2(
+        env,
+        raw::atom(atoms::error()),
+        raw::atom(reason),
+    )))
+}
+
+fn done<T>(env: Raw, r: Result<T, BlockError>, f: impl FnOnce(T) -> ErlNifTerm) -> Option<Step> {
+    match r {
+        Ok(v) => Some(Step::Done(f(v))),
+        Err(e) => error(env, e),
+    }
+}
+
+/// Whether blocks of `size` bytes are too large to copy or checksum here.
+fn too_big(on: On, size: u64) -> bool {
+    on.is_normal() && size > DIRTY_COPY as u64
+}
+
+/// An address argument: any integer; those outside `u64` are past every capacity.
+fn addr_arg(env: Raw, t: ErlNifTerm) -> u64 {
+    get_u64(env, t).unwrap_or(u64::MAX)
+}
+
+/// The bytes of a block as a binary: a resource binary into the mapping in direct mode
+/// (the mapping was marked exported first), else a copy.
+fn block_binary(env: Raw, h: &Handle, direct: bool, b: &[u8]) -> ErlNifTerm {
+    if direct {
+        // SAFETY: block bytes handed out in direct mode come from a mapping marked
+        // exported (`blocks::mark_exported`), which stays mapped while the resource
+        // (kept by the binary) lives.
+        unsafe { resource::direct_binary(env, h, b.as_ptr(), b.len()) }
+    } else {
+        raw::copy(env, b)
+    }
+}
+
+/// A new binary of `n` bytes, and its bytes to fill in (valid for this NIF call).
+fn new_binary<'a>(env: Raw, n: usize) -> (ErlNifTerm, &'a mut [u8]) {
+    let mut t = std::mem::MaybeUninit::<ErlNifTerm>::uninit();
+    // SAFETY: the VM returns a writable buffer of `n` bytes for the new binary, which
+    // nothing else references yet and which lives at least as long as this NIF call, and
+    // fills in `t`.
+    unsafe {
+        let p = enif_make_new_binary(env, n, t.as_mut_ptr());
+        let bytes = if n == 0 {
+            &mut []
+        } else {
+            std::slice::from_raw_parts_mut(p, n)
+        };
+        (t.assume_init(), bytes)
     }
 }
 
 /// How many blocks of `size` bytes one call may handle, at most `max`.
-fn per_call(max: u64, size: u64, dirty: bool) -> u64 {
-    let bytes = if dirty { DIRTY_CALL_BYTES } else { CALL_BYTES };
+fn per_call(max: u64, size: u64, on: On) -> u64 {
+    let bytes = if on.is_normal() {
+        CALL_BYTES
+    } else {
+        DIRTY_CALL_BYTES
+    };
     max.min(CALL_BLOCKS)
         .min((bytes / size.max(1)).max(1))
         .max(1)
 }
 
-#[rustler::nif(schedule = "DirtyIo")]
-fn block_init_nif<'a>(
-    env: Env<'a>,
-    h: &Handle,
-    block_size: u64,
-    max_blocks: u64,
-) -> NifResult<Term<'a>> {
-    let cap = (max_blocks != 0).then_some(max_blocks);
-    match blocks::init(&h.mapping, block_size, cap) {
-        Ok(_) => Ok(atoms::ok().encode(env)),
-        Err(e) => block_err(env, e),
-    }
-}
-
-fn store_any<'a>(env: Env<'a>, h: &Handle, data: Binary, dirty: bool) -> NifResult<Term<'a>> {
-    match blocks::store(&h.mapping, data.as_slice(), dirty) {
-        Ok(StoreOutcome::Stored(addr)) => Ok(addr.encode(env)),
-        Ok(StoreOutcome::MustGrow) => Ok(atoms::dirty().encode(env)),
-        Err(e) => block_err(env, e),
-    }
-}
-
-#[rustler::nif]
-fn block_store_nif<'a>(env: Env<'a>, h: &Handle, data: Binary) -> NifResult<Term<'a>> {
-    store_any(env, h, data, false)
-}
-
-#[rustler::nif(schedule = "DirtyIo")]
-fn block_store_dirty_nif<'a>(env: Env<'a>, h: &Handle, data: Binary) -> NifResult<Term<'a>> {
-    store_any(env, h, data, true)
-}
-
-/// The bytes of a block as a binary: a resource binary into the mapping in direct mode
-/// (`blocks::read`/`scan` mark the mapping exported first), else a copy.
-fn block_binary<'a>(env: Env<'a>, h: &Handle, b: &[u8]) -> Term<'a> {
-    let e = env.as_c_arg();
-    let t = if h.mapping.options().direct {
-        // SAFETY: block bytes handed out in direct mode come from a mapping marked
-        // exported, which stays mapped while the resource (kept by the binary) lives.
-        unsafe { resource::direct_binary(e, h, b.as_ptr(), b.len()) }
-    } else {
-        raw::copy(e, b)
-    };
-    term(env, t)
-}
-
-/// The block size above which a normal-scheduler call answers `dirty`.
-fn limit(dirty: bool) -> u64 {
-    if dirty {
-        u64::MAX
-    } else {
-        DIRTY_COPY as u64
-    }
-}
-
-fn read_any<'a>(env: Env<'a>, term: Term<'a>, addr: u64, dirty: bool) -> NifResult<Term<'a>> {
-    let h: &Handle = term.decode()?;
-    let r = blocks::read(&h.mapping, addr, limit(dirty), |b| block_binary(env, h, b));
-    match r {
-        Ok(Some(t)) => Ok(t),
-        Ok(None) => Ok(atoms::eof().encode(env)),
-        Err(e) => block_err(env, e),
-    }
-}
-
-#[rustler::nif]
-fn block_read_nif<'a>(env: Env<'a>, term: Term<'a>, addr: u64) -> NifResult<Term<'a>> {
-    read_any(env, term, addr, false)
-}
-
-#[rustler::nif(schedule = "DirtyIo")]
-fn block_read_dirty_nif<'a>(env: Env<'a>, term: Term<'a>, addr: u64) -> NifResult<Term<'a>> {
-    read_any(env, term, addr, true)
-}
-
-fn free_any<'a>(env: Env<'a>, h: &Handle, addr: u64, dirty: bool) -> NifResult<Term<'a>> {
-    match blocks::free(&h.mapping, addr, limit(dirty)) {
-        Ok(b) => Ok(b.encode(env)),
-        Err(e) => block_err(env, e),
-    }
-}
-
-#[rustler::nif]
-fn block_free_nif<'a>(env: Env<'a>, h: &Handle, addr: u64) -> NifResult<Term<'a>> {
-    free_any(env, h, addr, false)
-}
-
-#[rustler::nif(schedule = "DirtyIo")]
-fn block_free_dirty_nif<'a>(env: Env<'a>, h: &Handle, addr: u64) -> NifResult<Term<'a>> {
-    free_any(env, h, addr, true)
-}
-
-fn next_term(env: Env, next: Option<u64>) -> Term {
+fn next_term(env: Raw, next: Option<u64>) -> ErlNifTerm {
     match next {
-        Some(n) => n.encode(env),
-        None => atoms::eof().encode(env),
+        Some(n) => raw::uint(env, n),
+        None => raw::atom(atoms::eof()),
     }
 }
 
-/// One bounded step of `read_blocks`: `{[{Addr, Bin}], Next | eof}` with at most `max`
-/// blocks, or `dirty` when blocks are too large to copy here.
-fn chunk_any<'a>(
-    env: Env<'a>,
-    term: Term<'a>,
-    start: u64,
-    max: u64,
-    dirty: bool,
-) -> NifResult<Term<'a>> {
-    let h: &Handle = term.decode()?;
-    let lay = match blocks::layout(&h.mapping) {
-        Ok(l) => l,
-        Err(e) => return block_err(env, e),
-    };
-    if !dirty && lay.block_size > DIRTY_COPY as u64 {
-        return Ok(atoms::dirty().encode(env));
+// `init_block_storage`: `ok` or `{error, Reason}`. May grow the file: always dirty.
+nif!(dirty "block_init_nif", block_init, 3, |env, a, _on| {
+    let h = resource::get(env, a[0])?;
+    let (block_size, max_blocks) = (get_u64(env, a[1])?, get_u64(env, a[2])?);
+    let cap = (max_blocks != 0).then_some(max_blocks);
+    let r = blocks::init(&h.mapping, &h.blocks, block_size, cap);
+    done(env, r, |_| raw::atom(atoms::ok()))
+});
+
+// `store_block`: the address, or `{error, Reason}`.
+nif!(normal "block_store_nif", block_store, 2, |env, a, on| {
+    let h = resource::get(env, a[0])?;
+    let data = get_bin(env, a[1])?;
+    if too_big(on, data.len() as u64) {
+        return Some(Step::Dirty);
     }
-    let n = per_call(max, lay.block_size, dirty);
-    let budget = Budget {
-        blocks: n as usize,
-        checks: n,
-        words: CALL_WORDS,
-    };
-    let r = blocks::scan(&h.mapping, start, budget, |b| block_binary(env, h, b));
-    match r {
-        Ok((found, next)) => {
-            let list: Vec<Term> = found
-                .into_iter()
-                .map(|(addr, bin)| (addr, bin).encode(env))
-                .collect();
-            Ok((list, next_term(env, next)).encode(env))
+    let r = blocks::store(&h.mapping, &h.blocks, data, on.growth());
+    done(env, r, |addr| raw::uint(env, addr))
+});
+
+// `read_block`: the block, `eof`, or `{error, Reason}`.
+nif!(normal "block_read_nif", block_read, 2, |env, a, on| {
+    let h = resource::get(env, a[0])?;
+    let addr = addr_arg(env, a[1]);
+    let direct = h.mapping.options().direct;
+    if direct {
+        if let Err(e) = blocks::mark_exported(&h.mapping) {
+            return error(env, e);
         }
-        Err(e) => block_err(env, e),
     }
-}
-
-#[rustler::nif]
-fn block_chunk_nif<'a>(env: Env<'a>, term: Term<'a>, start: u64, max: u64) -> NifResult<Term<'a>> {
-    chunk_any(env, term, start, max, false)
-}
-
-#[rustler::nif(schedule = "DirtyIo")]
-fn block_chunk_dirty_nif<'a>(
-    env: Env<'a>,
-    term: Term<'a>,
-    start: u64,
-    max: u64,
-) -> NifResult<Term<'a>> {
-    chunk_any(env, term, start, max, true)
-}
-
-/// One bounded step of `repair_block_storage` over at most `max` slots from `start`:
-/// `Next | eof`, or `dirty` when blocks are too large to checksum here.
-fn repair_any<'a>(
-    env: Env<'a>,
-    h: &Handle,
-    start: u64,
-    max: u64,
-    dirty: bool,
-) -> NifResult<Term<'a>> {
-    let lay = match blocks::layout(&h.mapping) {
-        Ok(l) => l,
-        Err(e) => return block_err(env, e),
-    };
-    if !dirty && lay.block_size > DIRTY_COPY as u64 {
-        return Ok(atoms::dirty().encode(env));
+    let r = blocks::with_storage(&h.mapping, &h.blocks, |s| {
+        if too_big(on, s.layout().block_size) {
+            return Ok(None);
+        }
+        if direct {
+            s.read(addr, |b| block_binary(env, h, true, b)).map(Some)
+        } else {
+            s.read_copy(addr, |n| new_binary(env, n)).map(Some)
+        }
+    });
+    match r {
+        Ok(None) => Some(Step::Dirty),
+        Ok(Some(found)) => Some(Step::Done(found.unwrap_or(raw::atom(atoms::eof())))),
+        Err(e) => error(env, e),
     }
-    // No more slots than one call could checksum within its budget if all were in use.
-    let bytes = if dirty { DIRTY_CALL_BYTES } else { CALL_BYTES };
-    let n = max.min((bytes / lay.stride).max(1));
-    match blocks::repair(&h.mapping, start, n) {
-        Ok((next, _)) => Ok(next_term(env, next)),
-        Err(e) => block_err(env, e),
+});
+
+// `free_block`: `true`, `false`, or `{error, Reason}`.
+nif!(normal "block_free_nif", block_free, 2, |env, a, on| {
+    let h = resource::get(env, a[0])?;
+    let addr = addr_arg(env, a[1]);
+    let r = blocks::writable(&h.mapping).and_then(|_| {
+        blocks::with_storage(&h.mapping, &h.blocks, |s| {
+            if too_big(on, s.layout().block_size) {
+                return Ok(None);
+            }
+            s.free(addr).map(Some)
+        })
+    });
+    match r {
+        Ok(None) => Some(Step::Dirty),
+        Ok(Some(freed)) => Some(Step::Done(raw::atom(if freed {
+            atoms::true_()
+        } else {
+            atoms::false_()
+        }))),
+        Err(e) => error(env, e),
     }
-}
+});
 
-#[rustler::nif]
-fn block_repair_nif<'a>(env: Env<'a>, h: &Handle, start: u64, max: u64) -> NifResult<Term<'a>> {
-    repair_any(env, h, start, max, false)
-}
+// One bounded step of `read_blocks`: `{[{Addr, Bin}], Next | eof}` with at most `Max`
+// blocks, or `{error, Reason}`.
+nif!(normal "block_chunk_nif", block_chunk, 3, |env, a, on| {
+    let h = resource::get(env, a[0])?;
+    let (start, max) = (get_u64(env, a[1])?, get_u64(env, a[2])?);
+    let direct = h.mapping.options().direct;
+    if direct {
+        if let Err(e) = blocks::mark_exported(&h.mapping) {
+            return error(env, e);
+        }
+    }
+    let r = blocks::with_storage(&h.mapping, &h.blocks, |s| {
+        let size = s.layout().block_size;
+        if too_big(on, size) {
+            return Ok(None);
+        }
+        let n = per_call(max, size, on);
+        let budget = Budget {
+            blocks: n as usize,
+            checks: n,
+            words: CALL_WORDS,
+        };
+        s.scan(start, budget, |b| block_binary(env, h, direct, b)).map(Some)
+    });
+    match r {
+        Ok(None) => Some(Step::Dirty),
+        Ok(Some((found, next))) => {
+            let items: Vec<ErlNifTerm> = found
+                .into_iter()
+                .map(|(addr, bin)| raw::tuple2(env, raw::uint(env, addr), bin))
+                .collect();
+            let list = raw::list(env, &items);
+            Some(Step::Done(raw::tuple2(env, list, next_term(env, next))))
+        }
+        Err(e) => error(env, e),
+    }
+});
 
-#[rustler::nif(schedule = "DirtyIo")]
-fn block_repair_dirty_nif<'a>(
-    env: Env<'a>,
-    h: &Handle,
-    start: u64,
-    max: u64,
-) -> NifResult<Term<'a>> {
-    repair_any(env, h, start, max, true)
-}
+// One bounded step of `repair_block_storage` over at most `Max` slots from `Start`:
+// `Next | eof`, or `{error, Reason}`.
+nif!(normal "block_repair_nif", block_repair, 3, |env, a, on| {
+    let h = resource::get(env, a[0])?;
+    let (start, max) = (get_u64(env, a[1])?, get_u64(env, a[2])?);
+    let r = blocks::writable(&h.mapping).and_then(|_| {
+        blocks::with_storage(&h.mapping, &h.blocks, |s| {
+            let lay = s.layout();
+            if too_big(on, lay.block_size) {
+                return Ok(None);
+            }
+            // No more slots than one call could checksum if all were in use.
+            let bytes = if on.is_normal() {
+                CALL_BYTES
+            } else {
+                DIRTY_CALL_BYTES
+            };
+            let n = max.min((bytes / lay.stride).max(1));
+            s.repair(start, n).map(Some)
+        })
+    });
+    match r {
+        Ok(None) => Some(Step::Dirty),
+        Ok(Some((next, _))) => Some(Step::Done(next_term(env, next))),
+        Err(e) => error(env, e),
+    }
+});

@@ -3,7 +3,9 @@
 //!
 //! Argument shapes are guaranteed by `emmap.erl` (integers are already range-checked
 //! there); anything else that reaches a NIF fails to decode and raises `badarg`.
-//! The few calls on the hot path are raw NIFs in `hot.rs`; the rest use rustler's `#[nif]`.
+//! The few calls on the hot path are raw NIFs in `hot.rs`; block storage (`blocks.rs`) and
+//! the queue (`queue.rs`) are raw NIFs that decide their scheduler themselves
+//! (`schedule.rs`); the rest use rustler's `#[nif]`.
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("emmap supports Linux only (it relies on Linux's mmap, mremap and madvise flags and on /proc); build it on a Linux target");
@@ -12,8 +14,10 @@ mod atoms;
 mod blocks;
 mod entry;
 mod hot;
+mod queue;
 mod raw;
 mod resource;
+mod schedule;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

@@ -5,8 +5,9 @@ use std::mem::MaybeUninit;
 
 use emmap_core::Error;
 use rustler::sys::{
-    enif_get_long, enif_get_ulong, enif_inspect_binary, enif_make_long, enif_make_new_binary,
-    enif_make_tuple_from_array, ErlNifBinary, ErlNifEnv, ErlNifTerm,
+    enif_get_long, enif_get_ulong, enif_inspect_binary, enif_make_list_from_array, enif_make_long,
+    enif_make_new_binary, enif_make_tuple_from_array, enif_make_uint64, ErlNifBinary, ErlNifEnv,
+    ErlNifTerm,
 };
 use rustler::{Atom, Encoder, Env};
 
@@ -63,6 +64,38 @@ pub fn tuple2(env: Raw, a: ErlNifTerm, b: ErlNifTerm) -> ErlNifTerm {
     let arr = [a, b];
     // SAFETY: `arr` holds two valid terms of this env.
     unsafe { enif_make_tuple_from_array(env, arr.as_ptr(), 2) }
+}
+
+/// A tuple of the terms in `items` (all of this env).
+#[inline]
+pub fn tuple(env: Raw, items: &[ErlNifTerm]) -> ErlNifTerm {
+    // SAFETY: `items` holds `items.len()` valid terms of this env.
+    unsafe { enif_make_tuple_from_array(env, items.as_ptr(), items.len() as _) }
+}
+
+/// A list of the terms in `items` (all of this env).
+#[inline]
+pub fn list(env: Raw, items: &[ErlNifTerm]) -> ErlNifTerm {
+    // SAFETY: `items` holds `items.len()` valid terms of this env.
+    unsafe { enif_make_list_from_array(env, items.as_ptr(), items.len() as _) }
+}
+
+#[inline]
+pub fn uint(env: Raw, v: u64) -> ErlNifTerm {
+    // SAFETY: plain value conversion in the current env.
+    unsafe { enif_make_uint64(env, v) }
+}
+
+/// `true` or `false` as a bool; `None` for any other term.
+#[inline]
+pub fn get_bool(t: ErlNifTerm) -> Option<bool> {
+    if t == atom(atoms::true_()) {
+        Some(true)
+    } else if t == atom(atoms::false_()) {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 #[inline]

@@ -31,6 +31,8 @@ use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use emmap_core::blocks::Cache;
+use emmap_core::queue::Queue;
 use emmap_core::Mapping;
 use rustler::sys::{
     enif_alloc_resource, enif_get_resource, enif_make_resource, enif_make_resource_binary,
@@ -43,6 +45,10 @@ use rustler::{Decoder, Env, NifResult, Term};
 /// holding it (needed to make resource binaries) and the type it was allocated with.
 pub struct Handle {
     pub mapping: Mapping,
+    /// Serialises this handle's queue operations (`emmap_queue`).
+    pub queue: Queue,
+    /// The block storage headers this handle has validated (`emmap_blocks`).
+    pub blocks: Cache,
     raw: *const c_void,
     ty: *mut ErlNifResourceType,
 }
@@ -184,6 +190,8 @@ pub fn new_term(env: Env<'_>, mapping: Mapping) -> Term<'_> {
             aligned(obj),
             Handle {
                 mapping,
+                queue: Queue::default(),
+                blocks: Cache::default(),
                 raw: obj,
                 ty: t,
             },

@@ -2,6 +2,7 @@
 //! crash point of store/free, a randomised model test, and the Mapping glue.
 
 use super::*;
+use crate::growth::Growth;
 use crate::options::Options;
 use std::collections::BTreeMap;
 
@@ -605,52 +606,57 @@ fn mapping_grows_persists_and_reopens() {
     let p = d.path().join("blocks");
     let o = opts(&["create", "write", "shared"]);
     let m = Mapping::open(Some(&p), 0, 1, o.clone()).unwrap();
-    assert_eq!(layout(&m), Err(BlockError::NotInitialized));
+    let c = Cache::default();
+    assert_eq!(layout(&m, &c), Err(BlockError::NotInitialized));
     assert_eq!(
-        read(&m, 0, u64::MAX, |b| b.to_vec()),
+        read(&m, &c, 0, |b| b.to_vec()),
         Err(BlockError::NotInitialized)
     );
-    let lay = init(&m, 1531, None).unwrap();
+    let lay = init(&m, &c, 1531, None).unwrap();
     assert_eq!(lay.capacity, DEFAULT_CAPACITY);
     assert_eq!(m.size().unwrap() as u64, lay.data_off);
-    assert_eq!(init(&m, 1531, None), Ok(lay));
-    assert_eq!(init(&m, 1531, Some(DEFAULT_CAPACITY)), Ok(lay));
-    assert_eq!(init(&m, 1530, None), Err(BlockError::Mismatch));
-    assert_eq!(init(&m, 1531, Some(10)), Err(BlockError::Mismatch));
-    assert_eq!(store(&m, &[1; 1531], false), Ok(StoreOutcome::MustGrow));
+    assert_eq!(init(&m, &c, 1531, None), Ok(lay));
+    assert_eq!(init(&m, &c, 1531, Some(DEFAULT_CAPACITY)), Ok(lay));
+    assert_eq!(init(&m, &c, 1530, None), Err(BlockError::Mismatch));
+    assert_eq!(init(&m, &c, 1531, Some(10)), Err(BlockError::Mismatch));
+    assert_eq!(
+        store(&m, &c, &[1; 1531], Growth::Refused),
+        Err(BlockError::NeedsGrowth)
+    );
     for i in 0..500u64 {
         let data = vec![i as u8; 1531];
-        assert_eq!(store(&m, &data, true), Ok(StoreOutcome::Stored(i)));
+        assert_eq!(store(&m, &c, &data, Growth::Allowed), Ok(i));
     }
     assert!(m.size().unwrap() as u64 >= lay.slot_end(499).unwrap());
-    // A caller that cannot afford 1531-byte blocks is told so, and nothing happens.
-    assert_eq!(read(&m, 7, 1530, |b| b.len()), Err(BlockError::TooBig));
-    assert_eq!(free(&m, 7, 1530), Err(BlockError::TooBig));
-    assert_eq!(read(&m, 7, 1531, |b| b.len()), Ok(Some(1531)));
-    assert_eq!(free(&m, 7, u64::MAX), Ok(true));
+    // A caller that cannot afford large blocks can look at the block size first.
+    assert_eq!(
+        with_storage(&m, &c, |s| Ok(s.layout().block_size)),
+        Ok(1531)
+    );
+    assert_eq!(read(&m, &c, 7, |b| b.len()), Ok(Some(1531)));
+    assert_eq!(free(&m, &c, 7), Ok(true));
     drop(m);
     let m = Mapping::open(Some(&p), 0, 0, opts(&["write", "shared"])).unwrap();
-    assert_eq!(read(&m, 7, u64::MAX, |b| b.to_vec()), Ok(None));
-    assert_eq!(
-        read(&m, 499, u64::MAX, |b| b.to_vec()),
-        Ok(Some(vec![243; 1531]))
-    );
-    let (v, next) = scan(&m, 0, Budget::ALL, |b| b[0]).unwrap();
+    let c = Cache::default();
+    assert_eq!(read(&m, &c, 7, |b| b.to_vec()), Ok(None));
+    assert_eq!(read(&m, &c, 499, |b| b.to_vec()), Ok(Some(vec![243; 1531])));
+    let (v, next) = scan(&m, &c, 0, Budget::ALL, |b| b[0]).unwrap();
     assert_eq!(v.len(), 499);
     assert_eq!(next, None);
-    assert_eq!(repair(&m, 0, u64::MAX).map(|r| r.1.dropped), Ok(0));
-    assert_eq!(store(&m, &[0; 1531], true), Ok(StoreOutcome::Stored(7)));
+    assert_eq!(repair(&m, &c, 0, u64::MAX).map(|r| r.1.dropped), Ok(0));
+    assert_eq!(store(&m, &c, &[0; 1531], Growth::Allowed), Ok(7));
     // Read-only handles read but neither store, free, repair nor init.
     let ro = Mapping::open(Some(&p), 0, 0, opts(&["shared"])).unwrap();
-    assert_eq!(read(&ro, 7, u64::MAX, |b| b.len()), Ok(Some(1531)));
+    let c = Cache::default();
+    assert_eq!(read(&ro, &c, 7, |b| b.len()), Ok(Some(1531)));
     let eacces = Some(BlockError::Map(Error::Eacces));
-    assert_eq!(store(&ro, &[0; 1531], true).err(), eacces);
-    assert_eq!(free(&ro, 7, u64::MAX).err(), eacces);
-    assert_eq!(init(&ro, 1531, None).err(), eacces);
-    assert_eq!(repair(&ro, 0, 10).err(), eacces);
+    assert_eq!(store(&ro, &c, &[0; 1531], Growth::Allowed).err(), eacces);
+    assert_eq!(free(&ro, &c, 7).err(), eacces);
+    assert_eq!(init(&ro, &c, 1531, None).err(), eacces);
+    assert_eq!(repair(&ro, &c, 0, 10).err(), eacces);
     m.close();
     assert_eq!(
-        store(&m, &[0; 1531], true),
+        store(&m, &c, &[0; 1531], Growth::Allowed),
         Err(BlockError::Map(Error::Closed))
     );
 }
@@ -668,43 +674,60 @@ fn fixed_size_mappings_fill_up_and_bad_arguments_are_refused() {
         opts(&["create", "write", "shared", "fixed_size"]),
     )
     .unwrap();
-    assert_eq!(init(&m, 100, Some(0)), Err(BlockError::Map(Error::Einval)));
-    assert_eq!(init(&m, 0, None), Err(BlockError::Map(Error::Einval)));
+    let c = Cache::default();
     assert_eq!(
-        init(&m, 100, Some(MAX_CAPACITY + 1)),
+        init(&m, &c, 100, Some(0)),
+        Err(BlockError::Map(Error::Einval))
+    );
+    assert_eq!(init(&m, &c, 0, None), Err(BlockError::Map(Error::Einval)));
+    assert_eq!(
+        init(&m, &c, 100, Some(MAX_CAPACITY + 1)),
         Err(BlockError::Map(Error::Einval))
     );
     // Too small for the default capacity's bitmap, and it may not grow.
-    assert_eq!(init(&m, 100, None), Err(BlockError::Map(Error::FixedSize)));
-    assert_eq!(init(&m, 100, Some(50)), Ok(lay));
+    assert_eq!(
+        init(&m, &c, 100, None),
+        Err(BlockError::Map(Error::FixedSize))
+    );
+    assert_eq!(init(&m, &c, 100, Some(50)), Ok(lay));
     for a in 0..10 {
-        assert_eq!(
-            store(&m, &[a as u8; 100], true),
-            Ok(StoreOutcome::Stored(a))
-        );
+        assert_eq!(store(&m, &c, &[a as u8; 100], Growth::Allowed), Ok(a));
     }
-    assert_eq!(store(&m, &[0; 100], true), Err(BlockError::Full));
-    assert_eq!(store(&m, &[0; 100], false), Err(BlockError::Full));
-    assert_eq!(store(&m, &[0; 99], true), Err(BlockError::BadSize));
-    assert_eq!(free(&m, 3, u64::MAX), Ok(true));
-    assert_eq!(store(&m, &[0; 100], true), Ok(StoreOutcome::Stored(3)));
+    assert_eq!(
+        store(&m, &c, &[0; 100], Growth::Allowed),
+        Err(BlockError::Full)
+    );
+    assert_eq!(
+        store(&m, &c, &[0; 100], Growth::Refused),
+        Err(BlockError::Full)
+    );
+    assert_eq!(
+        store(&m, &c, &[0; 99], Growth::Allowed),
+        Err(BlockError::BadSize)
+    );
+    assert_eq!(free(&m, &c, 3), Ok(true));
+    assert_eq!(store(&m, &c, &[0; 100], Growth::Allowed), Ok(3));
 }
 
 #[test]
 fn anonymous_private_mappings_grow_by_copying() {
     let m = Mapping::open(None, 0, 4096, opts(&["anon", "write"])).unwrap();
-    init(&m, 40, Some(5000)).unwrap();
+    let c = Cache::default();
+    init(&m, &c, 40, Some(5000)).unwrap();
     for i in 0..3000u64 {
         let data = [(i % 256) as u8; 40];
-        assert_eq!(store(&m, &data, true), Ok(StoreOutcome::Stored(i)));
+        assert_eq!(store(&m, &c, &data, Growth::Allowed), Ok(i));
     }
     for i in (0..3000u64).step_by(97) {
-        assert_eq!(read(&m, i, u64::MAX, |b| b[0]), Ok(Some((i % 256) as u8)));
+        assert_eq!(read(&m, &c, i, |b| b[0]), Ok(Some((i % 256) as u8)));
     }
     for _ in 0..2000 {
-        assert_eq!(store(&m, &[0; 40], true).map(|_| ()), Ok(()));
+        assert_eq!(store(&m, &c, &[0; 40], Growth::Allowed).map(|_| ()), Ok(()));
     }
-    assert_eq!(store(&m, &[0; 40], true), Err(BlockError::Full));
+    assert_eq!(
+        store(&m, &c, &[0; 40], Growth::Allowed),
+        Err(BlockError::Full)
+    );
 }
 
 /// Anonymous shared memory is never resized by block storage (in-place `mremap` growth of
@@ -713,13 +736,17 @@ fn anonymous_private_mappings_grow_by_copying() {
 fn anonymous_shared_mappings_grow() {
     // Grown by a copy into new shared memory, never in place (which would SIGBUS).
     let m = Mapping::open(None, 0, 4096, opts(&["anon", "write", "shared"])).unwrap();
-    init(&m, 40, Some(5000)).unwrap();
+    let c = Cache::default();
+    init(&m, &c, 40, Some(5000)).unwrap();
     for i in 0..5000u64 {
-        assert_eq!(store(&m, &[i as u8; 40], true), Ok(StoreOutcome::Stored(i)));
+        assert_eq!(store(&m, &c, &[i as u8; 40], Growth::Allowed), Ok(i));
     }
-    assert_eq!(store(&m, &[1; 40], true), Err(BlockError::Full));
+    assert_eq!(
+        store(&m, &c, &[1; 40], Growth::Allowed),
+        Err(BlockError::Full)
+    );
     for i in (0..5000u64).step_by(97) {
-        let got = read(&m, i, u64::MAX, |b| b.to_vec()).unwrap().unwrap();
+        let got = read(&m, &c, i, |b| b.to_vec()).unwrap().unwrap();
         assert_eq!(got, vec![i as u8; 40]);
     }
 }
@@ -727,16 +754,229 @@ fn anonymous_shared_mappings_grow() {
 #[test]
 fn direct_mode_reads_point_into_the_mapping_and_survive_growth() {
     let m = Mapping::open(None, 0, 4096, opts(&["anon", "write", "direct"])).unwrap();
-    init(&m, 8, Some(100_000)).unwrap();
-    assert_eq!(store(&m, b"12345678", true), Ok(StoreOutcome::Stored(0)));
-    let (p, n) = read(&m, 0, u64::MAX, |b| (b.as_ptr() as usize, b.len()))
+    let c = Cache::default();
+    init(&m, &c, 8, Some(100_000)).unwrap();
+    assert_eq!(store(&m, &c, b"12345678", Growth::Allowed), Ok(0));
+    let (p, n) = read(&m, &c, 0, |b| (b.as_ptr() as usize, b.len()))
         .unwrap()
         .unwrap();
     for _ in 0..50_000 {
-        store(&m, b"abcdefgh", true).unwrap();
+        store(&m, &c, b"abcdefgh", Growth::Allowed).unwrap();
     }
     // SAFETY: direct mode with an exported region: the old region stays mapped until `m`
     // is dropped, which is after this read.
     let old = unsafe { std::slice::from_raw_parts(p as *const u8, n) };
     assert_eq!(old, b"12345678");
+}
+
+// ------------------------------------------------------------------------------ versions
+
+/// Both layout versions work the same; each writes its own markers: version 1 the
+/// multiply hash, version 2 the CRC-32C of the address and the block.
+#[test]
+fn both_versions_store_read_and_free_with_their_own_markers() {
+    let mut rng = Rng::new(6);
+    for version in [VERSION_1, VERSION_2] {
+        for bs in [1, 7, 64, 200, 1531] {
+            let lay = Layout::with_version(version, bs, 100).unwrap();
+            assert_eq!(Layout::decode(&lay.encode()), Ok(lay));
+            let mut buf = buffer(&lay, 100);
+            let s = fresh(&mut buf, lay);
+            let mut model = BTreeMap::new();
+            for a in 0..40 {
+                let d = block(&mut rng, &lay);
+                assert_eq!(s.store(&d), Ok(Stored::At(a)));
+                let m = s.marker(a).unwrap().load(Ordering::SeqCst);
+                let want = if version == VERSION_1 {
+                    commit_marker(a, &d)
+                } else {
+                    let mut msg = a.to_le_bytes().to_vec();
+                    msg.extend_from_slice(&d);
+                    (u64::from(COMMIT_TAG) << 32) | u64::from(crc32c::crc32c(&msg))
+                };
+                assert_eq!(m, want, "v{version} bs {bs}");
+                model.insert(a, d);
+            }
+            for a in (0..40).step_by(3) {
+                assert_eq!(s.free(a), Ok(true));
+                model.remove(&a);
+            }
+            let got: BTreeMap<_, _> = all_blocks(&s).into_iter().collect();
+            assert_eq!(got, model);
+        }
+    }
+    assert_eq!(Layout::with_version(0, 8, 8), None);
+    assert_eq!(Layout::with_version(3, 8, 8), None);
+    assert_eq!(Layout::new(8, 8).unwrap().version, VERSION);
+}
+
+/// Version 2 detects every change of up to 32 consecutive bits, and a block copied with
+/// its marker to another slot never validates there.
+#[test]
+fn version_2_markers_catch_bursts_and_moved_blocks() {
+    let lay = Layout::new(64, 16).unwrap();
+    let check = Check::of(&lay);
+    let mut rng = Rng::new(7);
+    let d = block(&mut rng, &lay);
+    let m = check.marker(3, &d);
+    for start in 0..(64 * 8 - 32) {
+        for len in [1, 2, 7, 8, 31, 32] {
+            let mut bad = d.clone();
+            let burst = (rng.next() | 1 | (1 << (len - 1))) & (u64::MAX >> (64 - len));
+            for i in 0..len {
+                if burst & (1 << i) != 0 {
+                    let bit = start + i;
+                    bad[bit / 8] ^= 1 << (bit % 8);
+                }
+            }
+            assert_ne!(check.marker(3, &bad), m);
+        }
+    }
+    for other in (0..MAX_CAPACITY)
+        .step_by(9973)
+        .chain([2, 4, MAX_CAPACITY - 1])
+    {
+        if other != 3 {
+            assert_ne!(check.marker(other, &d), m);
+        }
+    }
+}
+
+/// The cache answers only for headers it validated, byte for byte: a storage
+/// re-initialised with another geometry, a damaged header or a remapped region are
+/// validated again.
+#[test]
+fn the_header_cache_trusts_only_identical_bytes() {
+    let cache = Cache::default();
+    let a = Layout::new(10, 100).unwrap();
+    let b = Layout::with_version(VERSION_1, 12, 100).unwrap();
+    let mut buf = buffer(&a, 100);
+    Storage::format(Mem::from_words(&mut buf), a).unwrap();
+    let s = Storage::open_cached(Mem::from_words(&mut buf), &cache).unwrap();
+    assert_eq!(*s.layout(), a);
+    assert_eq!(s.store(&[1; 10]), Ok(Stored::At(0)));
+    assert_eq!(cache.len(), 1);
+    // Another geometry in the same memory.
+    Storage::format(Mem::from_words(&mut buf), b).unwrap();
+    let s = Storage::open_cached(Mem::from_words(&mut buf), &cache).unwrap();
+    assert_eq!((*s.layout(), s.check), (b, Check::V1));
+    assert_eq!(s.store(&[1; 10]), Err(BlockError::BadSize));
+    assert_eq!(cache.len(), 2);
+    // Any change to the header is seen, cache or not.
+    for i in 8..64 {
+        let mut copy = buf.clone();
+        copy[i / 8] ^= 1 << (i % 8 * 8);
+        let e = Storage::open_cached(Mem::from_words(&mut copy), &cache).err();
+        assert_eq!(e, Some(BlockError::Corrupt), "byte {i}");
+    }
+    let mut copy = buf.clone();
+    copy[0] ^= 1;
+    let e = Storage::open_cached(Mem::from_words(&mut copy), &cache).err();
+    assert_eq!(e, Some(BlockError::NotInitialized));
+    // A region too short for the bitmap is refused even with a known header.
+    let e = Storage::open_cached(Mem::from_words(&mut buf[..10]), &cache).err();
+    assert_eq!(e, Some(BlockError::Corrupt));
+    // Back to the first geometry: found again, not added twice.
+    Storage::format(Mem::from_words(&mut buf), a).unwrap();
+    assert!(Storage::open_cached(Mem::from_words(&mut buf), &cache).is_ok());
+    assert_eq!(cache.len(), 2);
+    // Past its size the cache stops remembering but keeps answering right.
+    for bs in 20..40 {
+        let l = Layout::new(bs, 100).unwrap();
+        let mut buf = buffer(&l, 1);
+        Storage::format(Mem::from_words(&mut buf), l).unwrap();
+        let s = Storage::open_cached(Mem::from_words(&mut buf), &cache).unwrap();
+        assert_eq!(*s.layout(), l);
+    }
+    assert_eq!(cache.len(), 8);
+}
+
+/// A storage written as version 1 stays version 1 on a mapping: init keeps it, and new
+/// blocks get version 1 markers.
+#[test]
+fn version_1_files_stay_version_1() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("v1");
+    let lay = Layout::with_version(VERSION_1, 100, 1000).unwrap();
+    let mut buf = buffer(&lay, 10);
+    {
+        let s = fresh(&mut buf, lay);
+        for i in 0..10u8 {
+            assert_eq!(s.store(&[i; 100]), Ok(Stored::At(u64::from(i))));
+        }
+        assert_eq!(s.free(4), Ok(true));
+    }
+    let bytes: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    std::fs::write(&p, &bytes).unwrap();
+    let m = Mapping::open(Some(&p), 0, 0, opts(&["read", "write", "shared"])).unwrap();
+    let c = Cache::default();
+    assert_eq!(init(&m, &c, 100, None), Ok(lay));
+    assert_eq!(read(&m, &c, 3, |b| b.to_vec()), Ok(Some(vec![3; 100])));
+    assert_eq!(store(&m, &c, &[42; 100], Growth::Allowed), Ok(4));
+    for _ in 0..20 {
+        store(&m, &c, &[43; 100], Growth::Allowed).unwrap();
+    }
+    assert_eq!(free(&m, &c, 5), Ok(true));
+    drop(m);
+    let mut after: Vec<u64> = std::fs::read(&p)
+        .unwrap()
+        .chunks_exact(8)
+        .map(|w| u64::from_ne_bytes(w.try_into().unwrap()))
+        .collect();
+    let s = Storage::open(Mem::from_words(&mut after)).unwrap();
+    assert_eq!(s.layout().version, VERSION_1);
+    let m4 = s.marker(4).unwrap().load(Ordering::SeqCst);
+    assert_eq!(m4, commit_marker(4, &[42; 100]));
+    let got = all_blocks(&s);
+    assert_eq!(got.len(), 9 + 20);
+    assert_eq!(got[0], (0, vec![0; 100]));
+}
+
+/// Reading into a copy gives what `read` gives, for both versions; a store whose data
+/// lies in the region itself (a direct binary), overlapping its own slot or not, stores
+/// exactly those bytes.
+#[test]
+fn copies_and_stores_from_the_region_itself() {
+    let mut rng = Rng::new(8);
+    for version in [VERSION_1, VERSION_2] {
+        let lay = Layout::with_version(version, 300, 64).unwrap();
+        let mut buf = buffer(&lay, 64);
+        let s = fresh(&mut buf, lay);
+        let mut model = BTreeMap::new();
+        for a in 0..20 {
+            let d = block(&mut rng, &lay);
+            assert_eq!(s.store(&d), Ok(Stored::At(a)));
+            model.insert(a, d);
+        }
+        // Each call of the allocator must give fresh memory (a new binary in the NIF).
+        let fresh_buf = |n: usize| {
+            let b: &'static mut [u8] = Box::leak(vec![0u8; n].into_boxed_slice());
+            let p = b.as_ptr() as usize;
+            (p, b)
+        };
+        let view = |p: usize| {
+            // SAFETY: `p` is a leaked 300-byte buffer from `fresh_buf`, never freed.
+            unsafe { std::slice::from_raw_parts(p as *const u8, 300) }.to_vec()
+        };
+        for a in 0..25 {
+            let got = s.read_copy(a, fresh_buf).unwrap();
+            assert_eq!(got.map(view).as_ref(), model.get(&a));
+        }
+        // Damage one slot: the copy is refused.
+        let off = lay.slot_off(5).unwrap() + 8 + 17;
+        let byte = s.mem.bytes(off, 1).unwrap()[0];
+        s.mem.write(off, &[byte ^ 1]).unwrap();
+        assert_eq!(s.read_copy(5, fresh_buf), Ok(None));
+        assert_eq!(s.read(5, |b| b.to_vec()), Ok(None));
+        assert_eq!(s.free(5), Ok(false));
+        s.repair(0, u64::MAX).unwrap();
+        // Sources inside the region: slot 3's bytes, and bytes straddling slot 5's own
+        // (the lowest free slot now), shifted by a few bytes.
+        for (src_off, want_addr) in [(lay.slot_off(3).unwrap() + 8, 5), (off - 17 + 4, 20)] {
+            let src = s.mem.bytes(src_off, 300).unwrap().to_vec();
+            let data = s.mem.bytes(src_off, 300).unwrap();
+            assert_eq!(s.store(data), Ok(Stored::At(want_addr)));
+            assert_eq!(s.read(want_addr, |b| b.to_vec()), Ok(Some(src)));
+        }
+    }
 }
