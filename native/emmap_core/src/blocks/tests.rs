@@ -1,10 +1,16 @@
 //! Block storage tests: exhaustive layout arithmetic, garbage headers and bodies, every
 //! crash point of store/free, a randomised model test, and the Mapping glue.
 
+use super::checksum::word_at;
+use super::layout::word_bytes;
 use super::*;
+use crate::crc32c;
 use crate::growth::Growth;
+use crate::mapping::Mapping;
+use crate::mem::Mem;
 use crate::options::Options;
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 /// xorshift64*: a small deterministic generator (no test dependency needed).
 struct Rng(u64);
