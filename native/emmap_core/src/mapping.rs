@@ -168,7 +168,7 @@ impl Mapping {
     /// Pins the current region for one operation, or reports `Closed`.
     #[inline]
     pub fn access(&self) -> Result<Access<'_>> {
-        let guard = if self.opts.lock {
+        let guard = if self.opts.lock() {
             Some(self.readers.read())
         } else {
             None
@@ -234,7 +234,7 @@ impl Mapping {
 
     /// Whether close/resize may unmap a region right away.
     fn may_release_early(&self) -> bool {
-        self.opts.lock && !(self.opts.direct && self.exported.load(Ordering::Acquire))
+        self.opts.lock() && !(self.opts.direct && self.exported.load(Ordering::Acquire))
     }
 
     /// Current size in bytes.
@@ -318,7 +318,7 @@ impl Mapping {
     /// binary can reach it, else when the handle is dropped. Idempotent.
     pub fn close(&self) {
         let mut st = self.state.write();
-        let _excl = self.opts.lock.then(|| self.readers.write());
+        let _excl = self.opts.lock().then(|| self.readers.write());
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -347,7 +347,7 @@ impl Mapping {
             direct: self.opts.direct,
             shared: self.opts.is_shared(),
             writable: self.opts.write,
-            lock: self.opts.lock,
+            lock: self.opts.lock(),
             anon: self.opts.anon,
             fixed_size: self.opts.fixed_size,
             max_inc_size: self.opts.max_inc_size,

@@ -140,7 +140,7 @@ fn closed_handles_answer_closed() {
 fn direct_bytes_survive_close_and_resize() {
     for lock in [true, false] {
         let mut o = opts(&["anon", "write", "direct"]);
-        o.lock = lock;
+        o.apply(if lock { "lock" } else { "nolock" }, None).unwrap();
         let m = Mapping::open(None, 0, 4096, o).unwrap();
         m.pwrite(0, b"keep").unwrap();
         let (p, n) = m.pread_direct(0, 4).unwrap().unwrap();

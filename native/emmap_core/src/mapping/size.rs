@@ -52,7 +52,7 @@ impl Mapping {
             return Err(Error::FixedSize);
         }
         let mut st = self.state.write();
-        let _excl = self.opts.lock.then(|| self.readers.write());
+        let _excl = self.opts.lock().then(|| self.readers.write());
         let old_len = Self::current(&st, &self.closed)?.len();
         let target = if new_size == 0 {
             let step = old_len
@@ -155,17 +155,9 @@ impl Mapping {
             }
             None => {
                 // Private or anonymous: the old contents live only in memory; copy them.
-                let share = if anon_shared {
-                    libc::MAP_SHARED
-                } else {
-                    libc::MAP_PRIVATE
-                };
-                let kind = libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_SHARED_VALIDATE;
-                let flags =
-                    (self.opts.map_flags() & !kind & !libc::MAP_SYNC) | share | libc::MAP_ANONYMOUS;
                 let spec = MapSpec {
                     prot: self.opts.prot(),
-                    flags,
+                    flags: self.opts.copy_flags(),
                     fd: None,
                     offset: 0,
                 };
@@ -213,7 +205,7 @@ impl Mapping {
     /// A `fixed_size` mapping answers `fixed_size` unless nothing would change.
     pub fn truncate(&self, new_len: u64) -> Result<usize> {
         let mut st = self.state.write();
-        let _excl = self.opts.lock.then(|| self.readers.write());
+        let _excl = self.opts.lock().then(|| self.readers.write());
         let old = Self::current(&st, &self.closed)?;
         let old_len = old.len();
         if new_len == old_len as u64 {
@@ -318,7 +310,7 @@ impl Mapping {
             return Err(Error::FixedSize);
         }
         let mut st = self.state.write();
-        let _excl = self.opts.lock.then(|| self.readers.write());
+        let _excl = self.opts.lock().then(|| self.readers.write());
         let cur_len = Self::current(&st, &self.closed)?.len();
         if end <= cur_len as u64 {
             return self.reserve(&st, off, len); // grown meanwhile
