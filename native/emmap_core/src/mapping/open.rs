@@ -13,13 +13,13 @@ use parking_lot::RwLock;
 use super::size::set_len;
 use super::{Mapping, Padded, State, UnlinkOnDrop};
 use crate::error::{Error, Result};
-use crate::file_users::FileUse;
+use crate::file_users::{FileId, FileUse};
 use crate::options::Options;
 use crate::readers::Readers;
 use crate::region::{page_size, MapSpec, Placement, Region};
 
 /// Opens the file to map. Nothing that cannot be mapped may make this wait: a FIFO opened
-/// for reading waits for a writer (and holds a dirty scheduler meanwhile), a device's open
+/// for reading waits for a writer (holding the calling thread meanwhile), a device's open
 /// may wait too. So anything that is not a regular file (or a directory, which gets its
 /// own error) is refused before it is opened, and the open is non-blocking, so that a
 /// FIFO put in its place meanwhile cannot block either; `map_file` then checks what was
@@ -78,6 +78,33 @@ fn clear_nonblock(f: &File) {
     }
 }
 
+/// An `open` of a file, once the options are checked and the file is open: everything
+/// [`Mapping::map_file`] decides from.
+struct FileRequest<'a> {
+    path: &'a Path,
+    file: File,
+    /// Whether this open created the file (`open` removes it again if mapping fails).
+    created: bool,
+    /// File offset of the mapping's byte 0.
+    offset: u64,
+    /// Bytes to map; 0: the rest of the file.
+    len: u64,
+    place: Placement,
+    opts: Options,
+}
+
+/// What a handle of a file holds besides its memory.
+struct Backing {
+    path: PathBuf,
+    /// Whether the file existed before this open.
+    existed: bool,
+    file: File,
+    id: FileId,
+    /// The handle's claim on the file (see `file_users.rs`).
+    claim: FileUse,
+    unlink: Option<UnlinkOnDrop>,
+}
+
 impl Mapping {
     /// Maps `len` bytes of `path` starting at `offset` (or anonymous memory with `anon`).
     /// `len == 0` means: the `{size, N}` option, else the rest of the existing file.
@@ -95,23 +122,32 @@ impl Mapping {
                 Placement::Exact(a / page_size() * page_size())
             }
         };
-        let spec = MapSpec {
-            prot: opts.prot(),
-            flags: opts.map_flags(),
-            fd: None,
-            offset,
-        };
         if opts.anon {
             if offset != 0 || len == 0 {
                 return Err(Error::Einval);
             }
             let len = usize::try_from(len).map_err(|_| Error::Einval)?;
+            let spec = MapSpec {
+                prot: opts.prot(),
+                flags: opts.map_flags(),
+                fd: None,
+                offset,
+            };
             let region = Region::map(&spec, len, place)?;
-            return Ok(Mapping::new(opts, None, offset, false, region, None, None));
+            return Ok(Mapping::new(opts, offset, region, None));
         }
         let path = path.ok_or(Error::Einval)?;
         let (file, created) = open_file(path, &opts)?;
-        match Self::map_file(path, file, created, offset, len, place, spec, opts) {
+        let req = FileRequest {
+            path,
+            file,
+            created,
+            offset,
+            len,
+            place,
+            opts,
+        };
+        match Self::map_file(req) {
             Err(e) if created => {
                 let _ = std::fs::remove_file(path);
                 Err(e)
@@ -120,17 +156,16 @@ impl Mapping {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn map_file(
-        path: &Path,
-        file: File,
-        created: bool,
-        offset: u64,
-        len: u64,
-        place: Placement,
-        mut spec: MapSpec,
-        opts: Options,
-    ) -> Result<Mapping> {
+    fn map_file(req: FileRequest<'_>) -> Result<Mapping> {
+        let FileRequest {
+            path,
+            file,
+            created,
+            offset,
+            len,
+            place,
+            opts,
+        } = req;
         let meta = file.metadata()?;
         if meta.is_dir() {
             return Err(Error::Os(libc::EISDIR));
@@ -142,9 +177,9 @@ impl Mapping {
         // Decide everything first, change the file last: an open that fails leaves an
         // existing file as it was (a created one is removed by the caller).
         let truncate = opts.truncate && !created;
-        let file_id = (meta.dev(), meta.ino());
-        let file_use = FileUse::new(file_id);
-        if truncate && file_use.shared_with_others() {
+        let id = (meta.dev(), meta.ino());
+        let claim = FileUse::new(id);
+        if truncate && claim.shared_with_others() {
             // Emptying a file that another handle maps would make that one fault.
             return Err(Error::Os(libc::EBUSY));
         }
@@ -178,7 +213,12 @@ impl Mapping {
         };
         let new_size = if truncate { Some(end) } else { new_size };
         let len = usize::try_from(len).map_err(|_| Error::Einval)?;
-        spec.fd = Some(file.as_raw_fd());
+        let mut spec = MapSpec {
+            prot: opts.prot(),
+            flags: opts.map_flags(),
+            fd: Some(file.as_raw_fd()),
+            offset,
+        };
         if new_size.is_some() {
             // Pages past the current end cannot be prefaulted yet.
             spec.flags &= !libc::MAP_POPULATE;
@@ -200,45 +240,47 @@ impl Mapping {
             dev: meta.dev(),
             ino: meta.ino(),
         });
-        let mut m = Mapping::new(
-            opts,
-            Some(path.to_path_buf()),
-            offset,
-            !created,
-            region,
-            Some(file),
+        let backing = Backing {
+            path: path.to_path_buf(),
+            existed: !created,
+            file,
+            id,
+            claim,
             unlink,
-        );
-        let st = m.state.get_mut();
-        st.file_use = Some(file_use);
-        st.file_id = Some(file_id);
-        Ok(m)
+        };
+        Ok(Mapping::new(opts, offset, region, Some(backing)))
     }
 
-    fn new(
-        opts: Options,
-        path: Option<PathBuf>,
-        offset: u64,
-        exist: bool,
-        region: Region,
-        file: Option<File>,
-        unlink: Option<UnlinkOnDrop>,
-    ) -> Mapping {
+    /// The handle over `region`, mapped from byte `offset` of the file `backing` describes
+    /// (`None`: anonymous memory).
+    fn new(opts: Options, offset: u64, region: Region, backing: Option<Backing>) -> Mapping {
         let region = Arc::new(region);
         let cur = AtomicPtr::new(Arc::as_ptr(&region) as *mut Region);
+        let (path, exist, file, file_id, file_use, unlink) = match backing {
+            Some(b) => (
+                Some(b.path),
+                b.existed,
+                Some(b.file),
+                Some(b.id),
+                Some(b.claim),
+                b.unlink,
+            ),
+            None => (None, false, None, None, None, None),
+        };
+        let state = State {
+            file_use,
+            file_id,
+            current: Some(region),
+            retired: Vec::new(),
+            file,
+            unlink,
+        };
         Mapping {
             opts,
             path,
             offset,
             exist,
-            state: RwLock::new(State {
-                file_use: None,
-                file_id: None,
-                current: Some(region),
-                retired: Vec::new(),
-                file,
-                unlink,
-            }),
+            state: RwLock::new(state),
             readers: Readers::default(),
             cur,
             closed: AtomicBool::new(false),
