@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::{Mapping, State};
 use crate::error::{Error, Result};
 use crate::file_users::{self, FileUse};
+use crate::growth;
 use crate::region::{page_size, MapSpec, Placement, Region};
 
 pub(super) fn set_len(f: &File, len: u64) -> Result<()> {
@@ -45,8 +46,9 @@ fn reserve_blocks(f: &File, base: u64, off: u64, len: u64) -> Result<()> {
 }
 
 impl Mapping {
-    /// Grows the mapping to `new_size` bytes (0: double below `max_inc_size`, else grow by
-    /// it). Never shrinks; never moves memory a direct binary may point into.
+    /// Grows the mapping to `new_size` bytes (0: one step of the growth rule, see
+    /// [`growth::step`]: double below `max_inc_size`, else grow by it, by at least a page).
+    /// Never shrinks; never moves memory a direct binary may point into.
     pub fn resize(&self, new_size: u64) -> Result<usize> {
         if self.opts.fixed_size {
             return Err(Error::FixedSize);
@@ -55,13 +57,12 @@ impl Mapping {
         let _excl = self.opts.lock().then(|| self.readers.write());
         let old_len = Self::current(&st, &self.closed)?.len();
         let target = if new_size == 0 {
-            let step = old_len
-                .max(page_size())
-                .min(usize::try_from(self.opts.max_inc_size).unwrap_or(usize::MAX));
-            old_len.checked_add(step).ok_or(Error::Einval)?
+            growth::step(old_len as u64, self.opts.max_inc_size, page_size() as u64)
+                .ok_or(Error::Einval)?
         } else {
-            usize::try_from(new_size).map_err(|_| Error::Einval)?
+            new_size
         };
+        let target = usize::try_from(target).map_err(|_| Error::Einval)?;
         if target < old_len {
             return Err(Error::Einval);
         }
