@@ -422,7 +422,7 @@ fn fixed_addresses_below_the_kernel_minimum_are_refused() {
 }
 
 /// Files that cannot be mapped are `einval` at once, whatever the options: a FIFO (whose
-/// read-only open waited for a writer, holding a dirty scheduler), a socket, character
+/// read-only open waited for a writer, holding the calling thread), a socket, character
 /// devices, `/proc` and `/sys` files. Each open runs in a thread, so a blocked one fails
 /// the test (after a generous wait) instead of hanging it.
 #[test]

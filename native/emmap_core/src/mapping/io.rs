@@ -82,7 +82,11 @@ impl Mapping {
     }
 
     /// Finds the line at the current position, looking at most `limit` bytes ahead, and
-    /// advances the position past it. `f` gets the line bytes (including `\r\n` / `\n`).
+    /// advances the position past it. `f` gets the line bytes (including `\r\n` / `\n`)
+    /// and whether they end in `\r\n`. A line that runs to the end of the mapping is a
+    /// line too; one with no newline in its first `limit` bytes and more bytes after them
+    /// is [`Line::TooLong`], and the position stays where it was: the search is bounded,
+    /// and a caller that wants longer lines asks again with a larger `limit`.
     pub fn read_line<T>(&self, limit: usize, f: impl FnOnce(&[u8], bool) -> T) -> Result<Line<T>> {
         self.answer(self.read_line_in(limit, f))
     }
@@ -297,6 +301,7 @@ pub enum Line<T> {
     Eof,
     /// The line, as `f` turned it into a value.
     Found(T),
-    /// No newline within the scan limit: retry with a larger limit on a dirty scheduler.
+    /// No newline within `limit` bytes, and the mapping goes on past them: nothing was
+    /// read, the position is unchanged.
     TooLong,
 }
