@@ -1,7 +1,7 @@
 //! Fixed-size block storage on a mapped region: a tiny persistent slab allocator.
 //!
 //! The byte layout, the store/free protocols and the crash-consistency argument are in
-//! `BLOCKS.md` beside `Cargo.toml`; this file follows it. In short:
+//! `BLOCKS.md` beside `Cargo.toml`; this module follows it. In short:
 //!
 //! ```text
 //! 0            header (64 bytes: magic, version, geometry, header checksum)
@@ -17,18 +17,25 @@
 //! slot holds no valid block and rebuilds the summary.
 //!
 //! Two layouts exist; they differ only in the checksum of a slot's marker: version 1 uses
-//! a 64-bit multiply hash ([`checksum`]), version 2 (what new storages get) the standard
+//! a 64-bit multiply hash ([`checksum()`]), version 2 (what new storages get) the standard
 //! CRC-32C ([`crate::crc32c`]), which the CPU computes several times faster. Files of
 //! either version are read and written in their own version.
 //!
-//! Two layers live here. [`Storage`] is plain Rust over a [`Mem`] view (a mapped region or,
-//! in tests, a `Vec<u64>`): every offset comes from [`Layout`]'s checked arithmetic and every
-//! access is bounds- and alignment-checked, so a garbage file can give an error or an empty
-//! result but never an out-of-bounds access or a panic. The free functions at the bottom
-//! ([`init`], [`store`], [`with_storage`], [`read`], [`free`], [`scan`], [`repair`]) run
-//! those on a [`Mapping`], through [`crate::mem::with_mem`], and grow it with `resize()`.
-//! A [`Cache`] per handle remembers validated headers, so that the header is checked by
-//! comparing 64 bytes instead of decoding and checksumming it on every call.
+//! Two layers live here. [`Storage`] is plain Rust over a [`Mem`](crate::mem::Mem) view (a
+//! mapped region or, in tests, a `Vec<u64>`): every offset comes from [`Layout`]'s checked
+//! arithmetic and every access is bounds- and alignment-checked, so a garbage file can give
+//! an error or an empty result but never an out-of-bounds access or a panic. The entry
+//! points ([`init`], [`store`], [`with_storage`], [`read`], [`free`], [`scan`], [`repair`])
+//! run those on a [`Mapping`](crate::mapping::Mapping), through [`crate::mem::with_mem`],
+//! and grow it with `resize()` by the rule of [`crate::growth`]. A [`Cache`] per handle
+//! remembers validated headers, so that the header is checked by comparing 64 bytes instead
+//! of decoding and checksumming it on every call.
+//!
+//! This file holds the format's constants, the errors and what the module exports; the
+//! rest is one concern a file: `blocks/checksum.rs` (slot markers and checksums of both
+//! versions), `blocks/layout.rs` (the layout and its header), `blocks/bitmap.rs` (the
+//! used-bitmap and its summary), `blocks/storage.rs` (the [`Storage`] operations),
+//! `blocks/on_mapping.rs` (the entry points) and `blocks/cache.rs` (the [`Cache`]).
 
 use crate::error::Error;
 use crate::mem::Fault;
@@ -87,7 +94,7 @@ pub enum BlockError {
     /// A block whose length is not the storage's block size (`badarg` in Erlang).
     BadSize,
     /// The store needs the mapping to grow and the caller said it may not
-    /// ([`Growth::Refused`]): nothing was done.
+    /// ([`Growth::Refused`](crate::growth::Growth::Refused)): nothing was done.
     NeedsGrowth,
     /// An error of the mapping itself (closed, eacces, alignment, fixed_size, ...).
     Map(Error),

@@ -1,13 +1,21 @@
-//! A handle's whole state: the current region, regions kept alive for direct binaries, the
-//! file descriptor, the shared file position, and the rules for when memory may be released.
+//! The handle: a mapping's whole state (the current region, regions kept alive for direct
+//! binaries, the file descriptor, the shared file position) and the rules for when memory
+//! may be released. Here are the handle itself, [`Access`] (the pin every touch of mapped
+//! memory holds), `close`, `info`, `sync`, `advise` and the error explanation
+//! ([`Mapping::explain`]); its other operations live beside it, one concern a file:
+//! `mapping/open.rs` (what `open` maps), `mapping/io.rs` (the data path) and
+//! `mapping/size.rs` (growing and shrinking).
 //!
-//! Lifetimes, in one paragraph: readers find the current region through an atomic pointer.
-//! With `lock` (the default) every data operation also holds the read side of an `RwLock`
-//! and `close`/`resize` hold the write side, so they may unmap at once. With `nolock` data
-//! operations take no lock at all, so `close`/`resize` never unmap: replaced regions are
-//! kept until the handle is dropped. In `direct` mode, once a binary pointing into the
-//! mapping has been handed out, no region is unmapped before the handle is dropped either;
-//! the VM drops the handle only after the last such binary is gone.
+//! Lifetimes, in one paragraph: data operations find the current region through an atomic
+//! pointer and never lock the state. With `lock` (the default) each of them is a reader of
+//! the handle's [`Readers`] (`readers.rs`: one plain store to enter, no atomic
+//! read-modify-write) and `close`, `resize`, `truncate` and a growing `allocate` are its
+//! writer, so they may unmap at once. With `nolock` data operations take nothing at all,
+//! so replaced regions are kept until the handle is dropped. In `direct` mode, once a
+//! binary pointing into the mapping has been handed out, no region is unmapped before the
+//! handle is dropped either; the VM drops the handle only after the last such binary is
+//! gone. The state (`RwLock<State>`) is locked by what changes or reports it: open, close,
+//! size changes, `sync`, `stat`, `info`, and the explanation of a lost range.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;

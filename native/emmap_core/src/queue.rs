@@ -29,6 +29,9 @@
 //! decoder that cannot tell how many bytes a term uses (the VM's decoder and compressed
 //! terms) hands back [`Decoded::Unchecked`] bytes; the caller checks them and removes the
 //! message with [`Locked::advance`].
+//!
+//! The format's reads and writes on a region (header words, frames, the commit order) are
+//! in `queue/format.rs`; this file holds the errors, the handle and the operations.
 
 use std::time::Duration;
 

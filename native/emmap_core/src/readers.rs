@@ -1,6 +1,7 @@
 //! A reader/writer exclusion whose read side costs no atomic read-modify-write.
 //!
-//! Data operations on a `lock` handle are readers; `close` and `resize` are the writer.
+//! Data operations on a `lock` handle are readers; `close` and the size changes (`resize`,
+//! `truncate`, a growing `allocate`) are the writer.
 //! Readers are many and frequent, the writer is rare, so the cost is put on the writer
 //! (the asymmetric scheme of user-space RCU):
 //!

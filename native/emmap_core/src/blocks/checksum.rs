@@ -91,7 +91,7 @@ pub enum Check {
 
 impl Check {
     /// The check of a layout (for version 2 this prepares the CRC constants: a few
-    /// microseconds, which is why [`Cache`] keeps it).
+    /// microseconds, which is why [`Cache`](super::Cache) keeps it).
     pub fn of(lay: &Layout) -> Check {
         match lay.version {
             VERSION_1 => Check::V1,

@@ -1,6 +1,7 @@
 //! The data path: reads and writes at a position or at the shared file position, lines,
-//! and 64-bit atomics. Every call pins the region with [`Mapping::access`], touches the
-//! bytes, checks them (`Access::check`/`probe`) and explains an error once unpinned.
+//! the position itself, and 64-bit atomics. Each call pins the region with
+//! [`Mapping::access`] and takes no other lock; one that touches mapped bytes checks them
+//! (`Access::check`/`probe`) before answering and explains an error once unpinned.
 
 use std::ptr;
 use std::sync::atomic::{AtomicI64, Ordering};
