@@ -98,16 +98,18 @@ impl Group for HugePages {
     }
 }
 
-/// Whether data operations exclude `close` and `resize` (see `readers.rs`).
+/// Whether data operations exclude `close` and `resize` (see `readers.rs`). (`NoLock` is
+/// the first variant, 0, so that the test every data operation makes compiles to what the
+/// test of a `bool` did.)
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Locking {
+    /// `nolock`: data operations take no lock; replaced memory stays mapped until the
+    /// handle is dropped.
+    NoLock,
     /// `lock` (the default): data operations are readers of the handle's reader/writer
     /// exclusion, so `close` and `resize` may unmap at once.
     #[default]
     Lock,
-    /// `nolock`: data operations take no lock; replaced memory stays mapped until the
-    /// handle is dropped.
-    NoLock,
 }
 
 /// A group of options of which one member applies.
