@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::size::set_len;
 use super::{Mapping, Padded, State, UnlinkOnDrop};
 use crate::error::{Error, Result};
 use crate::file_users::{FileId, FileUse};
@@ -228,9 +227,9 @@ impl Mapping {
         let region = Region::map(&spec, len, place)?;
         if let Some(size) = new_size {
             if truncate {
-                set_len(&file, 0)?;
+                file.set_len(0)?;
             }
-            set_len(&file, size)?;
+            file.set_len(size)?;
             if opts.populate {
                 let _ = region.advise(0, 0, libc::MADV_WILLNEED);
             }

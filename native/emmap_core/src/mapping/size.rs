@@ -12,7 +12,7 @@ use crate::file_users::{self, FileUse};
 use crate::growth;
 use crate::region::{page_size, MapSpec, Placement, Region};
 
-pub(super) fn set_len(f: &File, len: u64) -> Result<()> {
+fn set_len(f: &File, len: u64) -> Result<()> {
     f.set_len(len).map_err(Error::from)
 }
 
