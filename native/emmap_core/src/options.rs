@@ -131,6 +131,7 @@ enum Choice<T> {
 }
 
 impl<T: Group> Choice<T> {
+    /// The choice once `t` is named too.
     fn name(self, t: T) -> Choice<T> {
         match self {
             Choice::Unnamed => Choice::Named(t),
