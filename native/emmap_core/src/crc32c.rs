@@ -257,13 +257,11 @@ mod hw {
     /// `r * x^(8n) mod P` for the `n` whose constant `k` is (see [`Plan`]). The carry-less
     /// product of two reflected 32-bit values, read as a reflected 64-bit word, is
     /// `r * k * x`; the `crc32` instruction multiplies its 64-bit input by x^32 and
-    /// reduces, so the result is `r * k * x^33 mod P`.
-    ///
-    /// # Safety
-    /// The CPU must have SSE4.2 and PCLMULQDQ.
+    /// reduces, so the result is `r * k * x^33 mod P`. (Callable without `unsafe` only
+    /// from code compiled for the same CPU features, such as [`three_way`].)
     #[inline]
     #[target_feature(enable = "sse4.2,pclmulqdq")]
-    unsafe fn shift(r: u32, k: u32) -> u32 {
+    fn shift(r: u32, k: u32) -> u32 {
         let p = _mm_clmulepi64_si128(_mm_cvtsi32_si128(r as i32), _mm_cvtsi32_si128(k as i32), 0);
         _mm_crc32_u64(0, _mm_cvtsi128_si64(p) as u64) as u32
     }

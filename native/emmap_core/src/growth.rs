@@ -1,9 +1,10 @@
 //! How much a mapping grows when it needs more room.
 //!
-//! One rule, the one `resize/1` applies once: add the current size (double) while that is
-//! below `max_inc_size`, else add `max_inc_size`; the step is never below `floor`.
-//! Containers that need `need` bytes apply it repeatedly until the mapping is that big
-//! (block storage with a 64 KiB floor, the queue with none, as the original queue did).
+//! One rule for every growth: add the current size (double) while that is below
+//! `max_inc_size`, else add `max_inc_size`; the step is never below `floor`. `resize/1`
+//! takes one step of it ([`step`], with a floor of one page); containers that need `need`
+//! bytes take as many as it takes ([`target`]: block storage with a 64 KiB floor, the
+//! queue with none, as the original queue did).
 
 /// Whether an operation may grow its mapping. Growing can take long (a file extension, a
 /// new mapping, for private and anonymous memory a copy of all of it), so a caller that
@@ -31,6 +32,12 @@ pub fn target(cur: u64, need: u64, max_inc: u64, floor: u64) -> Option<u64> {
         size = size.checked_add(step)?;
     }
     Some(size)
+}
+
+/// The size one step of the rule takes a mapping of `cur` bytes to (what `resize/1`
+/// does); `None` if it does not fit in a `u64`.
+pub fn step(cur: u64, max_inc: u64, floor: u64) -> Option<u64> {
+    target(cur, cur.checked_add(1)?, max_inc, floor)
 }
 
 #[cfg(test)]
@@ -67,7 +74,22 @@ mod tests {
         assert_eq!(target(u64::MAX - 5, u64::MAX, 1 << 20, 1), None);
     }
 
+    #[test]
+    fn one_step_doubles_up_to_max_inc_and_never_moves_less_than_the_floor() {
+        assert_eq!(step(4096, 1 << 26, 4096), Some(8192));
+        assert_eq!(step(8192, 4096, 4096), Some(12_288));
+        assert_eq!(step(0, 1 << 26, 4096), Some(4096));
+        assert_eq!(step(100, 1 << 26, 4096), Some(4196));
+        assert_eq!(step(u64::MAX - 10, 1 << 20, 4096), None);
+    }
+
     proptest! {
+        /// One step is what `resize/1` computed inline before it used this rule.
+        #[test]
+        fn a_step_is_what_resize_computed(cur in 0u64..1 << 40, inc in 1u64..1 << 32, floor in 1u64..1 << 16) {
+            prop_assert_eq!(step(cur, inc, floor), Some(cur + cur.max(floor).min(inc)));
+        }
+
         #[test]
         fn same_as_stepping(cur in 0u64..1 << 24, extra in 0u64..1 << 24, inc in 1u64..1 << 16, floor in 0u64..1 << 12) {
             let need = cur + extra;

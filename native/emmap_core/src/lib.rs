@@ -1,11 +1,19 @@
 //! emmap's core: memory mappings for the Erlang VM, with no Erlang in sight.
 //!
-//! Everything a NIF call needs is here, testable with `cargo test`: the open options
-//! ([`options`]), offset/length arithmetic that cannot wrap ([`bounds`]), the kernel
-//! mapping ([`region`]), 64-bit atomics on mapped slots ([`atomics`]) and the handle state
-//! with its release rules ([`mapping`]); the containers built on a mapping, block storage
-//! ([`blocks`], checked with [`crc32c`]) and the persistent queue ([`queue`]), with the view
-//! of mapped memory they share ([`mem`]) and the rule by which they grow it ([`growth`]).
+//! Everything a NIF call decides is here, testable with `cargo test`:
+//!
+//! - the handle: the open options ([`options`]), the handle with its open policy, data path,
+//!   size changes and release rules ([`mapping`]), the reader/writer exclusion of `lock`
+//!   handles ([`readers`]), which files this process maps ([`file_users`]), and the errors
+//!   ([`error`]);
+//! - memory: one kernel mapping ([`region`]), offset/length arithmetic that cannot wrap
+//!   ([`bounds`]), 64-bit atomics on mapped slots ([`atomics`]), and how a mapping grows
+//!   ([`growth`]);
+//! - a file cut short by someone else: the SIGBUS handler ([`sigbus`]) and its table of
+//!   mappings ([`registry`]);
+//! - the containers built on a mapping: block storage ([`blocks`], checked with
+//!   [`crc32c`]) and the persistent queue ([`queue`]), with the view of mapped memory they
+//!   share ([`mem`]).
 
 pub mod atomics;
 pub mod blocks;

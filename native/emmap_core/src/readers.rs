@@ -1,6 +1,7 @@
 //! A reader/writer exclusion whose read side costs no atomic read-modify-write.
 //!
-//! Data operations on a `lock` handle are readers; `close` and `resize` are the writer.
+//! Data operations on a `lock` handle are readers; `close` and the size changes (`resize`,
+//! `truncate`, a growing `allocate`) are the writer.
 //! Readers are many and frequent, the writer is rare, so the cost is put on the writer
 //! (the asymmetric scheme of user-space RCU):
 //!
@@ -61,7 +62,7 @@ struct Claim(Option<usize>);
 
 impl Claim {
     fn new() -> Claim {
-        if !membarrier_ready() {
+        if !membarrier_ready() || fallback_forced() {
             return Claim(None);
         }
         let free = (0..GLOBAL_SLOTS).find(|&i| {
@@ -84,6 +85,24 @@ impl Drop for Claim {
 thread_local! {
     static CLAIM: Claim = Claim::new();
     static COUNTER: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Set by a test on a thread before its first read: the thread reads through the
+    /// counters, as every thread does where `membarrier` is missing.
+    static FORCE_FALLBACK: Cell<bool> = const { Cell::new(false) };
+}
+
+#[cfg(test)]
+fn fallback_forced() -> bool {
+    FORCE_FALLBACK.with(Cell::get)
+}
+
+#[cfg(not(test))]
+#[inline(always)]
+fn fallback_forced() -> bool {
+    false
 }
 
 /// This thread's global slot, if it has one.
@@ -240,10 +259,29 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    /// Tests that fill the slot table must not run at the same time.
+    /// Tests that fill the slot table, or count on free slots, must not run at the same
+    /// time.
     static TABLE: Mutex<()> = Mutex::new(());
 
-    fn exclusion(threads: usize) {
+    /// Which way a thread's reads went.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct Paths {
+        slot: u64,
+        counter: u64,
+    }
+
+    impl Paths {
+        fn count(&mut self, g: &ReadGuard<'_>) {
+            match g {
+                ReadGuard::Slot(_) => self.slot += 1,
+                ReadGuard::Counter(_) => self.counter += 1,
+            }
+        }
+    }
+
+    /// `threads` readers (reading through the counters if `fallback`) against a writer
+    /// that checks no reader is inside; returns which ways the reads went.
+    fn exclusion(threads: usize, fallback: bool) -> Paths {
         let r = Arc::new(Readers::default());
         let inside = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -251,36 +289,78 @@ mod tests {
             .map(|_| {
                 let (r, inside, stop) = (r.clone(), inside.clone(), stop.clone());
                 std::thread::spawn(move || {
-                    let mut n = 0u64;
+                    FORCE_FALLBACK.with(|f| f.set(fallback));
+                    let mut paths = Paths::default();
                     while !stop.load(Ordering::Relaxed) {
-                        let _g = r.read();
+                        let g = r.read();
                         inside.fetch_add(1, Ordering::SeqCst);
+                        for _ in 0..10 {
+                            std::hint::spin_loop();
+                        }
                         inside.fetch_sub(1, Ordering::SeqCst);
-                        n += 1;
+                        paths.count(&g);
                     }
-                    n
+                    paths
                 })
             })
             .collect();
         for _ in 0..2000 {
             let _w = r.write();
-            assert_eq!(inside.load(Ordering::SeqCst), 0);
+            // Looked at for a while, so that a reader let in by mistake is seen.
+            for _ in 0..100 {
+                assert_eq!(inside.load(Ordering::SeqCst), 0);
+                std::hint::spin_loop();
+            }
         }
         stop.store(true, Ordering::Relaxed);
-        let reads: u64 = hs.into_iter().map(|h| h.join().unwrap()).sum();
-        assert!(reads > 0);
+        let mut all = Paths::default();
+        for h in hs {
+            let p = h.join().unwrap();
+            all.slot += p.slot;
+            all.counter += p.counter;
+        }
+        assert!(all.slot + all.counter > 0);
+        all
+    }
+
+    /// With `membarrier`, readers take slots of the table; where it is missing, they
+    /// count (the test below covers that way everywhere).
+    #[test]
+    fn writer_excludes_readers() {
+        let _t = TABLE.lock().unwrap();
+        let p = exclusion(4, false);
+        if membarrier_ready() {
+            assert_eq!((p.slot > 0, p.counter), (true, 0), "{p:?}");
+        } else {
+            assert_eq!((p.slot, p.counter > 0), (0, true), "{p:?}");
+        }
     }
 
     #[test]
-    fn writer_excludes_readers() {
-        exclusion(4);
+    fn writer_excludes_readers_that_count() {
+        let p = exclusion(4, true);
+        assert_eq!((p.slot, p.counter > 0), (0, true), "{p:?}");
     }
 
     /// More threads than global slots: the rest take the counter path, still excluded.
     #[test]
     fn writer_excludes_readers_beyond_the_slot_table() {
         let _t = TABLE.lock().unwrap();
-        exclusion(GLOBAL_SLOTS + 8);
+        let p = exclusion(GLOBAL_SLOTS + 8, false);
+        assert!(p.counter > 0, "{p:?}");
+        assert_eq!(p.slot > 0, membarrier_ready(), "{p:?}");
+    }
+
+    /// Whether a new thread's read takes a slot (`fallback`: forced onto the counters).
+    fn takes_a_slot(fallback: bool) -> bool {
+        std::thread::spawn(move || {
+            FORCE_FALLBACK.with(|f| f.set(fallback));
+            let r = Readers::default();
+            let g = r.read();
+            matches!(g, ReadGuard::Slot(_))
+        })
+        .join()
+        .unwrap()
     }
 
     #[test]
@@ -294,13 +374,8 @@ mod tests {
             .join()
             .unwrap();
         }
-        if membarrier_ready() {
-            let got_slot = std::thread::spawn(|| {
-                let r = Readers::default();
-                let g = r.read();
-                matches!(g, ReadGuard::Slot(_))
-            });
-            assert!(got_slot.join().unwrap());
-        }
+        // Had the threads above kept their slots, none would be left.
+        assert_eq!(takes_a_slot(false), membarrier_ready());
+        assert!(!takes_a_slot(true));
     }
 }

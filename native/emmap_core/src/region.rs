@@ -487,6 +487,53 @@ mod tests {
         assert_eq!(unsafe { *r.ptr() }, 0);
     }
 
+    /// A fresh anonymous mapping of `len` bytes at the start of a free range of
+    /// `reserve` bytes: the range is reserved first (a mapping of our own, so the kernel
+    /// places nothing else there), given back, and mapped again at its start. `None` if
+    /// another thread took the address in between.
+    fn with_room_after(len: usize, reserve: usize) -> Option<Region> {
+        // SAFETY: a new private anonymous mapping at an address the kernel chooses; it
+        // cannot affect any existing memory.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                reserve,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        // SAFETY: `p` is the mapping just made, `reserve` bytes long; nothing uses it.
+        assert_eq!(unsafe { libc::munmap(p, reserve) }, 0);
+        let spec = MapSpec {
+            prot: libc::PROT_READ | libc::PROT_WRITE,
+            flags: libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            fd: None,
+            offset: 0,
+        };
+        Region::map(&spec, len, Placement::Exact(p as usize)).ok()
+    }
+
+    /// A mapping of `len` bytes (after `prepare` ran on it) and what growing it in place to
+    /// `new_len` bytes made, with the room for that growth made sure of. Another thread
+    /// may map something into the room before the growth (a mapping made meanwhile
+    /// anywhere in the process); that attempt is dropped and made again, a hundred times
+    /// at most, so a `grow_in_place` that does not grow fails the test.
+    fn grown_in_place(len: usize, new_len: usize, prepare: impl Fn(&Region)) -> (Region, Region) {
+        for _ in 0..100 {
+            let Some(r) = with_room_after(len, new_len) else {
+                continue;
+            };
+            prepare(&r);
+            if let Some(g) = r.grow_in_place(new_len) {
+                return (r, g);
+            }
+        }
+        panic!("mremap never grew a mapping into the free room after it");
+    }
+
     /// Descriptors of one kernel mapping share its damage record: a successor made by
     /// growing in place or by `shrunk`, and the view left behind, all see the same record.
     #[test]
@@ -499,27 +546,43 @@ mod tests {
         assert!(s.intact_to(100) && !s.intact_to(101));
         s.record_damage(50);
         assert_eq!(r.vanished(), Some(50));
-        let fresh = anon(8192);
-        if let Some(g) = fresh.grow_in_place(16384) {
-            g.record_damage(9000);
-            assert_eq!(fresh.vanished(), Some(9000));
-            assert!(g.intact_to(9000) && !g.intact_to(9001));
-        }
+        let (fresh, g) = grown_in_place(8192, 16384, |_| ());
+        g.record_damage(9000);
+        assert_eq!(fresh.vanished(), Some(9000));
+        assert!(g.intact_to(9000) && !g.intact_to(9001));
     }
 
     #[test]
-    fn grow_in_place_keeps_the_address_or_reports_failure() {
-        let r = anon(4096);
+    fn grow_in_place_keeps_the_address_and_the_bytes() {
         // SAFETY: test writes into its own mapping.
-        unsafe { *r.ptr() = 7 };
-        if let Some(g) = r.grow_in_place(8192) {
-            assert_eq!(g.ptr(), r.ptr());
-            assert_eq!(g.len(), 8192);
-            // SAFETY: same mapping, now 8192 bytes.
-            unsafe { assert_eq!(*g.ptr(), 7) };
-            drop(r); // a view: must not unmap
-                     // SAFETY: still mapped through `g`.
-            unsafe { *g.ptr().add(8191) = 1 };
-        }
+        let (r, g) = grown_in_place(4096, 8192, |r| unsafe { *r.ptr() = 7 });
+        assert_eq!(g.ptr(), r.ptr());
+        assert_eq!(g.len(), 8192);
+        assert!(g.owns() && !r.owns());
+        // SAFETY: same mapping, now 8192 bytes.
+        unsafe { assert_eq!(*g.ptr(), 7) };
+        drop(r); // a view: must not unmap
+                 // SAFETY: still mapped through `g`.
+        unsafe { *g.ptr().add(8191) = 1 };
+    }
+
+    /// With the page after it taken (by us, or by anything else that got there first),
+    /// a mapping cannot grow in place, and says so keeping its memory.
+    #[test]
+    fn grow_in_place_reports_failure_when_the_next_page_is_taken() {
+        let page = page_size();
+        let r = anon(page);
+        let spec = MapSpec {
+            prot: libc::PROT_READ,
+            flags: libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            fd: None,
+            offset: 0,
+        };
+        let next = Region::map(&spec, page, Placement::Exact(r.map_addr() + page));
+        assert!(matches!(next, Ok(_) | Err(Error::Eexist)), "{next:?}");
+        assert!(r.grow_in_place(2 * page).is_none());
+        assert!(r.owns());
+        // SAFETY: still our mapping, which kept its length.
+        unsafe { *r.ptr().add(page - 1) = 1 };
     }
 }

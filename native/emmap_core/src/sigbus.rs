@@ -282,8 +282,8 @@ pub fn status() -> (bool, Option<String>) {
     // SAFETY: plain calls into the owner, which returns a static string or null.
     let (on, lib) = unsafe { ((o.active)() != 0, (o.library)()) };
     let lib = (!lib.is_null())
-        // SAFETY: a NUL-terminated string the owner keeps for the life of the process.
         .then(|| {
+            // SAFETY: a NUL-terminated string the owner keeps for the life of the process.
             unsafe { CStr::from_ptr(lib) }
                 .to_string_lossy()
                 .into_owned()

@@ -140,7 +140,7 @@ fn closed_handles_answer_closed() {
 fn direct_bytes_survive_close_and_resize() {
     for lock in [true, false] {
         let mut o = opts(&["anon", "write", "direct"]);
-        o.lock = lock;
+        o.apply(if lock { "lock" } else { "nolock" }, None).unwrap();
         let m = Mapping::open(None, 0, 4096, o).unwrap();
         m.pwrite(0, b"keep").unwrap();
         let (p, n) = m.pread_direct(0, 4).unwrap().unwrap();
@@ -422,7 +422,7 @@ fn fixed_addresses_below_the_kernel_minimum_are_refused() {
 }
 
 /// Files that cannot be mapped are `einval` at once, whatever the options: a FIFO (whose
-/// read-only open waited for a writer, holding a dirty scheduler), a socket, character
+/// read-only open waited for a writer, holding the calling thread), a socket, character
 /// devices, `/proc` and `/sys` files. Each open runs in a thread, so a blocked one fails
 /// the test (after a generous wait) instead of hanging it.
 #[test]

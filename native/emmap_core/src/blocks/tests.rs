@@ -1,29 +1,41 @@
 //! Block storage tests: exhaustive layout arithmetic, garbage headers and bodies, every
 //! crash point of store/free, a randomised model test, and the Mapping glue.
 
+use super::checksum::word_at;
+use super::layout::word_bytes;
 use super::*;
+use crate::crc32c;
 use crate::growth::Growth;
+use crate::mapping::Mapping;
+use crate::mem::Mem;
 use crate::options::Options;
+use proptest::prelude::*;
+use proptest::test_runner::{RngAlgorithm, TestRng};
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
-/// xorshift64*: a small deterministic generator (no test dependency needed).
-struct Rng(u64);
+/// Random data for the sweeps below: proptest's generator, seeded per test, so that a
+/// failure repeats run after run. (The model test further down draws its operations
+/// through proptest strategies, and shrinks a failure.)
+fn rng(seed: u8) -> TestRng {
+    TestRng::from_seed(RngAlgorithm::ChaCha, &[seed; 32])
+}
 
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
+/// What the sweeps draw.
+trait Draw {
+    /// A number in `0..n`.
+    fn below(&mut self, n: u64) -> u64;
+    fn bytes(&mut self, n: usize) -> Vec<u8>;
+}
+
+impl Draw for TestRng {
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.random_range(0..n)
     }
     fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
+        let mut v = vec![0; n];
+        self.fill_bytes(&mut v);
+        v
     }
 }
 
@@ -36,7 +48,7 @@ fn fresh(buf: &mut [u64], lay: Layout) -> Storage<'_> {
     Storage::format(Mem::from_words(buf), lay).unwrap()
 }
 
-fn block(rng: &mut Rng, lay: &Layout) -> Vec<u8> {
+fn block(rng: &mut TestRng, lay: &Layout) -> Vec<u8> {
     rng.bytes(lay.block_size as usize)
 }
 
@@ -168,7 +180,7 @@ fn every_single_byte_change_of_a_header_is_rejected() {
 /// random headers (with and without the magic) never decode to anything out of range.
 #[test]
 fn forged_and_random_headers() {
-    let mut rng = Rng::new(1);
+    let mut rng = rng(1);
     let seal = |mut h: [u8; 64]| {
         let s = checksum(HEADER_SEED, &h[..56]);
         h[56..].copy_from_slice(&s.to_le_bytes());
@@ -181,7 +193,7 @@ fn forged_and_random_headers() {
             let w = field == 8 || field == 12;
             let n = if w { 4 } else { 8 };
             let v = match rng.below(3) {
-                0 => rng.next(),
+                0 => rng.next_u64(),
                 1 => rng.below(64),
                 _ => word_at(&good, field & !7)
                     .wrapping_add(rng.below(17))
@@ -216,10 +228,10 @@ fn forged_and_random_headers() {
 /// storage is usable and consistent, and after repair it is empty.
 #[test]
 fn garbage_regions_never_panic_and_repair_to_consistency() {
-    let mut rng = Rng::new(2);
+    let mut rng = rng(2);
     for round in 0..300 {
         let words = 8 + rng.below(600) as usize;
-        let mut buf: Vec<u64> = (0..words).map(|_| rng.next()).collect();
+        let mut buf: Vec<u64> = (0..words).map(|_| rng.next_u64()).collect();
         if round % 3 == 0 {
             let _ = Storage::open(Mem::from_words(&mut buf)).err().unwrap();
             continue;
@@ -295,7 +307,7 @@ fn store_read_free_reuse_lowest_and_full() {
     let lay = Layout::new(10, 130).unwrap();
     let mut buf = buffer(&lay, 130);
     let s = fresh(&mut buf, lay);
-    let mut rng = Rng::new(3);
+    let mut rng = rng(3);
     let mut model = BTreeMap::new();
     for want in 0..130 {
         let d = block(&mut rng, &lay);
@@ -412,7 +424,7 @@ fn short_regions_ask_to_grow() {
 #[test]
 fn every_crash_point_of_store_and_free_is_repaired() {
     let lay = Layout::new(24, 200).unwrap();
-    let mut rng = Rng::new(4);
+    let mut rng = rng(4);
     // The state after: 0 = claimed bit only, 1 = marker zeroed, 2 = half the data,
     // 3 = all data, no marker, 4 = free cleared the marker but not the bit,
     // 5 = free cleared marker and bit but not the summary, 6 = torn data under a marker.
@@ -487,28 +499,72 @@ fn every_crash_point_of_store_and_free_is_repaired() {
 
 // ------------------------------------------------------------------------------ model
 
-/// Random store/read/free/scan/repair against a map, over many geometries; checks that a
-/// store takes the lowest free address.
-#[test]
-fn random_operations_match_a_map_model() {
-    let mut rng = Rng::new(5);
-    for (bs, cap) in [
-        (1, 1),
-        (1, 70),
-        (7, 64),
-        (8, 129),
-        (9, 200),
-        (63, 130),
-        (100, 300),
-    ] {
+/// The geometries of the model test: one slot; a bitmap word partly used, whole, and
+/// one bit past it; several summary bits; blocks that are not a multiple of 8.
+const GEOMETRIES: [(u64, u64); 7] = [
+    (1, 1),
+    (1, 70),
+    (7, 64),
+    (8, 129),
+    (9, 200),
+    (63, 130),
+    (100, 300),
+];
+
+/// One step of the model test. Addresses and starts are reduced to the geometry when the
+/// step runs (modulo a little more than the capacity, so that some lie past it).
+#[derive(Debug, Clone)]
+enum Op {
+    /// Store a block whose bytes are made from these.
+    Store([u8; 8]),
+    Free(u64),
+    Read(u64),
+    Scan {
+        start: u64,
+        budget: Budget,
+    },
+    Repair {
+        start: u64,
+        slots: u64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => any::<[u8; 8]>().prop_map(Op::Store),
+        2 => any::<u64>().prop_map(Op::Free),
+        2 => any::<u64>().prop_map(Op::Read),
+        1 => (any::<u64>(), 1..=20usize, 1..=30u64, 1..=4u64).prop_map(
+            |(start, blocks, checks, words)| Op::Scan {
+                start,
+                budget: Budget { blocks, checks, words },
+            }
+        ),
+        1 => (any::<u64>(), any::<u64>()).prop_map(|(start, slots)| Op::Repair { start, slots }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Random store/read/free/scan/repair against a map, over many geometries; checks
+    /// that a store takes the lowest free address. Sequences are long enough to fill
+    /// the largest geometry.
+    #[test]
+    fn random_operations_match_a_map_model(
+        (bs, cap) in prop::sample::select(&GEOMETRIES[..]),
+        ops in prop::collection::vec(op(), 1..3000),
+    ) {
         let lay = Layout::new(bs, cap).unwrap();
         let mut buf = buffer(&lay, cap);
         let s = fresh(&mut buf, lay);
         let mut model: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-        for _ in 0..4000 {
-            match rng.below(10) {
-                0..=3 => {
-                    let d = block(&mut rng, &lay);
+        for op in ops {
+            match op {
+                Op::Store(seed) => {
+                    let d: Vec<u8> = (0..bs as usize)
+                        .map(|i| seed[i % 8].wrapping_add((i / 8) as u8))
+                        .collect();
                     let lowest = (0..cap).find(|a| !model.contains_key(a));
                     match (s.store(&d).unwrap_or(Stored::Grow { need: 0 }), lowest) {
                         (Stored::At(a), Some(l)) => {
@@ -519,22 +575,17 @@ fn random_operations_match_a_map_model() {
                         other => panic!("{other:?}"),
                     }
                 }
-                4..=5 => {
-                    let a = rng.below(cap + 3);
+                Op::Free(a) => {
+                    let a = a % (cap + 3);
                     assert_eq!(s.free(a), Ok(model.remove(&a).is_some()));
                 }
-                6..=7 => {
-                    let a = rng.below(cap + 3);
+                Op::Read(a) => {
+                    let a = a % (cap + 3);
                     assert_eq!(s.read(a, |b| b.to_vec()).unwrap().as_ref(), model.get(&a));
                 }
-                8 => {
-                    let start = rng.below(cap + 2);
-                    let b = Budget {
-                        blocks: 1 + rng.below(20) as usize,
-                        checks: 1 + rng.below(30),
-                        words: 1 + rng.below(4),
-                    };
-                    let (v, next) = s.scan(start, b, |b| b.to_vec()).unwrap();
+                Op::Scan { start, budget } => {
+                    let start = start % (cap + 2);
+                    let (v, next) = s.scan(start, budget, |b| b.to_vec()).unwrap();
                     let want: Vec<_> = model
                         .range(start..)
                         .take(v.len())
@@ -545,9 +596,9 @@ fn random_operations_match_a_map_model() {
                         assert_eq!(v.len(), model.range(start..).count());
                     }
                 }
-                _ => {
-                    let start = rng.below(cap + 2);
-                    let (_, rep) = s.repair(start, 1 + rng.below(cap)).unwrap();
+                Op::Repair { start, slots } => {
+                    let start = start % (cap + 2);
+                    let (_, rep) = s.repair(start, 1 + slots % cap).unwrap();
                     assert_eq!(rep.dropped, 0);
                 }
             }
@@ -775,7 +826,7 @@ fn direct_mode_reads_point_into_the_mapping_and_survive_growth() {
 /// multiply hash, version 2 the CRC-32C of the address and the block.
 #[test]
 fn both_versions_store_read_and_free_with_their_own_markers() {
-    let mut rng = Rng::new(6);
+    let mut rng = rng(6);
     for version in [VERSION_1, VERSION_2] {
         for bs in [1, 7, 64, 200, 1531] {
             let lay = Layout::with_version(version, bs, 100).unwrap();
@@ -816,13 +867,13 @@ fn both_versions_store_read_and_free_with_their_own_markers() {
 fn version_2_markers_catch_bursts_and_moved_blocks() {
     let lay = Layout::new(64, 16).unwrap();
     let check = Check::of(&lay);
-    let mut rng = Rng::new(7);
+    let mut rng = rng(7);
     let d = block(&mut rng, &lay);
     let m = check.marker(3, &d);
     for start in 0..(64 * 8 - 32) {
         for len in [1, 2, 7, 8, 31, 32] {
             let mut bad = d.clone();
-            let burst = (rng.next() | 1 | (1 << (len - 1))) & (u64::MAX >> (64 - len));
+            let burst = (rng.next_u64() | 1 | (1 << (len - 1))) & (u64::MAX >> (64 - len));
             for i in 0..len {
                 if burst & (1 << i) != 0 {
                     let bit = start + i;
@@ -937,7 +988,7 @@ fn version_1_files_stay_version_1() {
 /// exactly those bytes.
 #[test]
 fn copies_and_stores_from_the_region_itself() {
-    let mut rng = Rng::new(8);
+    let mut rng = rng(8);
     for version in [VERSION_1, VERSION_2] {
         let lay = Layout::with_version(version, 300, 64).unwrap();
         let mut buf = buffer(&lay, 64);
