@@ -186,7 +186,7 @@ render(M, F, Docs) ->
 %% edoc cannot read is reported and left without docs, the others get theirs; a .beam
 %% that has its chunk already is left alone.
 doc_chunks_script_never_fails_the_build_test() ->
-    D = filename:join("/tmp", "emmap_doc_chunks_" ++ os:getpid()),
+    D = emmap_test_lib:tmp_dir("doc_chunks"),
     Script = filename:absname("native/doc_chunks.escript"),
     Sh = fun(Cmd) -> os:cmd("cd '" ++ D ++ "' && " ++ Cmd ++ " 2>&1; echo \"status=$?\"") end,
     ok = filelib:ensure_dir(filename:join(D, "ebin") ++ "/"),
@@ -209,7 +209,7 @@ doc_chunks_script_never_fails_the_build_test() ->
         %% a second run does only what is left: the broken module again
         ?assertMatch({match, [_]}, re:run(Sh("escript " ++ Script ++ " ebin"), "emmap: warning", [global]))
     after
-        os:cmd("rm -rf '" ++ D ++ "'")
+        emmap_test_lib:rm_rf(D)
     end.
 
 %% The first three words of a doc comment's text, up to a word with markup in it.
