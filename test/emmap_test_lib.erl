@@ -23,8 +23,6 @@
 %% output, descriptors, mappings, modes, schedulers
 -export([capture/1, open_fds/0, maps_lines/0, mapped/1, mode/1]).
 -export([off_normal_schedulers/1]).
-%% moved to emmap_readme
--export([eval_printing/1, expected_print/1]).
 
 %%%===========================================================================
 %%% Temporary files and directories
@@ -307,10 +305,6 @@ mapped(Path) ->
 mode(P) ->
     {ok, #file_info{mode = M}} = file:read_file_info(P),
     M band 8#7777.
-
-eval_printing(Text) -> emmap_readme:eval_printing(Text).
-
-expected_print(Text) -> emmap_readme:expected_print(Text).
 
 %%%===========================================================================
 %%% Schedulers
