@@ -254,14 +254,15 @@ app_metadata_is_complete_test() ->
     [?assertMatch({match, _}, re:run(Ignore, "\\n" ++ P ++ "\\n")) || P <- ["/priv/\\*.so", "/priv/\\*.so.sha256"]].
 
 %% Every `{error, Reason}' atom the library can return is in the README's Errors table:
-%% the core's reasons (errno names included), block storage's, and the literal
-%% `{error, atom}' results of the Erlang modules.
+%% the core's reasons (errno names included, block storage's and the queue's: every
+%% `=> "reason"' of the core's sources, wherever a module of the core keeps them), and
+%% the literal `{error, atom}' results of the Erlang modules.
 errors_are_listed_in_the_readme_test() ->
     Section = emmap_readme:section("## Errors"),
     Listed = [list_to_atom(A) || [A] <- match_all(Section, "`([a-z_]+)`")],
+    CoreFiles = filelib:wildcard("native/emmap_core/src/**/*.rs"),
     FromRust = lists:append([[list_to_atom(A) || [A] <- match_all(read(F), "=> \"([a-z_]+)\"")]
-                             || F <- ["native/emmap_core/src/error.rs",
-                                      "native/emmap_core/src/blocks.rs"]]),
+                             || F <- CoreFiles]),
     FromErlang = lists:append([[list_to_atom(A) || [A] <- match_all(read(F), "\\{error, ([a-z][a-z_]*)\\}")]
                                || F <- filelib:wildcard("src/*.erl")]),
     %% not results of an emmap call: code:priv_dir/1's, the NIF's internal answers, and
