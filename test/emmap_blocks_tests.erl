@@ -15,7 +15,7 @@
 -define(B, emmap_blocks).
 
 %%%---------------------------------------------------------------------------
-%%% helpers
+%%% utilities
 %%%---------------------------------------------------------------------------
 
 %% A new storage in a new file (deleted afterwards); Fun gets the handle and the path.

@@ -39,7 +39,7 @@
 -define(STATS, emmap_io_tests_stats).
 
 %%%===========================================================================
-%%% Helpers
+%%% Utilities
 %%%===========================================================================
 
 %% Runs Fun(Device) on an OTP file pid and on an emmap_io pid over two files holding

@@ -23,7 +23,7 @@
 -define(MAX, 16#FFFFFFFF).
 
 %%%===========================================================================
-%%% Helpers
+%%% Utilities
 %%%===========================================================================
 
 %% Runs Fun(Q, File) on a new queue, then closes it and removes the file.

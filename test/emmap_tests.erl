@@ -9,7 +9,7 @@
 -import(emmap_test_lib, [tmp_path/0, tmp_path/2, tmp_dir/1]).
 
 %%%---------------------------------------------------------------------------
-%%% helpers
+%%% utilities
 %%%---------------------------------------------------------------------------
 
 %% Runs Fun in a fresh process and waits for its result; its heap (and every binary and
