@@ -10,19 +10,17 @@
 
 -export([crash_child/4]).
 
+-import(emmap_test_lib, [tmp_path/1, with_path/1]).
+
 -define(B, emmap_blocks).
 
 %%%---------------------------------------------------------------------------
-%%% helpers
+%%% utilities
 %%%---------------------------------------------------------------------------
-
-tmp() ->
-    filename:join("/tmp", "emmap_blk_" ++ os:getpid() ++ "_"
-                  ++ integer_to_list(erlang:unique_integer([positive]))).
 
 %% A new storage in a new file (deleted afterwards); Fun gets the handle and the path.
 with_storage(BS, Init, Opts, Fun) ->
-    P = tmp(),
+    P = tmp_path("blocks"),
     {ok, M} = emmap:open(P, 0, 1, [create, write, shared | Opts]),
     try
         ok = ?B:init_block_storage(M, BS, Init),
@@ -31,10 +29,6 @@ with_storage(BS, Init, Opts, Fun) ->
         emmap:close(M),
         file:delete(P)
     end.
-
-with_file(Fun) ->
-    P = tmp(),
-    try Fun(P) after file:delete(P) end.
 
 %% Reads everything through read_blocks/3 in chunks of N, checking the chunk rules.
 read_chunks(M, N) ->
@@ -123,7 +117,7 @@ init_is_idempotent_and_checks_geometry_test() ->
     end).
 
 capacity_default_and_configured_test() ->
-    with_file(fun(P) ->
+    with_path(fun(P) ->
         {ok, M} = emmap:open(P, 0, 1, [create, write, shared]),
         ok = ?B:init_block_storage(M, 8),
         %% Default capacity 262144: a 32 KiB bitmap and a 512-byte summary after the
@@ -139,7 +133,7 @@ capacity_default_and_configured_test() ->
     end).
 
 fixed_size_mapping_fills_up_test() ->
-    with_file(fun(P) ->
+    with_path(fun(P) ->
         %% Room for the header and bitmap of 1000 slots (64 + 128 + 8, rounded to 256)
         %% and for 3 slots of 16 + 8 bytes.
         {ok, M} = emmap:open(P, 0, 256 + 3 * 24 + 10, [create, write, shared, fixed_size]),
@@ -186,7 +180,7 @@ bad_arguments_raise_badarg_test() ->
     end).
 
 errors_are_returned_test() ->
-    with_file(fun(P) ->
+    with_path(fun(P) ->
         {ok, M} = emmap:open(P, 0, 4096, [create, write, shared]),
         NotInit = {error, not_initialized},
         ?assertEqual(NotInit, ?B:store_block(M, <<1>>)),
@@ -234,7 +228,7 @@ errors_are_returned_test() ->
 
 %% A mapping that starts at an offset that is not 8-aligned cannot hold atomics.
 misaligned_mapping_test() ->
-    with_file(fun(P) ->
+    with_path(fun(P) ->
         ok = file:write_file(P, <<0:(8 * 70000)>>),
         {ok, M} = emmap:open(P, 4, 65536, [read, write, shared]),
         ?assertEqual({error, alignment}, ?B:init_block_storage(M, 8, #{max_blocks => 64})),
@@ -250,7 +244,7 @@ anonymous_and_private_mappings_test() ->
     ?assertEqual(<<2000:800>>, ?B:read_block(M, 1999)),
     ?assertEqual(3000, length(?B:read_blocks(M))),
     ok = emmap:close(M),
-    with_file(fun(P) ->
+    with_path(fun(P) ->
         {ok, Mp} = emmap:open(P, 0, 1, [create, write, private]),
         ok = ?B:init_block_storage(Mp, 10),
         [_ = ?B:store_block(Mp, <<I:80>>) || I <- lists:seq(1, 2000)],
@@ -345,7 +339,7 @@ op(BS, Cap) ->
        {1, reopen}]).
 
 run_model({BS, Cap, Direct, Ops}) ->
-    P = tmp(),
+    P = tmp_path("blocks"),
     Opts = [write, shared] ++ [direct || Direct],
     {ok, M} = emmap:open(P, 0, 1, [create | Opts]),
     try
@@ -416,7 +410,7 @@ big_random_test_() ->
 
 big_random() ->
     BS = 1531,
-    P = tmp(),
+    P = tmp_path("blocks"),
     S0 = rand:seed_s(exsss, {17, 4, 2024}),
     try
         {ok, M} = emmap:open(P, 0, 1, [create, write, shared]),
@@ -517,27 +511,26 @@ crash_test_() ->
     end}.
 
 crash_round(Seed, BS, MaxLive, KillAt) ->
-    P = tmp(),
+    P = tmp_path("blocks"),
     try
         {ok, M0} = emmap:open(P, 0, 1, [create, write, shared]),
         ok = ?B:init_block_storage(M0, BS),
         ok = emmap:close(M0),
-        Erl = os:find_executable("erl"),
-        Paths = lists:append([["-pa", filename:dirname(code:which(Mod))]
-                              || Mod <- [emmap, ?MODULE]]),
-        Eval = lists:flatten(io_lib:format("~w:crash_child(~p, ~w, ~w, ~w)",
-                                           [?MODULE, P, Seed, BS, MaxLive])),
-        Port = open_port({spawn_executable, Erl},
-                         [{args, ["-noshell" | Paths] ++ ["-eval", Eval]},
-                          {line, 256}, binary, exit_status, use_stdio]),
-        OsPid = receive {Port, {data, {eol, <<"pid ", Pid/binary>>}}} -> Pid
-                after 20000 -> erlang:error(child_did_not_start)
-                end,
-        %% Let it run until a number of acknowledgements (or time) has passed.
-        Lines0 = collect_acks(Port, KillAt, []),
-        _ = os:cmd("kill -9 " ++ binary_to_list(OsPid)),
-        Lines = drain(Port, Lines0),
-        Acks = [parse_ack(L) || L <- lists:reverse(Lines)],
+        {Port, _} = Child = emmap_test_lib:start_child(?MODULE, crash_child,
+                                                       [P, Seed, BS, MaxLive],
+                                                       #{line => 256, stderr => own}),
+        Acks = try
+                   OsPid = receive {Port, {data, {eol, <<"pid ", Pid/binary>>}}} -> Pid
+                           after 20000 -> erlang:error(child_did_not_start)
+                           end,
+                   %% Let it run until a number of acknowledgements (or time) has passed.
+                   Lines0 = collect_acks(Port, KillAt, []),
+                   _ = os:cmd("kill -9 " ++ binary_to_list(OsPid)),
+                   Lines = drain(Port, Lines0),
+                   [parse_ack(L) || L <- lists:reverse(Lines)]
+               after
+                   emmap_test_lib:stop_child(Child)
+               end,
         {K, Repaired} = check_after_crash(P, Seed, BS, MaxLive, Acks),
         {length(Acks), K - length(Acks), Repaired}
     after
@@ -785,7 +778,7 @@ version_1_files_written_by_hand_work_test() ->
     Good = [{A, Block(A), v1_marker(A, Block(A))} || A <- lists:seq(0, 9), A =/= 4],
     Torn = {12, Block(12), v1_marker(12, Block(99))},
     File = storage_file(1, BS, Cap, [Torn | Good]),
-    with_file(fun(P) ->
+    with_path(fun(P) ->
         ok = file:write_file(P, File),
         {ok, M} = emmap:open(P, [read, write, shared]),
         ?assertEqual(ok, ?B:init_block_storage(M, BS, #{max_blocks => Cap})),
@@ -827,7 +820,7 @@ version_2_markers_are_crc32c_test() ->
     Slots = [{A, binary:copy(<<A>>, 10), v2_marker(A, binary:copy(<<A>>, 10))}
              || A <- [0, 2, 70]],
     Moved = {3, binary:copy(<<2>>, 10), v2_marker(2, binary:copy(<<2>>, 10))},
-    with_file(fun(P) ->
+    with_path(fun(P) ->
         ok = file:write_file(P, storage_file(2, 10, 100, [Moved | Slots])),
         {ok, M} = emmap:open(P, [read, write, shared]),
         %% Slot 3 holds slot 2's bytes and marker: not a block there.
@@ -875,7 +868,7 @@ garbage_round(I, S0) ->
     %% on noise, 3 a real storage with noise sprayed over it.
     Kind = I rem 4,
     {Bytes, S5} = garbage_bytes(Kind, Bytes0, BS, Cap, S4),
-    with_file(fun(P) ->
+    with_path(fun(P) ->
         ok = file:write_file(P, Bytes),
         {ok, M} = emmap:open(P, [read, write, shared]),
         try
@@ -905,7 +898,7 @@ tail(_, _) -> <<>>.
 
 %% The bytes of a storage with `N' blocks stored, made through the API.
 real_storage(BS, Cap, N) ->
-    with_file(fun(P) ->
+    with_path(fun(P) ->
         {ok, M} = emmap:open(P, 0, 1, [create, write, shared]),
         ok = ?B:init_block_storage(M, BS, #{max_blocks => Cap}),
         [_ = ?B:store_block(M, binary:copy(<<I>>, BS)) || I <- lists:seq(1, N)],
@@ -1010,44 +1003,10 @@ transpose(Ls) -> [[hd(L) || L <- Ls] | transpose([tl(L) || L <- Ls])].
 %%%---------------------------------------------------------------------------
 
 doc_section_example_test() ->
-    Source = proplists:get_value(source, ?MODULE:module_info(compile)),
-    Root = filename:dirname(filename:dirname(Source)),
-    {ok, Readme} = file:read_file(filename:join(Root, "README.md")),
-    [_, FromSection] = binary:split(Readme, <<"## Block storage">>),
-    [Md | _] = binary:split(FromSection, <<"\n## ">>),
-    [Example, Output] = fenced(Md),
-    _ = file:delete("/tmp/blocks_example.bin"),
-    Printed = emmap_test_lib:capture(fun() -> eval(binary_to_list(Example)) end),
-    _ = file:delete("/tmp/blocks_example.bin"),
-    ?assertEqual(binary_to_list(Output), Printed).
-
-%% The contents of the ```erlang block and of the ``` block after it.
-fenced(Md) ->
-    {match, Blocks} = re:run(Md, "```[a-z]*\n(.*?)```", [dotall, global,
-                                                         {capture, all_but_first, binary}]),
-    [B || [B] <- Blocks].
-
-%% Evaluates the text as the shell would, expression by expression; calls to
-%% `emmap:*_block*' functions that `emmap' does not export (yet) go to `emmap_blocks'.
-eval(Text) ->
-    {ok, Tokens, _} = erl_scan:string(Text),
-    Forms = split_dots(Tokens, [], []),
-    lists:foldl(fun(Ts, B) ->
-                        {ok, Exprs} = erl_parse:parse_exprs(Ts),
-                        {value, _, B1} = erl_eval:exprs(Exprs, B, none, {value, fun nonlocal/2}),
-                        B1
-                end, erl_eval:new_bindings(), Forms).
-
-split_dots([], [], Acc) -> lists:reverse(Acc);
-split_dots([{dot, _} = D | T], Cur, Acc) -> split_dots(T, [], [lists:reverse([D | Cur]) | Acc]);
-split_dots([Tok | T], Cur, Acc) -> split_dots(T, [Tok | Cur], Acc).
-
-nonlocal({emmap, F}, Args) ->
-    case erlang:function_exported(emmap, F, length(Args)) of
-        true -> apply(emmap, F, Args);
-        false -> apply(emmap_blocks, F, Args)
-    end;
-nonlocal({M, F}, Args) ->
-    apply(M, F, Args);
-nonlocal(F, Args) when is_function(F) ->
-    apply(F, Args).
+    Section = emmap_readme:section("## Block storage: fixed-size blocks in a file"),
+    [{"erlang", Example}, {"", Output}] = emmap_readme:fenced(Section),
+    with_path(fun(P) ->
+        Printed = emmap_readme:eval_printing(
+                    emmap_readme:replace_path(Example, "/tmp/blocks_example.bin", P)),
+        ?assertEqual(Output, Printed)
+    end).

@@ -6,13 +6,9 @@
 
 -define(EACH, 250000).                          % increments per side
 
-root() ->
-    {ok, Cwd} = file:get_cwd(),                 % rebar3 runs tests from the project root
-    Cwd.
+-import(emmap_test_lib, [tmp_path/1, rm_rf/1]).
 
-tmp(Tag) ->
-    filename:join("/tmp", "emmap_cc_" ++ Tag ++ "_" ++ os:getpid() ++ "_"
-                  ++ integer_to_list(erlang:unique_integer([positive]))).
+root() -> emmap_readme:root().
 
 %% Builds emmap-counter with c_src_compat/Makefile (warnings are errors there) into Dir.
 tool(Dir) ->
@@ -44,7 +40,7 @@ with_cc(Fun) ->
 %% side observed shows they really ran at the same time.
 c_and_erlang_count_together_test_() ->
     with_cc(fun() ->
-        Dir = tmp("together"),
+        Dir = tmp_path("together"),
         try
             Tool = tool(Dir),
             Hammer = hammer(Dir),
@@ -67,7 +63,7 @@ c_and_erlang_count_together_test_() ->
             ?assert(CInterleaved + ErlInterleaved > 0),
             ok = emmap:close_counters(C)
         after
-            os:cmd("rm -rf " ++ Dir)
+            rm_rf(Dir)
         end
     end).
 
@@ -81,7 +77,7 @@ count(C, N, Prev, Interleaved) ->
 %% VM sees it, adds, exits; the CLI sees that. The pages outlive each process.
 cli_and_restarted_vms_see_each_others_counters_test_() ->
     with_cc(fun() ->
-        Dir = tmp("restart"),
+        Dir = tmp_path("restart"),
         try
             Tool = tool(Dir),
             P = filename:join(Dir, "counters.bin"),
@@ -103,20 +99,20 @@ cli_and_restarted_vms_see_each_others_counters_test_() ->
             ?assertEqual("-42\n", run(Tool, P, "set 1 5")),
             ?assertEqual("5\n", run(Tool, P, "read 1"))      % `read' is `get'
         after
-            os:cmd("rm -rf " ++ Dir)
+            rm_rf(Dir)
         end
     end).
 
 %% Runs Exprs (no trailing dot) in a new VM that then halts; returns what it printed.
 vm(Exprs) ->
-    Ebin = filename:dirname(code:which(emmap)),
-    os:cmd("erl -noshell -pa '" ++ Ebin ++ "' -eval '" ++ Exprs ++ ", halt().' 2>&1").
+    {_, Out} = emmap_test_lib:run_vm(Exprs ++ ", halt().", #{line => false}),
+    binary_to_list(Out).
 
 %% What the tool refuses: files that are not counters files (left as they were), indexes
 %% out of range, unknown commands.
 cli_refuses_bad_input_test_() ->
     with_cc(fun() ->
-        Dir = tmp("refuse"),
+        Dir = tmp_path("refuse"),
         try
             Tool = tool(Dir),
             P = filename:join(Dir, "counters.bin"),
@@ -131,7 +127,7 @@ cli_refuses_bad_input_test_() ->
             ?assertMatch("emmap-counter: " ++ _, run(Tool, P, "get 0")),
             ?assertEqual({ok, <<"not a counters file at all">>}, file:read_file(P))
         after
-            os:cmd("rm -rf " ++ Dir)
+            rm_rf(Dir)
         end
     end).
 
@@ -141,23 +137,23 @@ cli_refuses_bad_input_test_() ->
 %% directory instead of /tmp/emmap_hits.bin.
 readme_snippets_run_as_written_test_() ->
     with_cc(fun() ->
-        Dir = tmp("readme"),
+        Dir = tmp_path("readme"),
         try
             ok = filelib:ensure_dir(Dir ++ "/"),
             "" = os:cmd("cp -r " ++ filename:join(root(), "c_src_compat") ++ " " ++ Dir ++ " 2>&1"),
             Section = emmap_readme:section("## Sharing counters with C programs"),
             File = filename:join(Dir, "hits.bin"),
-            Sub = fun(Text) -> string:replace(Text, "/tmp/emmap_hits.bin", File, all) end,
+            Sub = fun(Text) -> emmap_readme:replace_path(Text, "/tmp/emmap_hits.bin", File) end,
             [Tool, Build] = emmap_readme:blocks(Section, "sh"),
             [Erlang] = emmap_readme:blocks(Section, "erlang"),
             [C] = emmap_readme:blocks(Section, "c"),
             ?assert(lists:suffix("4\n0\n5\n", sh(Sub(Tool), Dir))),
-            Printed = emmap_test_lib:eval_printing(lists:flatten(Sub(Erlang))),
+            Printed = emmap_readme:eval_printing(lists:flatten(Sub(Erlang))),
             ?assertEqual("", Printed),
             ok = file:write_file(filename:join(Dir, "hits.c"), Sub(C)),
             ?assertEqual("counter 2 was 6\n16\n", sh(Sub(Build), Dir))
         after
-            os:cmd("rm -rf " ++ Dir)
+            rm_rf(Dir)
         end
     end).
 

@@ -15,10 +15,6 @@ log(#{meta := #{mfa := {emmap, _, _}}} = Event, #{config := #{to := Pid}}) ->
 log(_, _) ->
     ok.
 
-tmp() ->
-    filename:join("/tmp", "emmap_debug_" ++ os:getpid() ++ "_"
-                  ++ integer_to_list(erlang:unique_integer([positive]))).
-
 %% Every emmap event logged so far (after a short wait for the last one).
 events() ->
     receive {emmap_log, E} -> [E | events()]
@@ -37,7 +33,7 @@ with_handler(Fun) ->
     end.
 
 debug_option_reports_to_logger_test() ->
-    P = tmp(),
+    P = emmap_test_lib:tmp_path("debug"),
     with_handler(fun() ->
         try
             %% no `debug': nothing is reported
@@ -97,11 +93,11 @@ debug_option_reports_to_logger_test() ->
 %% empty. A failed open is reported too.
 debug_output_goes_to_logger_not_stderr_test_() ->
     {timeout, 60, fun() ->
-        P = tmp(),
+        P = emmap_test_lib:tmp_path("debug"),
         Err = P ++ ".stderr",
         Ebin = filename:dirname(code:which(emmap)),
         Readme = emmap_readme:block("## Debug output", "erlang"),
-        Example = string:replace(Readme, "/tmp/emmap_debug.bin", P, all),
+        Example = emmap_readme:replace_path(Readme, "/tmp/emmap_debug.bin", P),
         ?assertNotEqual(Readme, lists:flatten(Example)),
         [Exprs, _] = string:split(string:trim(Example), ".", trailing),
         Eval = [Exprs, ", {error, enoent} = emmap:open(\"", P, ".none\", [read, debug]), "
@@ -122,7 +118,7 @@ debug_output_goes_to_logger_not_stderr_test_() ->
 
 %% What the README says silences them does.
 module_level_silences_reports_test() ->
-    P = tmp(),
+    P = emmap_test_lib:tmp_path("debug"),
     with_handler(fun() ->
         ok = logger:set_module_level(emmap, warning),
         try

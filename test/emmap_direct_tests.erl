@@ -223,9 +223,7 @@ catch_raise(F) ->
 
 direct_binaries_rewritten_meanwhile_test_() ->
     {timeout, 120, fun() ->
-        Dir = filename:join("/tmp", "emmap_direct_" ++ os:getpid() ++ "_"
-                            ++ integer_to_list(erlang:unique_integer([positive]))),
-        ok = filelib:ensure_dir(Dir ++ "/"),
+        Dir = emmap_test_lib:tmp_dir("direct"),
         Src = filename:join(Dir, "src"),
         Keep = filename:join(Dir, "keep" ++ lists:duplicate(?PATH - 4, $_)),
         try
@@ -235,7 +233,8 @@ direct_binaries_rewritten_meanwhile_test_() ->
             {ok, M} = emmap:open(Src, [read, write, shared]),
             {Writer, WRef} = spawn_monitor(fun() -> flipper(M, lists:reverse(text_patterns()),
                                                             path_patterns(Dir), ?TEXT, 0) end),
-            {Status, Out} = try child(child_calls, [Dir, 3000])
+            {Status, Out} = try emmap_test_lib:run_child(?MODULE, child_calls, [Dir, 3000],
+                                                         #{line => false, timeout => 90000})
                             after
                                 Writer ! stop,
                                 receive {'DOWN', WRef, process, Writer, _} -> ok end
@@ -245,27 +244,6 @@ direct_binaries_rewritten_meanwhile_test_() ->
             ?assertEqual(0, Status),
             ?assertMatch({match, _}, re:run(Out, "\nresult: ok\n"))
         after
-            _ = os:cmd("rm -rf " ++ Dir)
+            emmap_test_lib:rm_rf(Dir)
         end
     end}.
-
-%% Runs ?MODULE:Fun(Args...) in a child VM; {ExitStatus, Output}, or {timeout, Output}.
-child(Fun, Args) ->
-    Erl = os:find_executable("erl"),
-    Ebin = filename:dirname(code:which(emmap)),
-    TestDir = filename:dirname(code:which(?MODULE)),
-    ArgText = string:join([io_lib:format("~p", [A]) || A <- Args], ", "),
-    Call = lists:flatten(io_lib:format("~s:~s(~s).", [?MODULE, Fun, ArgText])),
-    Port = open_port({spawn_executable, Erl},
-                     [{args, ["-noshell", "-pa", Ebin, "-pa", TestDir, "-eval", Call]},
-                      binary, exit_status, use_stdio, stderr_to_stdout]),
-    collect(Port, []).
-
-collect(Port, Acc) ->
-    receive
-        {Port, {data, D}} -> collect(Port, [D | Acc]);
-        {Port, {exit_status, S}} -> {S, iolist_to_binary(lists:reverse(Acc))}
-    after 90000 ->
-        catch port_close(Port),
-        {timeout, iolist_to_binary(lists:reverse(Acc))}
-    end.

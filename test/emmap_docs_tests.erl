@@ -186,7 +186,7 @@ render(M, F, Docs) ->
 %% edoc cannot read is reported and left without docs, the others get theirs; a .beam
 %% that has its chunk already is left alone.
 doc_chunks_script_never_fails_the_build_test() ->
-    D = filename:join("/tmp", "emmap_doc_chunks_" ++ os:getpid()),
+    D = emmap_test_lib:tmp_dir("doc_chunks"),
     Script = filename:absname("native/doc_chunks.escript"),
     Sh = fun(Cmd) -> os:cmd("cd '" ++ D ++ "' && " ++ Cmd ++ " 2>&1; echo \"status=$?\"") end,
     ok = filelib:ensure_dir(filename:join(D, "ebin") ++ "/"),
@@ -209,7 +209,7 @@ doc_chunks_script_never_fails_the_build_test() ->
         %% a second run does only what is left: the broken module again
         ?assertMatch({match, [_]}, re:run(Sh("escript " ++ Script ++ " ebin"), "emmap: warning", [global]))
     after
-        os:cmd("rm -rf '" ++ D ++ "'")
+        emmap_test_lib:rm_rf(D)
     end.
 
 %% The first three words of a doc comment's text, up to a word with markup in it.
@@ -254,14 +254,15 @@ app_metadata_is_complete_test() ->
     [?assertMatch({match, _}, re:run(Ignore, "\\n" ++ P ++ "\\n")) || P <- ["/priv/\\*.so", "/priv/\\*.so.sha256"]].
 
 %% Every `{error, Reason}' atom the library can return is in the README's Errors table:
-%% the core's reasons (errno names included), block storage's, and the literal
-%% `{error, atom}' results of the Erlang modules.
+%% the core's reasons (errno names included, block storage's and the queue's: every
+%% `=> "reason"' of the core's sources, wherever a module of the core keeps them), and
+%% the literal `{error, atom}' results of the Erlang modules.
 errors_are_listed_in_the_readme_test() ->
     Section = emmap_readme:section("## Errors"),
     Listed = [list_to_atom(A) || [A] <- match_all(Section, "`([a-z_]+)`")],
+    CoreFiles = filelib:wildcard("native/emmap_core/src/**/*.rs"),
     FromRust = lists:append([[list_to_atom(A) || [A] <- match_all(read(F), "=> \"([a-z_]+)\"")]
-                             || F <- ["native/emmap_core/src/error.rs",
-                                      "native/emmap_core/src/blocks.rs"]]),
+                             || F <- CoreFiles]),
     FromErlang = lists:append([[list_to_atom(A) || [A] <- match_all(read(F), "\\{error, ([a-z][a-z_]*)\\}")]
                                || F <- filelib:wildcard("src/*.erl")]),
     %% not results of an emmap call: code:priv_dir/1's, the NIF's internal answers, and

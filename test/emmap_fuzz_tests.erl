@@ -28,21 +28,13 @@
 
 -export([child_fuzz/4]).
 
+-import(emmap_test_lib, [tmp_dir/1, rm_rf/1, mapped/1]).
+
 -define(U64, 16#FFFFFFFFFFFFFFFF).
 -define(I64MAX, 16#7FFFFFFFFFFFFFFF).
 -define(I64MIN, -16#8000000000000000).
 
 soak() -> os:getenv("EMMAP_SOAK") =/= false.
-
-tmp_dir() ->
-    D = filename:join("/tmp", "emmap_fuzz_" ++ os:getpid() ++ "_"
-                      ++ integer_to_list(erlang:unique_integer([positive]))),
-    ok = file:make_dir(D),
-    D.
-
-rm_rf(Dir) ->
-    _ = os:cmd("rm -rf '" ++ Dir ++ "'"),
-    ok.
 
 %%%===========================================================================
 %%% The fuzz tests (parent side)
@@ -92,21 +84,14 @@ merge_stats(Maps) ->
 
 %% One shard in a child VM. Returns {Seed, CallsMade, Violations, {ok, Stats} | {died, ...}}.
 run_shard(Profile, Seed, Calls) ->
-    Dir = tmp_dir(),
-    Erl = os:find_executable("erl"),
-    Ebin = filename:dirname(code:which(emmap)),
-    TestDir = filename:dirname(code:which(?MODULE)),
-    Call = lists:flatten(io_lib:format("~s:child_fuzz(~p, ~p, ~p, ~p).",
-                                       [?MODULE, Seed, Calls, Profile, Dir])),
-    Port = open_port({spawn_executable, Erl},
-                     [{args, ["-noshell", "-pa", Ebin, "-pa", TestDir, "-eval", Call]},
-                      {line, 1 bsl 16}, binary, exit_status, use_stdio, stderr_to_stdout]),
-    {os_pid, OsPid} = erlang:port_info(Port, os_pid),
+    Dir = tmp_dir("fuzz"),
+    {Port, _} = Child = emmap_test_lib:start_child(?MODULE, child_fuzz,
+                                                   [Seed, Calls, Profile, Dir],
+                                                   #{line => 1 bsl 16}),
     try
         shard_loop(Port, Seed, Dir, Calls * 20 + 60000, [], none)
     after
-        _ = os:cmd("kill -9 " ++ integer_to_list(OsPid) ++ " 2>/dev/null"),
-        catch port_close(Port),
+        emmap_test_lib:stop_child(Child),
         rm_rf(Dir)
     end.
 
@@ -551,12 +536,10 @@ read_ok(_, _) -> false.
 modes() ->
     [[], [direct], [nolock], [direct, nolock]].
 
+%% Runs Fun(Path, Bytes) on a new file of Size patterned bytes.
 with_file(Size, Fun) ->
-    Dir = tmp_dir(),
-    P = filename:join(Dir, "f"),
     Bytes = list_to_binary([I rem 253 || I <- lists:seq(1, Size)]),
-    ok = file:write_file(P, Bytes),
-    try Fun(P, Bytes) after rm_rf(Dir) end.
+    emmap_test_lib:with_file(Bytes, fun(P) -> Fun(P, Bytes) end).
 
 %% Pos + Len past 2^64 must not wrap around to a small position inside the mapping.
 positions_that_wrap_past_2_64_test() ->
@@ -630,7 +613,7 @@ direct_read_of_2_64_minus_1_bytes_test() ->
 %% A NUL anywhere in the path is badarg in every path form; the name is not cut at the NUL
 %% (no file named by the part before it appears), for open and open_counters alike.
 nul_in_path_is_badarg_test() ->
-    Dir = tmp_dir(),
+    Dir = tmp_dir("fuzz"),
     try
         Base = filename:join(Dir, "cut"),
         Forms = [Base ++ [0] ++ "x", Base ++ [0], [0 | Base],
@@ -650,10 +633,10 @@ nul_in_path_is_badarg_test() ->
 
 %% An option list that is not a proper list is badarg, and nothing is created or mapped.
 improper_option_list_is_badarg_test() ->
-    Dir = tmp_dir(),
+    Dir = tmp_dir("fuzz"),
     try
         P = filename:join(Dir, "f"),
-        Maps0 = mapped_lines(Dir),
+        Maps0 = mapped(Dir),
         Lists = [[read | write], [create, read, write, {size, 8} | shared],
                  [create, {size, 8} | {chmod, 8#600}], [create, read | [write | direct]],
                  [anon | read], [anon, {size, 4096} | write], [create | <<"write">>]],
@@ -663,21 +646,16 @@ improper_option_list_is_badarg_test() ->
              ?assertError(badarg, emmap:open("", 0, 4096, Opts))
          end || Opts <- Lists],
         ?assertEqual({ok, []}, file:list_dir(Dir)),
-        ?assertEqual(Maps0, mapped_lines(Dir))
+        ?assertEqual(Maps0, mapped(Dir))
     after
         rm_rf(Dir)
     end.
-
-mapped_lines(Dir) ->
-    {ok, B} = file:read_file("/proc/self/maps"),
-    length([L || L <- binary:split(B, <<"\n">>, [global]),
-                 binary:match(L, list_to_binary(Dir)) =/= nomatch]).
 
 %% README: "something that is not an emmap handle" raises badarg. A tuple shaped like a
 %% handle with a reference that is not an emmap resource must not be taken for one, even
 %% when the other arguments are out of range (those are checked first in emmap.erl).
 forged_handles_raise_badarg_test() ->
-    Dir = tmp_dir(),
+    Dir = tmp_dir("fuzz"),
     try forged_handles(Dir) after rm_rf(Dir) end.
 
 forged_handles(Dir) ->
@@ -723,7 +701,7 @@ catch_all(F) ->
 %%   {error, einval} = emmap:open("/tmp/p", [truncate, read, write, shared]),
 %%   {ok, <<>>} = file:read_file("/tmp/p").
 failed_open_changes_nothing_test() ->
-    Dir = tmp_dir(),
+    Dir = tmp_dir("fuzz"),
     try
         P = filename:join(Dir, "precious"),
         Orig = <<"precious data">>,

@@ -25,12 +25,9 @@
 -include_lib("eunit/include/eunit.hrl").
 -include_lib("kernel/include/file.hrl").
 
-%% Debian's erlang-proper has no proper.hrl (see emmap_diff_tests); the macros used here,
-%% as proper.hrl defines them. eunit.hrl defines its own ?LET, hence ?BIND.
--define(FORALL(X, RawType, Prop), proper:forall(RawType, fun(X) -> Prop end)).
--define(BIND(X, RawType, Gen), proper_types:bind(RawType, fun(X) -> Gen end, false)).
--define(WHENFAIL(Action, Prop), proper:whenfail(fun() -> Action end, fun() -> Prop end)).
+-include("emmap_proper.hrl").
 
+-import(emmap_test_lib, [tmp_dir/1, rm_rf/1, with_file/2, eventually/1, mapped/1]).
 -import(proper_types, [range/2, elements/1, exactly/1, frequency/1, list/1, oneof/1,
                        vector/2]).
 
@@ -42,19 +39,8 @@
 -define(STATS, emmap_io_tests_stats).
 
 %%%===========================================================================
-%%% Helpers
+%%% Utilities
 %%%===========================================================================
-
-tmp_dir() ->
-    Dir = filename:join("/tmp", lists:concat(["emmap_io_tests_", os:getpid(), "_",
-                                              erlang:unique_integer([positive])])),
-    ok = file:make_dir(Dir),
-    Dir.
-
-rm_dir(Dir) ->
-    {ok, Names} = file:list_dir(Dir),
-    [ok = file:delete(filename:join(Dir, N)) || N <- Names],
-    ok = file:del_dir(Dir).
 
 %% Runs Fun(Device) on an OTP file pid and on an emmap_io pid over two files holding
 %% Content; returns {RealResult, EmmapResult, RealFile, EmmapFile} (the files' bytes after
@@ -63,7 +49,7 @@ both(Content, Fun) ->
     both(Content, [binary], Fun).
 
 both(Content, EmOpts, Fun) ->
-    Dir = tmp_dir(),
+    Dir = tmp_dir("io"),
     P1 = filename:join(Dir, "real"),
     P2 = filename:join(Dir, "emmap"),
     ok = file:write_file(P1, Content),
@@ -83,7 +69,7 @@ both(Content, EmOpts, Fun) ->
         {ok, B2} = file:read_file(P2),
         {RR, ER, B1, B2}
     after
-        rm_dir(Dir)
+        rm_rf(Dir)
     end.
 
 %% The same calls on both; both must answer the same and leave the same bytes.
@@ -101,12 +87,6 @@ same(Content, EmOpts, Fun) ->
 %% put the device in the stack trace, which differs).
 res(F) ->
     try F() catch C:R -> {raised, C, R} end.
-
-with_file(Content, Fun) ->
-    Dir = tmp_dir(),
-    P = filename:join(Dir, "f"),
-    ok = file:write_file(P, Content),
-    try Fun(P) after rm_dir(Dir) end.
 
 %%%===========================================================================
 %%% (a) Each function, by hand, on an emmap_io pid (and the same on a file pid)
@@ -370,13 +350,13 @@ close_releases_mapping_test() ->
     with_file(binary:copy(<<"z">>, 8192),
               fun(P) ->
                       {ok, D} = emmap_io:open(P, [read, write, shared]),
-                      ?assert(emmap_test_lib:mapped(P) >= 1),
+                      ?assert(mapped(P) >= 1),
                       {links, Links} = process_info(D, links),
                       ?assert(lists:member(self(), Links)),
                       MRef = monitor(process, D),
                       ok = file:close(D),
                       receive {'DOWN', MRef, process, D, Why} -> ?assertEqual(normal, Why) end,
-                      ?assertEqual(0, emmap_test_lib:mapped(P))
+                      ?assertEqual(0, mapped(P))
               end).
 
 %% The documented difference: a write that does not fit in the mapping answers
@@ -521,7 +501,7 @@ utf16_utf32_test_() ->
 %% equal files, same position); emmap may implement them or not, so no fixed answer is
 %% expected here. A call the handle's module lacks (undef) answers {error, enotsup}.
 forwarded_test() ->
-    Dir = tmp_dir(),
+    Dir = tmp_dir("io"),
     try
         [P1, P2] = [filename:join(Dir, N) || N <- ["a", "b"]],
         Content = binary:copy(<<"0123456789">>, 10),
@@ -551,7 +531,7 @@ forwarded_test() ->
         ok = emmap:close(H2),
         ?assertEqual(file:read_file(P2), file:read_file(P1))
     after
-        rm_dir(Dir)
+        rm_rf(Dir)
     end.
 
 copy_test() ->
@@ -641,20 +621,17 @@ open_errors_test() ->
                       receive Msg -> ?assertEqual(no_message, Msg) after 50 -> ok end
               end).
 
-%% The README section's example runs as written and prints what it says.
+%% The README section's example runs as written (with its file in a name of our own) and
+%% prints what it says.
 readme_example_test() ->
-    Source = proplists:get_value(source, ?MODULE:module_info(compile)),
-    Root = filename:dirname(filename:dirname(Source)),
-    {ok, Readme} = file:read_file(filename:join(Root, "README.md")),
-    [_, Section] = binary:split(Readme, <<"## As an I/O device: emmap_io">>),
-    {match, [Example | _]} = re:run(Section, "```erlang\n(.*?)```",
-                                    [dotall, global, {capture, all_but_first, list}]),
-    [Text] = Example,
-    _ = file:delete("/tmp/emmap_io_example.txt"),
-    Expected = emmap_test_lib:expected_print(Text),
-    ?assertEqual("19 {point,1,2} \"hello\\n\" <<\"{point\">>\n", Expected),
-    ?assertEqual(Expected, emmap_test_lib:eval_printing(Text)),
-    ?assertEqual({error, enoent}, file:read_file("/tmp/emmap_io_example.txt")).
+    Text = emmap_readme:block("## As an I/O device: emmap_io", "erlang"),
+    emmap_test_lib:with_path(fun(P) ->
+        Example = emmap_readme:replace_path(Text, "/tmp/emmap_io_example.txt", P),
+        Expected = emmap_readme:expected_print(Example),
+        ?assertEqual("19 {point,1,2} \"hello\\n\" <<\"{point\">>\n", Expected),
+        ?assertEqual(Expected, emmap_readme:eval_printing(Example)),
+        ?assertEqual({error, enoent}, file:read_file(P))
+    end).
 
 %%%===========================================================================
 %%% (c) Owner, links, concurrency, bad requests
@@ -679,7 +656,7 @@ owner_exit(How) ->
                                             receive go -> exit(How) end
                                     end),
                       D = receive {device, Dev} -> Dev end,
-                      ?assert(emmap_test_lib:mapped(P) >= 1),
+                      ?assert(mapped(P) >= 1),
                       MRef = monitor(process, D),
                       case How of
                           kill -> exit(Owner, kill);
@@ -691,7 +668,7 @@ owner_exit(How) ->
                                      _ -> How
                                  end,
                       ?assertEqual(Expected, Why),
-                      ?assertEqual(0, emmap_test_lib:mapped(P)),
+                      ?assertEqual(0, mapped(P)),
                       {ok, <<"persisted", _/binary>>} = file:read_file(P)
               end).
 
@@ -708,10 +685,10 @@ link_test() ->
                                             receive {'EXIT', D, Why} -> Self ! {exit, Why} end
                                     end),
                       D = receive {device, Dev} -> Dev end,
-                      ?assert(emmap_test_lib:mapped(P) >= 1),
+                      ?assert(mapped(P) >= 1),
                       exit(D, kill),
                       ?assertEqual(killed, receive {exit, W} -> W after 5000 -> timeout end),
-                      ?assert(wait_until(fun() -> emmap_test_lib:mapped(P) =:= 0 end)),
+                      ?assert(eventually(fun() -> mapped(P) =:= 0 end)),
                       exit(Owner, kill)
               end).
 
@@ -727,16 +704,8 @@ other_exit_signals_test() ->
                       unlink(D),
                       exit(D, shutdown),
                       ?assertEqual(shutdown, receive {'DOWN', MRef, _, _, W} -> W end),
-                      ?assertEqual(0, emmap_test_lib:mapped(P))
+                      ?assertEqual(0, mapped(P))
               end).
-
-wait_until(F) -> wait_until(F, 200).
-wait_until(F, 0) -> F();
-wait_until(F, N) ->
-    case F() of
-        true -> true;
-        false -> timer:sleep(10), wait_until(F, N - 1)
-    end.
 
 %% Many clients at once: every request is done whole, in some order. 8 writers append 100
 %% fixed-width records each at the shared position; then 8 readers take lines until eof.
@@ -927,7 +896,7 @@ em_opts(shared) -> [read, write, shared, binary];
 em_opts(direct) -> [read, write, shared, direct, binary].
 
 run_case1(Variant, Enc, Mode, Content, Ops) ->
-    Dir = tmp_dir(),
+    Dir = tmp_dir("io"),
     P1 = filename:join(Dir, "real"),
     P2 = filename:join(Dir, "emmap"),
     try
@@ -943,7 +912,7 @@ run_case1(Variant, Enc, Mode, Content, Ops) ->
         steps(Ops, R, E, P1, P2, byte_size(Content), [])
     after
         [_ = file:close(D) || D <- get(devices)],
-        rm_dir(Dir)
+        rm_rf(Dir)
     end.
 
 steps([], R, E, P1, P2, _Size, Trace) ->

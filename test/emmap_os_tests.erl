@@ -12,7 +12,9 @@
 -include_lib("eunit/include/eunit.hrl").
 -include_lib("kernel/include/file.hrl").
 
--import(emmap_test_lib, [mode/1, maps_lines/0, mapped/1, open_fds/0]).
+-import(emmap_test_lib, [mode/1, maps_lines/0, mapped/1, open_fds/0, tmp_path/1, tmp_dir/1,
+                         rm_rf/1, eventually/2, stop_child/1, next_line/2, wait_exit/2,
+                         collect_lines/2, result_terms/1]).
 
 %% Run inside child VMs.
 -export([child_durability/3, child_hammer/4, child_ro_resize/2, child_anon_shared_resize/0,
@@ -22,77 +24,21 @@
 -define(MAGIC, 16#E33A9D0C5EEDF00D).
 
 %%%===========================================================================
-%%% helpers
+%%% utilities
 %%%===========================================================================
 
 soak() -> os:getenv("EMMAP_SOAK") =/= false.
 
-tmp(Tag) ->
-    filename:join("/tmp", "emmap_os_" ++ Tag ++ "_" ++ os:getpid() ++ "_"
-                  ++ integer_to_list(erlang:unique_integer([positive]))).
-
-
-%% Polls Pred every 10 ms for up to Ms milliseconds (destructors run after GC).
-wait_until(Pred, Ms) when Ms =< 0 -> Pred();
-wait_until(Pred, Ms) ->
-    case Pred() of
-        true -> true;
-        false ->
-            erlang:garbage_collect(),
-            timer:sleep(10),
-            wait_until(Pred, Ms - 10)
-    end.
-
-%% Starts `erl' running Mod:Fun(Args...) (Args printed with ~p, so any term works) and
-%% returns {Port, OsPid}. stdout and stderr come back as lines.
 start_child(Fun, Args) ->
     start_child(Fun, Args, []).
 
-%% The same, with more arguments for `erl'.
+%% Starts `erl' running ?MODULE:Fun(Args...); its output comes back as lines.
 start_child(Fun, Args, ErlArgs) ->
-    Erl = os:find_executable("erl"),
-    Ebin = filename:dirname(code:which(emmap)),
-    TestDir = filename:dirname(code:which(?MODULE)),
-    Call = lists:flatten(io_lib:format("~s:~s(~s).", [?MODULE, Fun, args_text(Args)])),
-    Port = open_port({spawn_executable, Erl},
-                     [{args, ["-noshell", "-pa", Ebin, "-pa", TestDir | ErlArgs]
-                              ++ ["-eval", Call]},
-                      {line, 4096}, binary, exit_status, use_stdio, stderr_to_stdout]),
-    {os_pid, OsPid} = erlang:port_info(Port, os_pid),
-    {Port, OsPid}.
-
-args_text(Args) ->
-    string:join([lists:flatten(io_lib:format("~p", [A])) || A <- Args], ", ").
+    emmap_test_lib:start_child(?MODULE, Fun, Args, #{erl_args => ErlArgs}).
 
 kill9(OsPid) ->
     _ = os:cmd("kill -9 " ++ integer_to_list(OsPid) ++ " 2>/dev/null"),
     ok.
-
-%% Kills the child (if still running) and drains its port messages.
-stop_child({Port, OsPid}) ->
-    kill9(OsPid),
-    catch port_close(Port),
-    flush_port(Port).
-
-flush_port(Port) ->
-    receive {Port, _} -> flush_port(Port) after 0 -> ok end.
-
-%% Next line from the child, or {exit, Status}, or timeout.
-next_line(Port, Timeout) ->
-    receive
-        {Port, {data, {eol, L}}} -> {line, L};
-        {Port, {data, {noeol, L}}} -> {line, L};
-        {Port, {exit_status, S}} -> {exit, S}
-    after Timeout -> timeout
-    end.
-
-%% Waits for the child's exit status, draining output.
-wait_exit(Port, Timeout) ->
-    receive
-        {Port, {exit_status, S}} -> S;
-        {Port, {data, _}} -> wait_exit(Port, Timeout)
-    after Timeout -> timeout
-    end.
 
 %%%===========================================================================
 %%% 3. No leaks: 100,000 mappings opened and dropped
@@ -157,19 +103,19 @@ leak_batch(P, N) ->
 
 no_leaks_after_100k_mappings_test_() ->
     {timeout, 300, fun() ->
-        P = tmp("leak"),
+        P = tmp_path("leak"),
         ok = file:write_file(P, <<0:4096/unit:8>>),
         try
             %% warm up: the VM's own allocators settle on the same workload first
             _ = leak_batch(P, 600),
-            true = wait_until(fun() -> mapped(P) =:= 0 end, 5000),
+            true = eventually(fun() -> mapped(P) =:= 0 end, 5000),
             Fds0 = open_fds(), Maps0 = length(maps_lines()),
             T0 = erlang:monotonic_time(millisecond),
             Peaks = [leak_batch(P, ?LEAK_BATCH) || _ <- lists:seq(1, ?LEAK_TOTAL div ?LEAK_BATCH)],
             PeakFds = lists:max([F || {F, _} <- Peaks]),
             PeakMaps = lists:max([M || {_, M} <- Peaks]),
-            FdsOk = wait_until(fun() -> open_fds() =< Fds0 end, 5000),
-            MapsOk = wait_until(fun() -> length(maps_lines()) =< Maps0 andalso mapped(P) =:= 0 end, 5000),
+            FdsOk = eventually(fun() -> open_fds() =< Fds0 end, 5000),
+            MapsOk = eventually(fun() -> length(maps_lines()) =< Maps0 andalso mapped(P) =:= 0 end, 5000),
             T1 = erlang:monotonic_time(millisecond),
             Fds1 = open_fds(), Maps1 = length(maps_lines()),
             io:format(user, "~nleaks: ~w mappings (~w kinds, batches of ~w) in ~w ms: "
@@ -247,7 +193,7 @@ collect_acks(Port, Target, Deadline, Incs, Writes) ->
 durability_kill9_test_() ->
     Rounds = case soak() of true -> 60; false -> 8 end,
     {timeout, 60 + Rounds * 15, fun() ->
-        CP = tmp("dur_counters"), LP = tmp("dur_log"),
+        CP = tmp_path("dur_counters"), LP = tmp_path("dur_log"),
         {ok, F} = file:open(LP, [write, raw]),      % sparse: room for ?DUR_RECORDS records
         {ok, _} = file:position(F, 16 * ?DUR_RECORDS),
         ok = file:truncate(F),
@@ -322,7 +268,7 @@ cross_process_counters_are_exact_test_() ->
     Procs = 2,
     Count = case soak() of true -> 2000000; false -> 250000 end,
     {timeout, 300, fun() ->
-        CP = tmp("xproc_counters"), BP = tmp("xproc_bitmap"),
+        CP = tmp_path("xproc_counters"), BP = tmp_path("xproc_bitmap"),
         Total = Procs * Count,
         ok = file:write_file(BP, <<0:(((Total + 63) div 64) * 64)>>),
         emmap:close_counters(emmap:open_counters(CP, 3)),
@@ -401,7 +347,7 @@ child_cut_matrix(Dir) ->
         ++ [{counters, How} || How <- [shell, raw]],
     [begin report(start, Case), report(Case, cut_case(Dir, Case)) end || Case <- Cases],
     %% nothing stays mapped or open once the handles and binaries are gone
-    Released = wait_until(fun() -> mapped(Dir) =:= 0 andalso open_fds() =< Fds0 end, 5000),
+    Released = eventually(fun() -> mapped(Dir) =:= 0 andalso open_fds() =< Fds0 end, 5000),
     %% another file works as before
     Other = filename:join(Dir, "other"),
     {ok, M} = emmap:open(Other, 0, 8192, [create, read, write, shared]),
@@ -446,28 +392,8 @@ cut_case(Dir, {counters, How}) ->
     ok = emmap:close_counters(C),
     {R1, R2, R3, filelib:file_size(P)}.
 
-child_results(Lines) ->
-    [begin
-         {ok, Toks, _} = erl_scan:string(binary_to_list(L) ++ "."),
-         {ok, T} = erl_parse:parse_term(Toks),
-         T
-     end || <<"{", _/binary>> = L <- Lines].
-
 run_child(Fun, Args, ErlArgs) ->
-    Child = {Port, _} = start_child(Fun, Args, ErlArgs),
-    try collect_lines(Port, 120000, []) after stop_child(Child) end.
-
-collect_lines(Port, Timeout, Acc) ->
-    case next_line(Port, Timeout) of
-        {line, L} -> collect_lines(Port, Timeout, [L | Acc]);
-        {exit, S} -> {S, lists:reverse(Acc)};
-        timeout -> {timeout, lists:reverse(Acc)}
-    end.
-
-tmp_dir(Tag) ->
-    D = tmp(Tag),
-    ok = filelib:ensure_dir(D ++ "/"),
-    D.
+    emmap_test_lib:run_child(?MODULE, Fun, Args, #{erl_args => ErlArgs}).
 
 %% Was: the VM died with SIGBUS (exit status 135) at the first access past the new end,
 %% whichever way it touched the page. Now each call answers `{error, truncated}', nothing
@@ -477,7 +403,7 @@ truncated_file_answers_truncated_in_every_mode_test_() ->
         D = tmp_dir("cut"),
         try
             {Status, Lines} = run_child(child_cut_matrix, [D], []),
-            Results = child_results(Lines),
+            Results = result_terms(Lines),
             io:format(user, "~ncut to 100 bytes (mode, lock, call, who cuts) -> answer: ~p~n",
                       [[{C, element(1, R)} || {{_, _} = C, R} <- Results]
                        ++ [{C, element(1, R)} || {{_, _, _, _} = C, R} <- Results]]),
@@ -502,7 +428,7 @@ truncated_file_answers_truncated_in_every_mode_test_() ->
             ?assertMatch({after_all, {true, {ok, <<"fine">>}, ok}},
                          lists:keyfind(after_all, 1, Results))
         after
-            os:cmd("rm -rf " ++ D)
+            rm_rf(D)
         end
     end}.
 
@@ -553,7 +479,7 @@ child_cut_others(Dir) ->
     {ok, 40000} = file:position(Dev, 40000),
     report(io, {io:get_line(Dev, ''), file:pread(Dev, 40000, 10),
                 file:pwrite(Dev, 40000, <<"x">>), is_process_alive(Dev), file:close(Dev)}),
-    report(released, wait_until(fun() -> mapped(Dir) =:= 0 end, 5000)),
+    report(released, eventually(fun() -> mapped(Dir) =:= 0 end, 5000)),
     io:format("done~n"),
     halt(0).
 
@@ -570,7 +496,7 @@ truncated_file_under_other_apis_test_() ->
         D = tmp_dir("cut_others"),
         try
             {Status, Lines} = run_child(child_cut_others, [D], []),
-            R = child_results(Lines),
+            R = result_terms(Lines),
             io:format(user, "~ncut under a window, {address, A}, queue, blocks, emmap_io: ~p~n", [R]),
             ?assertEqual(0, Status),
             T = {error, truncated},
@@ -584,7 +510,7 @@ truncated_file_under_other_apis_test_() ->
             ?assertEqual({io, {T, T, T, true, ok}}, lists:keyfind(io, 1, R)),
             ?assertEqual({released, true}, lists:keyfind(released, 1, R))
         after
-            os:cmd("rm -rf " ++ D)
+            rm_rf(D)
         end
     end}.
 
@@ -659,7 +585,7 @@ cut_and_regrow_under_load_test_() ->
         D = tmp_dir("storm"),
         try
             {Status, Lines} = run_child(child_cut_storm, [D, Rounds], []),
-            [{storm, {Rounds, Ms, Answers, Fresh}}] = child_results(Lines),
+            [{storm, {Rounds, Ms, Answers, Fresh}}] = result_terms(Lines),
             ?assertEqual(0, Status),
             ?assertEqual([], [A || A <- Answers, not is_map(A)]),        % no hang
             Total = lists:foldl(fun(M, T) -> maps:merge_with(fun(_, X, Y) -> X + Y end, M, T) end,
@@ -672,7 +598,7 @@ cut_and_regrow_under_load_test_() ->
             ?assert(maps:get(truncated, Total, 0) + maps:get(eio, Total, 0) > 0),
             ?assertMatch({ok, <<_:4/binary>>}, Fresh)
         after
-            os:cmd("rm -rf " ++ D)
+            rm_rf(D)
         end
     end}.
 
@@ -696,7 +622,7 @@ kill_bus_still_ends_the_vm_test_() ->
             ?assertEqual(135, wait_exit(Port, 30000))
         after
             stop_child(Child),
-            os:cmd("rm -rf " ++ D)
+            rm_rf(D)
         end
     end}.
 
@@ -710,13 +636,17 @@ child_switched_off(Dir, How) ->
         command_line -> ok;                      % erl -emmap sigbus_handler false
         config_file -> ok                        % erl -config F (a plain shell, not a release)
     end,
-    report(handler, emmap:sigbus_handler()),
+    %% The lines go to the pipe before the next step (io:format hands them to the I/O
+    %% server, which may not have written `{cut,ok}' yet when the VM dies).
+    {ok, Out} = file:open("/proc/self/fd/1", [write, raw]),
+    Report = fun(Case, Result) -> ok = file:write(Out, io_lib:format("~w~n", [{Case, Result}])) end,
+    Report(handler, emmap:sigbus_handler()),
     P = filename:join(Dir, "off"),
     ok = file:write_file(P, ?LINES),
     {ok, M} = emmap:open(P, [read, write, shared]),
     ok = cut(P, shell, 100),
-    report(cut, ok),
-    report(survived, emmap:pread(M, 40000, 16)),
+    Report(cut, ok),
+    Report(survived, emmap:pread(M, 40000, 16)),
     halt(0).
 
 switched_off_the_vm_dies_as_before_test_() ->
@@ -735,7 +665,7 @@ switched_off_the_vm_dies_as_before_test_() ->
                           {How, {S, [L || L <- Ls, binary:match(L, <<"{">>) =:= {0, 1}]}})
              || {How, {S, Ls}} <- R]
         after
-            os:cmd("rm -rf " ++ D)
+            rm_rf(D)
         end
     end}.
 
@@ -745,7 +675,7 @@ switched_off_the_vm_dies_as_before_test_() ->
 
 created_files_are_private_test() ->
     OldUmask = current_umask(),
-    P1 = tmp("mode"), P2 = tmp("mode"), P3 = tmp("mode"),
+    P1 = tmp_path("mode"), P2 = tmp_path("mode"), P3 = tmp_path("mode"),
     try
         %% counters files and fit/truncate paths create with 0600 too
         emmap:close_counters(emmap:open_counters(P1, 1)),
@@ -773,7 +703,7 @@ current_umask() ->
     list_to_integer(string:trim(os:cmd("umask")), 8).
 
 auto_unlink_removes_only_its_own_file_test() ->
-    P = tmp("unlink"), Moved = P ++ ".moved", Victim = tmp("victim"),
+    P = tmp_path("unlink"), Moved = P ++ ".moved", Victim = tmp_path("victim"),
     try
         %% 1. the file was renamed and another file now has the path: neither is removed
         {ok, M1} = emmap:open(P, 0, 64, [create, read, write, shared, auto_unlink]),
@@ -809,7 +739,7 @@ auto_unlink_removes_only_its_own_file_test() ->
 %% without a valid magic is rejected too, also for the N whose size it has exactly (only a
 %% file of nothing but zeros is initialised).
 lying_counters_headers_are_rejected_test() ->
-    P = tmp("lying"),
+    P = tmp_path("lying"),
     Native = fun(Vs) -> << <<V:64/signed-native>> || V <- Vs >> end,
     Files =
         [{count_larger_than_file, <<"EMMAP01\n", 1000:64/little, (Native([1, 2]))/binary>>},
@@ -846,7 +776,7 @@ lying_counters_headers_are_rejected_test() ->
 %% an emmap file mapping (at, inside and overlapping its start), and the VM's own code and
 %% heap mappings found in /proc/self/maps.
 address_never_replaces_existing_memory_test() ->
-    P = tmp("addr"),
+    P = tmp_path("addr"),
     Data = list_to_binary([I rem 251 || I <- lists:seq(1, 16384)]),
     ok = file:write_file(P, Data),
     try
@@ -931,7 +861,7 @@ child_ro_resize(Kind, Path) ->
 %% Run in a child VM so the failure cannot take the test VM down with it.
 readonly_resize_never_crashes_the_vm_test_() ->
     {timeout, 60, fun() ->
-        P = tmp("ro_resize"),
+        P = tmp_path("ro_resize"),
         ok = file:write_file(P, <<"abcd", 0:(4092 * 8)>>),
         try
             Results =
@@ -940,7 +870,7 @@ readonly_resize_never_crashes_the_vm_test_() ->
                      try
                          ?assertEqual({line, <<"opened">>}, next_line(Port, 30000)),
                          true = port_command(Port, <<"go\n">>),
-                         {Kind, collect_lines(Port, 30000, [])}
+                         {Kind, collect_lines(Port, 30000)}
                      after
                          stop_child(Child)
                      end
@@ -986,7 +916,7 @@ anon_shared_resize_never_crashes_the_vm_test_() ->
             {line, InPlace} = next_line(Port, 30000),
             ?assertEqual(<<"in_place true">>, InPlace),
             true = port_command(Port, <<"go\n">>),
-            Res = collect_lines(Port, 30000, []),
+            Res = collect_lines(Port, 30000),
             %% 5000 is past the unchanged 4096 bytes: refused, and the VM lives on.
             ?assertEqual({0, [<<"pwrite {error,einval}">>, <<"pread eof">>]}, Res)
         after

@@ -5,15 +5,10 @@
 -module(emmap_queue_tests).
 -behaviour(proper_statem).
 
-%% Debian's erlang-proper ships only the beams (proper.hrl is in erlang-proper-dev), so
-%% the PropEr macros used here are defined locally, as proper.hrl defines them. eunit.hrl
-%% has its own ?LET, hence ?BIND.
 -include_lib("eunit/include/eunit.hrl").
+-include("emmap_proper.hrl").
 
--define(FORALL(X, RawType, Prop), proper:forall(RawType, fun(X) -> Prop end)).
--define(BIND(X, RawType, Gen), proper_types:bind(RawType, fun(X) -> Gen end, false)).
--define(WHENFAIL(Action, Prop), proper:whenfail(fun() -> Action end, fun() -> Prop end)).
-
+-import(emmap_test_lib, [tmp_path/1, with_file/2]).
 -import(proper_types, [range/2, elements/1, exactly/1, frequency/1, boolean/0]).
 
 %% proper_statem callbacks and commands
@@ -28,28 +23,18 @@
 -define(MAX, 16#FFFFFFFF).
 
 %%%===========================================================================
-%%% Helpers
+%%% Utilities
 %%%===========================================================================
-
-tmp() ->
-    filename:join("/tmp", "emmap_queue_t_" ++ os:getpid() ++ "_"
-                  ++ integer_to_list(erlang:unique_integer([positive]))).
 
 %% Runs Fun(Q, File) on a new queue, then closes it and removes the file.
 with_queue(Size, Opts, Fun) ->
-    F = tmp(),
+    F = tmp_path("queue"),
     {ok, Q} = emmap_queue:open(F, Size, Opts),
     try Fun(Q, F)
     after
         emmap_queue:close(Q),
         file:delete(F)
     end.
-
-%% Runs Fun(File) on a file holding Bytes.
-with_file(Bytes, Fun) ->
-    F = tmp(),
-    ok = file:write_file(F, Bytes),
-    try Fun(F) after file:delete(F) end.
 
 meta(S, H, T, N) -> #{size => S, head => H, tail => T, next_tail => N}.
 
@@ -197,7 +182,7 @@ parse_what_push_wrote_test() ->
 %% The original's own gen_server test, with the same numbers: a 512-byte segment, then
 %% {I, Blob} messages of 276 bytes each (Blob is 256 bytes).
 original_growth_sequence_test() ->
-    F = tmp(),
+    F = tmp_path("queue"),
     {ok, Pid} = emmap_queue:start_link(undefined, F, 512, [auto_unlink]),
     try
         ok = emmap_queue:enqueue(Pid, a),
@@ -344,7 +329,7 @@ compression_levels_test() ->
     end).
 
 reopen_keeps_messages_test() ->
-    F = tmp(),
+    F = tmp_path("queue"),
     {ok, Q} = emmap_queue:open(F, 100, []),
     Terms = [{I, lists:seq(1, I)} || I <- lists:seq(1, 50)],
     [ok = emmap_queue:push(Q, T) || T <- Terms],
@@ -408,15 +393,15 @@ bad_arguments_raise_badarg_test() ->
         fun() -> emmap_queue:open("/tmp/x", 1024, [read | write]) end,
         fun() -> emmap_queue:open("/tmp/x", size, []) end,
         fun() -> emmap_queue:open({not_a, name}, 1024, []) end,
-        fun() -> emmap_queue:open(tmp(), 1024, [no_such_option]) end,
+        fun() -> emmap_queue:open(tmp_path("queue"), 1024, [no_such_option]) end,
         fun() -> emmap_queue:push(NotQ, a) end,
         fun() -> emmap_queue:pop(NotQ) end,
         fun() -> emmap_queue:close(not_a_queue) end,
         fun() -> emmap_queue:metadata(make_ref()) end,
-        fun() -> emmap_queue:start_link("name", tmp(), 1024, []) end,
+        fun() -> emmap_queue:start_link("name", tmp_path("queue"), 1024, []) end,
         fun() -> emmap_queue:start_link(undefined, {not_a, name}, 1024, []) end,
-        fun() -> emmap_queue:start_link(undefined, tmp(), -1, []) end,
-        fun() -> emmap_queue:start_link(undefined, tmp(), 1024, nolist) end
+        fun() -> emmap_queue:start_link(undefined, tmp_path("queue"), -1, []) end,
+        fun() -> emmap_queue:start_link(undefined, tmp_path("queue"), 1024, nolist) end
     ]],
     with_queue(1024, [], fun(Q, _) ->
         [?assertError(badarg, F()) || F <- [
@@ -434,7 +419,7 @@ bad_arguments_raise_badarg_test() ->
     end).
 
 closed_queue_answers_closed_test() ->
-    F = tmp(),
+    F = tmp_path("queue"),
     {ok, Q} = emmap_queue:open(F, 1024, []),
     ok = emmap_queue:push(Q, a),
     ok = emmap_queue:close(Q),
@@ -450,7 +435,7 @@ closed_queue_answers_closed_test() ->
     ok = file:delete(F).
 
 open_errors_test() ->
-    F = tmp(),
+    F = tmp_path("queue"),
     ?assertEqual({error, enoent}, emmap_queue:open(F, 0, [])),
     ?assertEqual({error, einval}, emmap_queue:open(F, 8, [])),
     ?assertEqual({error, einval}, emmap_queue:open(F, 1 bsl 32, [])),
@@ -471,7 +456,7 @@ open_errors_test() ->
     ok = file:delete(F).
 
 auto_unlink_and_sync_test() ->
-    F = tmp(),
+    F = tmp_path("queue"),
     {ok, Q} = emmap_queue:open(F, 1024, [auto_unlink]),
     ok = emmap_queue:push(Q, a),
     ok = emmap_queue:sync(Q),
@@ -698,7 +683,7 @@ opts(#s{fixed = Fixed, inc = Inc, extra = Extra}) ->
 %% property raises, so exceptions are caught and reported here.
 run_case(Cmds) ->
     [{init, Init} | _] = Cmds,
-    F = tmp(),
+    F = tmp_path("queue"),
     try
         {ok, Q} = emmap_queue:open(F, Init#s.size, opts(Init)),
         put(?KEY, {Q, F, opts(Init)}),
@@ -922,7 +907,7 @@ do_reopen() ->
 %%%===========================================================================
 
 server_test() ->
-    F = tmp(),
+    F = tmp_path("queue"),
     try server(F) after file:delete(F) end.
 
 server(F) ->
@@ -958,7 +943,7 @@ server(F) ->
 %% 8 clients push and pop at once through the server; every message comes out exactly
 %% once, and each client's messages come out in the order it pushed them.
 server_concurrency_test_() ->
-    {timeout, 60, fun() -> F = tmp(), try server_concurrency(F) after file:delete(F) end end}.
+    {timeout, 60, fun() -> F = tmp_path("queue"), try server_concurrency(F) after file:delete(F) end end}.
 
 server_concurrency(F) ->
     {ok, Pid} = emmap_queue:start_link(undefined, F, 256, []),
@@ -1023,7 +1008,7 @@ drain(Pid, Stamp, Acc) ->
     end.
 
 server_closes_queue_when_parent_dies_test() ->
-    F = tmp(),
+    F = tmp_path("queue"),
     Self = self(),
     Owner = spawn(fun() ->
                           {ok, Pid} = emmap_queue:start_link(undefined, F, 1024, [auto_unlink]),
@@ -1201,21 +1186,14 @@ ack(C, push, N) -> _ = emmap:set_counter(C, 0, N), ok;
 ack(C, pop, S) -> _ = emmap:set_counter(C, 1, S), ok.
 
 crash_round(Mode, Ack) ->
-    F = tmp(),
+    F = tmp_path("queue"),
     AckFile = F ++ ".acks",
     ChildAck = case Ack of
                    stdout -> stdout;
                    counters -> {counters, AckFile}
                end,
-    Erl = os:find_executable("erl"),
-    Paths = lists:append([["-pa", D] || D <- [filename:dirname(code:which(emmap)),
-                                             filename:dirname(code:which(emmap_queue)),
-                                             filename:dirname(code:which(?MODULE))]]),
-    Eval = lists:flatten(io_lib:format("~p:crash_child(~p, ~p, ~p)",
-                                       [?MODULE, F, Mode, ChildAck])),
-    Port = open_port({spawn_executable, Erl},
-                     [{args, ["-noshell" | Paths] ++ ["-eval", Eval]},
-                      {line, 256}, binary, exit_status, use_stdio]),
+    {Port, _} = Child = emmap_test_lib:start_child(?MODULE, crash_child, [F, Mode, ChildAck],
+                                                   #{line => 256, stderr => own}),
     try
         OsPid = receive {Port, {data, {eol, <<"pid ", P/binary>>}}} -> binary_to_list(P)
                 after 20000 -> erlang:error(child_did_not_start)
@@ -1237,7 +1215,7 @@ crash_round(Mode, Ack) ->
                            end,
         check_after_crash(F, {Mode, Ack}, Pushed, Popped)
     after
-        catch port_close(Port),
+        emmap_test_lib:stop_child(Child),
         file:delete(F),
         file:delete(AckFile)
     end.
@@ -1315,51 +1293,37 @@ check_after_crash(F, Mode, Pushed, Popped) ->
     length(Seqs).
 
 %%%===========================================================================
-%%% README example
+%%% README examples
 %%%===========================================================================
 
--define(README_EXAMPLE,
-"File = \"/tmp/orders.queue\",
-{ok, Q} = emmap_queue:open(File, 4096, []),
-ok = emmap_queue:push(Q, {order, 1, <<\"apples\">>}),
-ok = emmap_queue:push(Q, {order, 2, <<\"pears\">>}),
-ok = emmap_queue:push(Q, {order, 3, binary:copy(<<\"plums \">>, 1000)}, 9),
-ok = emmap_queue:close(Q),
-{ok, Q2} = emmap_queue:open(File, 0, []),
-3 = emmap_queue:length(Q2),
-{order, 1, <<\"apples\">>} = emmap_queue:pop_and_purge(Q2),
-Ids = emmap_queue:peek(Q2, [], fun({order, Id, _}, Acc) -> {cont, [Id | Acc]} end),
-ok = emmap_queue:close(Q2),
-ok = file:delete(File),
-io:format(\"~p~n\", [Ids]).  % Prints: [3,2]
-").
+%% The two examples of the README's queue section, as written there.
+readme_examples() ->
+    emmap_readme:blocks(emmap_readme:section("## Persistent FIFO queue"), "erlang").
 
--define(README_SERVER_EXAMPLE,
-"{ok, _} = emmap_queue:start_link(jobs, \"/tmp/jobs.queue\", 4096, [auto_unlink]),
-ok = emmap_queue:enqueue(jobs, {resize, \"photo.jpg\"}),
-ok = emmap_queue:enqueue(jobs, {email, \"ann@example.com\"}),
-{resize, \"photo.jpg\"} = emmap_queue:dequeue(jobs),
-Sent = emmap_queue:try_dequeue(jobs, fun({email, To}) -> {sent, To} end),
-nil = emmap_queue:dequeue(jobs),
-ok = emmap_queue:stop(jobs),
-io:format(\"~p~n\", [Sent]).  % Prints: {sent,\"ann@example.com\"}
-").
-
+%% The container example runs as written (with its file in a name of our own), prints what
+%% it says and leaves no file.
 readme_example_test() ->
-    _ = file:delete("/tmp/orders.queue"),
-    ?assertEqual("[3,2]\n", emmap_test_lib:expected_print(?README_EXAMPLE)),
-    ?assertEqual(emmap_test_lib:expected_print(?README_EXAMPLE), emmap_test_lib:eval_printing(?README_EXAMPLE)),
-    ?assertNot(filelib:is_file("/tmp/orders.queue")).
+    [Text, _] = readme_examples(),
+    emmap_test_lib:with_path(fun(P) ->
+        Example = emmap_readme:replace_path(Text, "/tmp/orders.queue", P),
+        ?assertEqual("[3,2]\n", emmap_readme:expected_print(Example)),
+        ?assertEqual(emmap_readme:expected_print(Example), emmap_readme:eval_printing(Example)),
+        ?assertNot(filelib:is_file(P))
+    end).
 
+%% The same for the server example (its queue file goes with auto_unlink).
 readme_server_example_test() ->
-    ?assertEqual("{sent,\"ann@example.com\"}\n", emmap_test_lib:expected_print(?README_SERVER_EXAMPLE)),
-    ?assertEqual(emmap_test_lib:expected_print(?README_SERVER_EXAMPLE), emmap_test_lib:eval_printing(?README_SERVER_EXAMPLE)),
-    ?assertNot(filelib:is_file("/tmp/jobs.queue")).
+    [_, Text] = readme_examples(),
+    emmap_test_lib:with_path(fun(P) ->
+        Example = emmap_readme:replace_path(Text, "/tmp/jobs.queue", P),
+        ?assertEqual("{sent,\"ann@example.com\"}\n", emmap_readme:expected_print(Example)),
+        ?assertEqual(emmap_readme:expected_print(Example), emmap_readme:eval_printing(Example)),
+        ?assertNot(filelib:is_file(P))
+    end).
 
-%% The examples are the documentation's text, verbatim: in doc_queue_section.md until
-%% the lead merges it into README.md.
+%% The section has these two examples and no other: each one is run above.
 readme_examples_are_in_the_docs_test() ->
-    Docs = [B || P <- ["doc_queue_section.md", "README.md"], {ok, B} <- [file:read_file(P)]],
-    ?assertNotEqual([], Docs),
-    [?assert(lists:any(fun(D) -> binary:match(D, list_to_binary(Ex)) =/= nomatch end, Docs))
-     || Ex <- [?README_EXAMPLE, ?README_SERVER_EXAMPLE]].
+    Examples = readme_examples(),
+    ?assertEqual(2, length(Examples)),
+    ?assertMatch(["File = \"/tmp/orders.queue\"," ++ _,
+                  "{ok, _} = emmap_queue:start_link(jobs, \"/tmp/jobs.queue\"" ++ _], Examples).

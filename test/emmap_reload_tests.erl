@@ -12,6 +12,8 @@
 
 -export([child_reload/1, child_eval/1, child_other_library/1, child_io_reload/1]).
 
+-import(emmap_test_lib, [mapped/1, eventually/2, with_dir/2, with_path/1]).
+
 %% The ways a module gets reloaded, in the order the child applies them.
 %%  c_l:         c:l/1 (purge old code, load the file: the NIF library's upgrade callback)
 %%  load_binary: code:load_binary/3 with the module's object code, as IEx's r/1 and Elixir's
@@ -30,18 +32,6 @@ reload(rebar3) ->
     true = code:delete(emmap),
     _ = code:purge(emmap),
     {module, emmap} = code:load_file(emmap).
-
-%% How many of this OS process's mappings are of `Path' (a file or the NIF library).
-mapped(Path) ->
-    {ok, B} = file:read_file("/proc/self/maps"),
-    length(binary:matches(B, list_to_binary(Path))).
-
-wait_until(Pred, Ms) when Ms =< 0 -> Pred();
-wait_until(Pred, Ms) ->
-    case Pred() of
-        true -> true;
-        false -> erlang:garbage_collect(), timer:sleep(10), wait_until(Pred, Ms - 10)
-    end.
 
 %% Child VM: reloads emmap again and again with handles of every kind open, checking after
 %% each reload that every handle made so far (before or between reloads) still works.
@@ -97,47 +87,28 @@ child_reload(Dir) ->
 %% Called with no reference to the handles or the binary left: every destructor (of
 %% resource types from before and after the reloads) must run.
 release(P) ->
-    true = wait_until(fun() -> mapped(P) =:= 0 end, 3000),
+    true = eventually(fun() -> mapped(P) =:= 0 end, 3000),
     ok.
 
-%% Runs ?MODULE:Fun(Arg) in a child VM; returns {ExitStatus, Output}.
+%% Runs ?MODULE:Fun(Arg) in a child VM that prints `result: R' for what it returned or
+%% raised; returns {ExitStatus, Output}.
 child(Fun, Arg) ->
-    Erl = os:find_executable("erl"),
-    Ebin = filename:dirname(code:which(emmap)),
-    TestDir = filename:dirname(code:which(?MODULE)),
     Call = lists:flatten(io_lib:format(
         "try ~s:~s(~p) of R -> io:format(\"result: ~~p~~n\", [R]), halt(0) "
         "catch C:E:S -> io:format(\"result: ~~p~~n\", [{C, E, S}]), halt(1) end.",
         [?MODULE, Fun, Arg])),
-    Port = open_port({spawn_executable, Erl},
-                     [{args, ["-noshell", "-pa", Ebin, "-pa", TestDir, "-eval", Call]},
-                      binary, exit_status, use_stdio, stderr_to_stdout]),
-    collect(Port, []).
+    emmap_test_lib:run_vm(Call, #{line => false, timeout => 60000}).
 
 %% Child VM: evaluates Text as the shell would and returns what it printed.
 child_eval(Text) ->
-    emmap_test_lib:eval_printing(Text).
-
-collect(Port, Acc) ->
-    receive
-        {Port, {data, D}} -> collect(Port, [D | Acc]);
-        {Port, {exit_status, S}} -> {S, iolist_to_binary(lists:reverse(Acc))}
-    after 60000 ->
-        catch port_close(Port),
-        {timeout, iolist_to_binary(lists:reverse(Acc))}
-    end.
+    emmap_readme:eval_printing(Text).
 
 reload_keeps_module_and_handles_working_test_() ->
     {timeout, 90, fun() ->
-        Dir = filename:join("/tmp", "emmap_reload_" ++ os:getpid() ++ "_"
-                            ++ integer_to_list(erlang:unique_integer([positive]))),
-        ok = filelib:ensure_dir(Dir ++ "/"),
-        try
+        with_dir("reload", fun(Dir) ->
             %% nothing else is printed: no warning report from a failed on_load either
             ?assertEqual({0, <<"result: ok\n">>}, child(child_reload, Dir))
-        after
-            _ = os:cmd("rm -rf " ++ Dir)
-        end
+        end)
     end}.
 
 %% Child VM: emmap_io loaded again and again (c:l/1 purges the code before the last
@@ -258,28 +229,20 @@ client_progress(Count, Want) ->
 
 reload_emmap_io_keeps_devices_test_() ->
     {timeout, 90, fun() ->
-        Dir = filename:join("/tmp", "emmap_reload_io_" ++ os:getpid() ++ "_"
-                            ++ integer_to_list(erlang:unique_integer([positive]))),
-        ok = filelib:ensure_dir(Dir ++ "/"),
-        try
+        with_dir("reload_io", fun(Dir) ->
             ?assertEqual({0, <<"result: ok\n">>}, child(child_io_reload, Dir))
-        after
-            _ = os:cmd("rm -rf " ++ Dir)
-        end
+        end)
     end}.
 
 %% The README's reload example runs as written (with its file in our directory).
 readme_example_test_() ->
     {timeout, 60, fun() ->
         Text = emmap_readme:block("## Reloading code", "erlang"),
-        P = filename:join("/tmp", "emmap_reload_readme_" ++ os:getpid() ++ ".bin"),
-        try
-            Example = lists:flatten(string:replace(Text, "/tmp/emmap_reload.bin", P)),
+        with_path(fun(P) ->
+            Example = emmap_readme:replace_path(Text, "/tmp/emmap_reload.bin", P),
             ?assertNotEqual(Text, Example),
             ?assertEqual({0, <<"result: []\n">>}, child(child_eval, Example))
-        after
-            file:delete(P)
-        end
+        end)
     end}.
 
 %% Child VM: emmap reloaded from another directory (as a release upgrade to another version
@@ -329,18 +292,13 @@ child_other_library(Dir) ->
 %% thread-local values have destructors while the threads that hold them live, and the
 %% VM's schedulers live as long as the VM.)
 release_other(P, Libs) ->
-    true = wait_until(fun() -> mapped(P) =:= 0 end, 3000),
+    true = eventually(fun() -> mapped(P) =:= 0 end, 3000),
     true = mapped("/emmap.so") > Libs,
     ok.
 
 reload_from_another_library_test_() ->
     {timeout, 90, fun() ->
-        Dir = filename:join("/tmp", "emmap_reload_other_" ++ os:getpid() ++ "_"
-                            ++ integer_to_list(erlang:unique_integer([positive]))),
-        ok = filelib:ensure_dir(Dir ++ "/"),
-        try
+        with_dir("reload_other", fun(Dir) ->
             ?assertEqual({0, <<"result: ok\n">>}, child(child_other_library, Dir))
-        after
-            _ = os:cmd("rm -rf " ++ Dir)
-        end
+        end)
     end}.

@@ -1,76 +1,58 @@
-%%% The examples of the user's README, run exactly as written, in a real VM.
+%%% The examples of the user's guide (the README this library replaces), run exactly as
+%%% written, in a real VM.
 %%%
-%%% The text of each example is kept here verbatim (and checked against the user's README
-%%% when `../shared/spec/seed-README.md' is present). It is evaluated the way the Erlang
-%%% shell does: `erl_eval' with bindings carried from one expression to the next. The
-%%% README's counters example calls `io_format/2', which the shell resolves as a local
-%%% function; the evaluator here maps it to `io:format/2'. Its `% Prints:' comment is the
-%%% expected output.
+%%% The guide is kept in the repository, byte for byte, as test/contract/seed-README.md,
+%%% and the examples are taken from it: no other copy of their text is kept. Without that
+%%% file every test here fails. Where the user's own file is found too
+%%% (`shared/spec/seed-README.md' beside the checkout or beside a directory above it), the
+%%% copy must equal it, so that a changed contract fails the suite until the copy and the
+%%% code follow it. Every Erlang example of the guide is run by a test here.
 %%%
-%%% The two-shell example runs twice: as two Erlang processes, and as two OS processes
-%%% (two `erl' VMs driven over ports), with the lines interleaved as the README shows.
+%%% An example is evaluated the way the Erlang shell does (emmap_readme:eval/2): bindings
+%%% carried from one expression to the next; the counters example's `io_format/2', a
+%%% function local to the user's shell, is `io:format/2'. Its `% Prints:' comment is the
+%%% expected output. The two-shell example runs twice: as two Erlang processes, and as two
+%%% OS processes (two `erl' VMs driven over ports), with the lines interleaved as the guide
+%%% shows.
+%%%
+%%% The counters example uses /tmp/mem.bin and the two-shell example /tmp/mem.data. They
+%%% run as written, with those names: each run removes what an earlier run left there, and
+%%% holds a lock meanwhile (emmap_test_lib:with_lock/2) so that two test runs on one
+%%% machine do not use the files at the same time.
 -module(emmap_seed_tests).
 
 -include_lib("eunit/include/eunit.hrl").
 
 -export([demo/0, serve/0]).
 
--define(COUNTERS_EXAMPLE,
-"F  = emmap:open_counters(\"/tmp/mem.bin\", 2),
-N1 = emmap:inc_counter(F, 0),
-N2 = emmap:inc_counter(F, 0, 5),
-N3 = emmap:inc_counter(F, 0),
-N4 = emmap:inc_counter(F, 0, 2),
-N5 = emmap:set_counter(F, 0, 15),
-N6 = emmap:read_counter(F, 0),
-emmap:close_counters(F),
-io_format(\"N1=~w, N2=~w, N3=~w, N4=~w, N5=~w, N6=~w\\n\",
-          [N1, N2, N3, N4, N5, N6]).  % Prints: N1=0, N2=1, N3=6, N4=7, N5=9, N6=15
-").
-
--define(SHELLS_EXAMPLE,
-"shell1> {ok, MM} = emmap:open(\"/tmp/mem.data\", 0, 8, [create, direct, read, write, shared, nolock]).
-shell2> {ok, MM} = emmap:open(\"/tmp/mem.data\", 0, 8, [create, direct, read, write, shared, nolock]).
-
-shell1> emmap:pwrite(MM, 0, <<\"test1\">>).
-shell2> {ok, Bin} = emmap:pread(MM, 0, 5).
-{ok, <<\"test1\">>}
-
-shell1> emmap:pwrite(MM, 0, <<\"test2\">>).
-shell2> Bin.
-<<\"test2\">>
-
-shell1> emmap:pwrite(MM, 0, <<\"test3\">>).
-shell2> Bin.
-<<\"test3\">>
-").
-
--define(BASIC_EXAMPLE,
-"{ok, Mem} = emmap:open(\"filename\", [read, shared, direct]),
-{ok, Binary} = file:pread(Mem, 100, 40),
-...
-ok = file:close(Mem).
-").
+%% The copy of the user's guide, from the checkout's root.
+-define(CONTRACT, "test/contract/seed-README.md").
+%% The lock of the tests that use /tmp/mem.bin and /tmp/mem.data.
+-define(LOCK, "seed_examples").
 
 %%%---------------------------------------------------------------------------
-%%% Evaluating text like the shell does
+%%% The examples, from the guide
 %%%---------------------------------------------------------------------------
 
-%% Evaluates `Text' (a sequence of expressions ending in `.') with `Bindings'.
-eval(Text, Bindings) ->
-    {ok, Tokens, _} = erl_scan:string(Text),
-    {ok, Exprs} = erl_parse:parse_exprs(Tokens),
-    {value, V, B} = erl_eval:exprs(Exprs, Bindings, {value, fun local/2}),
-    {V, B}.
+contract() ->
+    emmap_readme:read(?CONTRACT).
 
-%% Shell-local functions the README uses.
-local(io_format, Args) -> apply(io, format, Args);
-local(Name, Args) -> erlang:error({undefined_shell_command, Name, length(Args)}).
+example(Heading) ->
+    emmap_readme:block(contract(), Heading, "erlang").
+
+basic_example() -> example("## Basic Usage").
+atomic_example() -> example("## Atomic operations on the memory mapped file").
+counters_example() -> example("## Atomic persistent counters").
+shells_example() -> example("## Shared memory and using mutable binaries").
+
+%%%---------------------------------------------------------------------------
+%%% Running them
+%%%---------------------------------------------------------------------------
 
 %% Runs the counters example, returning what it printed.
 run_counters_example() ->
     _ = file:delete("/tmp/mem.bin"),
-    emmap_test_lib:eval_printing(?COUNTERS_EXAMPLE).
+    emmap_readme:eval_printing(counters_example()).
 
 %% The two-shell example as a list of steps: {ShellNo, Command, Expected | none}.
 shell_steps(Text) ->
@@ -88,7 +70,7 @@ steps(["shell" ++ [N, $>, $\s | Cmd] | Rest]) ->
 
 expected_term(none) -> none;
 expected_term(Text) ->
-    {V, _} = eval(Text ++ ".", erl_eval:new_bindings()),
+    {V, _} = emmap_readme:eval(Text ++ ".", erl_eval:new_bindings()),
     {value, V}.
 
 %% Runs the two-shell example, each shell being `Shell(N)' (a fun taking a command and
@@ -98,7 +80,7 @@ run_shells_example(Shells) ->
     [begin
          Got = (maps:get(N, Shells))(Cmd),
          {N, Cmd, Got, expected_term(Exp)}
-     end || {N, Cmd, Exp} <- shell_steps(?SHELLS_EXAMPLE)].
+     end || {N, Cmd, Exp} <- shell_steps(shells_example())].
 
 %% A shell in this VM: a process with its own bindings.
 erlang_shell() ->
@@ -111,20 +93,17 @@ erlang_shell() ->
 shell_loop(B) ->
     receive
         {eval, From, Cmd} ->
-            {V, B1} = eval(Cmd, B),
+            {V, B1} = emmap_readme:eval(Cmd, B),
             %% What the shell prints is the value now: copy it before replying.
             From ! {self(), binary_to_term(term_to_binary(V))},
             shell_loop(B1)
     end.
 
-%% A shell in a separate OS process: an `erl' VM reading commands on stdin.
+%% A shell in a separate OS process: an `erl' VM reading commands on stdin. (It ends when
+%% its standard input does: when the process that started it, which owns the port, ends.)
 os_shell() ->
-    Erl = os:find_executable("erl"),
-    Paths = lists:append([["-pa", D] || D <- [filename:dirname(code:which(emmap)),
-                                             filename:dirname(code:which(?MODULE))]]),
-    Port = open_port({spawn_executable, Erl},
-                     [{args, ["-noshell" | Paths] ++ ["-eval", "emmap_seed_tests:serve()"]},
-                      {line, 1 bsl 20}, binary, exit_status, use_stdio]),
+    {Port, _} = emmap_test_lib:start_child(?MODULE, serve, [],
+                                           #{line => 1 bsl 20, stderr => own}),
     fun(Cmd) ->
             true = port_command(Port, [Cmd, $\n]),
             receive
@@ -147,9 +126,27 @@ serve(B) ->
     case io:get_line("") of
         eof -> halt(0);
         Line ->
-            {V, B1} = eval(string:trim(Line), B),
+            {V, B1} = emmap_readme:eval(string:trim(Line), B),
             io:put_chars(["ok ", base64:encode(term_to_binary(V)), "\n"]),
             serve(B1)
+    end.
+
+%% The basic-usage example with its `...' removed, on a file named "filename" (in a
+%% directory of our own: the example names the file relative to the current directory).
+basic_usage() ->
+    Text = string:replace(basic_example(), "...\n", "", all),
+    Dir = emmap_test_lib:tmp_dir("seed"),
+    {ok, Cwd} = file:get_cwd(),
+    ok = file:set_cwd(Dir),
+    try
+        ok = file:write_file("filename", [binary:copy(<<"0123456789">>, 20)]),
+        {_, B} = emmap_readme:eval(lists:flatten(Text), erl_eval:new_bindings()),
+        {value, Binary} = erl_eval:binding('Binary', B),
+        _ = file:delete("filename"),
+        {ok, Binary}
+    after
+        ok = file:set_cwd(Cwd),
+        _ = file:del_dir(Dir)
     end.
 
 %%%---------------------------------------------------------------------------
@@ -158,13 +155,15 @@ serve(B) ->
 
 %% @doc Runs every README example and prints what it shows.
 demo() ->
-    io:format("== Atomic persistent counters (README example, as written)~n~s~n",
-              [?COUNTERS_EXAMPLE]),
-    io:format("prints: ~s~n", [run_counters_example()]),
-    io:format("== Shared memory, two Erlang processes as shell1/shell2~n", []),
-    print_shells(run_shells_example(#{1 => erlang_shell(), 2 => erlang_shell()})),
-    io:format("== Shared memory, two OS processes (two erl VMs) as shell1/shell2~n", []),
-    print_shells(run_shells_example(#{1 => os_shell(), 2 => os_shell()})),
+    emmap_test_lib:with_lock(?LOCK, fun() ->
+        io:format("== Atomic persistent counters (README example, as written)~n~s~n",
+                  [counters_example()]),
+        io:format("prints: ~s~n", [run_counters_example()]),
+        io:format("== Shared memory, two Erlang processes as shell1/shell2~n", []),
+        print_shells(run_shells_example(#{1 => erlang_shell(), 2 => erlang_shell()})),
+        io:format("== Shared memory, two OS processes (two erl VMs) as shell1/shell2~n", []),
+        print_shells(run_shells_example(#{1 => os_shell(), 2 => os_shell()}))
+    end),
     io:format("== Basic usage~n", []),
     Res = basic_usage(),
     io:format("file:pread(Mem, 100, 40) -> ~p~n", [Res]),
@@ -174,48 +173,33 @@ print_shells(Steps) ->
     [io:format("shell~w> ~s~n~p~n", [N, Cmd, Got]) || {N, Cmd, Got, _} <- Steps],
     ok.
 
-%% The basic-usage example with its `...' removed, on a file named "filename".
-basic_usage() ->
-    Dir = tmp_dir(),
-    {ok, Cwd} = file:get_cwd(),
-    ok = file:set_cwd(Dir),
-    try
-        ok = file:write_file("filename", [binary:copy(<<"0123456789">>, 20)]),
-        Text = string:replace(?BASIC_EXAMPLE, "...\n", "", all),
-        {_, B} = eval(lists:flatten(Text), erl_eval:new_bindings()),
-        {value, Binary} = erl_eval:binding('Binary', B),
-        _ = file:delete("filename"),
-        {ok, Binary}
-    after
-        ok = file:set_cwd(Cwd),
-        _ = file:del_dir(Dir)
-    end.
-
-tmp_dir() ->
-    D = filename:join("/tmp", "emmap_seed_" ++ integer_to_list(erlang:unique_integer([positive]))),
-    ok = file:make_dir(D),
-    D.
-
 %%%---------------------------------------------------------------------------
 %%% Tests
 %%%---------------------------------------------------------------------------
 
 counters_example_prints_what_it_says_test() ->
-    ?assertEqual("N1=0, N2=1, N3=6, N4=7, N5=9, N6=15\n", emmap_test_lib:expected_print(?COUNTERS_EXAMPLE)),
-    ?assertEqual(emmap_test_lib:expected_print(?COUNTERS_EXAMPLE), run_counters_example()),
-    %% ... and the counter is persistent: reopening shows the last value.
-    F = emmap:open_counters("/tmp/mem.bin"),
-    ?assertEqual(15, emmap:read_counter(F, 0)),
-    ?assertEqual(0, emmap:read_counter(F, 1)),
-    ok = emmap:close_counters(F),
-    ok = file:delete("/tmp/mem.bin").
+    emmap_test_lib:with_lock(?LOCK, fun() ->
+        Example = counters_example(),
+        ?assertEqual("N1=0, N2=1, N3=6, N4=7, N5=9, N6=15\n", emmap_readme:expected_print(Example)),
+        ?assertEqual(emmap_readme:expected_print(Example), run_counters_example()),
+        %% ... and the counter is persistent: reopening shows the last value.
+        F = emmap:open_counters("/tmp/mem.bin"),
+        ?assertEqual(15, emmap:read_counter(F, 0)),
+        ?assertEqual(0, emmap:read_counter(F, 1)),
+        ok = emmap:close_counters(F),
+        ok = file:delete("/tmp/mem.bin")
+    end).
 
 shells_as_erlang_processes_test() ->
-    check_shells(run_shells_example(#{1 => erlang_shell(), 2 => erlang_shell()})).
+    emmap_test_lib:with_lock(?LOCK, fun() ->
+        check_shells(run_shells_example(#{1 => erlang_shell(), 2 => erlang_shell()}))
+    end).
 
 shells_as_os_processes_test_() ->
     {timeout, 60, fun() ->
-        check_shells(run_shells_example(#{1 => os_shell(), 2 => os_shell()}))
+        emmap_test_lib:with_lock(?LOCK, fun() ->
+            check_shells(run_shells_example(#{1 => os_shell(), 2 => os_shell()}))
+        end)
     end}.
 
 check_shells(Steps) ->
@@ -228,27 +212,61 @@ check_shells(Steps) ->
 basic_usage_test() ->
     ?assertEqual({ok, <<"0123456789012345678901234567890123456789">>}, basic_usage()).
 
-%% The examples here are the user's text, verbatim.
+%% The atomic-operations example, on a handle `Mem' and a `Position' of the caller's (the
+%% guide leaves both to the reader): it binds the old value and adds 1.
+atomic_example_test() ->
+    emmap_test_lib:with_file(<<0:128>>, fun(P) ->
+        {ok, Mem} = emmap:open(P, [read, write, shared]),
+        B0 = erl_eval:add_binding('Position', 8,
+                                  erl_eval:add_binding('Mem', Mem, erl_eval:new_bindings())),
+        {_, B} = emmap_readme:eval(atomic_example(), B0),
+        ?assertEqual({value, 0}, erl_eval:binding('OldValue', B)),
+        ?assertEqual({ok, 1}, emmap:patomic_read_integer(Mem, 8)),
+        ok = emmap:close(Mem)
+    end).
+
+%% The examples run here are the user's text, verbatim: they come from the copy of the
+%% guide, which must be there, and the guide has no Erlang example that is not run.
 examples_match_the_readme_test() ->
-    case file:read_file(seed_readme()) of
-        {ok, Readme} ->
-            [?assertNotEqual(nomatch, binary:match(Readme, list_to_binary(Ex)))
-             || Ex <- [?COUNTERS_EXAMPLE, ?SHELLS_EXAMPLE, ?BASIC_EXAMPLE]];
-        {error, enoent} ->
-            %% Outside the project's workspace the user's README is not beside the repo.
-            ?debugMsg("skipped: ../shared/spec/seed-README.md not found")
+    ?assert(filelib:is_regular(filename:join(emmap_readme:root(), ?CONTRACT))),
+    Run = [basic_example(), atomic_example(), counters_example(), shells_example()],
+    ?assertEqual(Run, emmap_readme:blocks(contract(), "erlang")),
+    ?assertNotEqual(nomatch, string:find(counters_example(), "\"/tmp/mem.bin\"")),
+    ?assertNotEqual(nomatch, string:find(shells_example(), "\"/tmp/mem.data\"")).
+
+%% The copy is the user's file byte for byte, where the user's file can be found: in
+%% shared/spec/ beside the checkout, or beside a directory above it (a checkout made with
+%% `git worktree' may sit deeper than the main one).
+contract_copy_is_the_users_guide_test() ->
+    Copy = contract(),
+    case users_guide(filename:dirname(emmap_readme:root())) of
+        {ok, Path, Users} ->
+            ?assertEqual({Path, true}, {Path, Users =:= Copy});
+        none ->
+            %% Outside the project's workspace there is nothing to compare with; the copy
+            %% alone is the contract then (the tests above use it).
+            io:format(user, "~nseed-README: no shared/spec/seed-README.md above the "
+                      "checkout; the copy in " ?CONTRACT " is the contract~n", [])
     end.
 
-seed_readme() ->
-    {ok, Cwd} = file:get_cwd(),                 % rebar3 runs tests from the project root
-    filename:join([filename:dirname(Cwd), "shared", "spec", "seed-README.md"]).
+users_guide(Dir) ->
+    Path = filename:join([Dir, "shared", "spec", "seed-README.md"]),
+    case file:read_file(Path) of
+        {ok, Text} -> {ok, Path, Text};
+        {error, _} ->
+            case filename:dirname(Dir) of
+                Dir -> none;
+                Up -> users_guide(Up)
+            end
+    end.
 
 %% Our own README's version of the counters example (with `io:format') runs as written too.
 readme_counters_example_test() ->
-    {ok, Readme} = file:read_file("README.md"),
-    {match, Blocks} = re:run(Readme, "```erlang\n(.*?)```", [dotall, global, {capture, all_but_first, list}]),
-    [Example] = [B || [B] <- Blocks, string:find(B, "emmap:open_counters(\"/tmp/mem.bin\", 2)") =/= nomatch],
-    _ = file:delete("/tmp/mem.bin"),
-    ?assertEqual("N1=0, N2=1, N3=6, N4=7, N5=9, N6=15\n", emmap_test_lib:expected_print(Example)),
-    ?assertEqual(emmap_test_lib:expected_print(Example), emmap_test_lib:eval_printing(Example)),
-    ok = file:delete("/tmp/mem.bin").
+    Example = emmap_readme:block("### Persistent counters", "erlang"),
+    ?assertNotEqual(nomatch, string:find(Example, "emmap:open_counters(\"/tmp/mem.bin\", 2)")),
+    emmap_test_lib:with_lock(?LOCK, fun() ->
+        _ = file:delete("/tmp/mem.bin"),
+        ?assertEqual("N1=0, N2=1, N3=6, N4=7, N5=9, N6=15\n", emmap_readme:expected_print(Example)),
+        ?assertEqual(emmap_readme:expected_print(Example), emmap_readme:eval_printing(Example)),
+        ok = file:delete("/tmp/mem.bin")
+    end).

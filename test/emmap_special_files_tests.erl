@@ -15,10 +15,6 @@
 %% More concurrent opens than the VM has dirty I/O schedulers (10 by default).
 -define(OPENS, 16).
 
-tmp(Tag) ->
-    filename:join("/tmp", "emmap_special_" ++ Tag ++ "_" ++ os:getpid() ++ "_"
-                  ++ integer_to_list(erlang:unique_integer([positive]))).
-
 option_sets() ->
     [[read], [read, write, shared], [read, write, shared, create, {size, 4096}],
      [read, write, shared, fit, {size, 4096}], [read, direct, nolock]].
@@ -41,8 +37,8 @@ child_fifo(Fifo, Other) ->
 
 fifo_opens_never_block_test_() ->
     {timeout, 120, fun() ->
-        Fifo = tmp("fifo"),
-        Other = tmp("other"),
+        Fifo = emmap_test_lib:tmp_path("fifo"),
+        Other = emmap_test_lib:tmp_path("other"),
         ok = file:write_file(Other, <<"unrelated">>),
         "" = os:cmd("mkfifo " ++ Fifo),
         try
@@ -60,7 +56,7 @@ fifo_opens_never_block_test_() ->
 %% Sockets, character devices and pseudo files, with every option set; emmap_io and the
 %% queue, which open through emmap:open, refuse them the same way. Nothing is created.
 other_special_files_test() ->
-    Sock = tmp("sock"),
+    Sock = emmap_test_lib:tmp_path("sock"),
     {ok, L} = gen_tcp:listen(0, [{ifaddr, {local, Sock}}]),
     Sys = "/sys/kernel/mm/transparent_hugepage/enabled",
     Paths = [Sock, "/dev/zero", "/dev/null", "/dev/urandom", "/proc/self/status",
@@ -79,34 +75,14 @@ other_special_files_test() ->
     end.
 
 %% Runs ?MODULE:Fun(Args...) in a child VM and returns {ok, Term} for the `result: Term'
-%% line it prints, or {timeout, Output} (the child is killed) after Ms.
+%% line it prints, or {Status, Output}, or {timeout, Output} (the child is killed) when it
+%% has printed nothing for Ms.
 child(Fun, Args, Ms) ->
-    Erl = os:find_executable("erl"),
-    Ebin = filename:dirname(code:which(emmap)),
-    TestDir = filename:dirname(code:which(?MODULE)),
-    ArgText = string:join([io_lib:format("~p", [A]) || A <- Args], ", "),
-    Call = lists:flatten(io_lib:format("~s:~s(~s).", [?MODULE, Fun, ArgText])),
-    Port = open_port({spawn_executable, Erl},
-                     [{args, ["-noshell", "-pa", Ebin, "-pa", TestDir, "-eval", Call]},
-                      binary, exit_status, use_stdio, stderr_to_stdout]),
-    {os_pid, OsPid} = erlang:port_info(Port, os_pid),
-    try collect(Port, [], erlang:monotonic_time(millisecond) + Ms) of
+    case emmap_test_lib:run_child(?MODULE, Fun, Args, #{line => false, timeout => Ms}) of
         {0, Out} ->
             {match, [Text]} = re:run(Out, "result: (.*)", [dotall, {capture, all_but_first, list}]),
             {ok, Tokens, _} = erl_scan:string(Text ++ "."),
             erl_parse:parse_term(Tokens);
         Other ->
             Other
-    after
-        os:cmd("kill -9 " ++ integer_to_list(OsPid) ++ " 2>/dev/null")
-    end.
-
-collect(Port, Acc, Deadline) ->
-    Left = max(0, Deadline - erlang:monotonic_time(millisecond)),
-    receive
-        {Port, {data, D}} -> collect(Port, [D | Acc], Deadline);
-        {Port, {exit_status, S}} -> {S, iolist_to_binary(lists:reverse(Acc))}
-    after Left ->
-        catch port_close(Port),
-        {timeout, iolist_to_binary(lists:reverse(Acc))}
     end.

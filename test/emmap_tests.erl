@@ -5,29 +5,12 @@
 -include_lib("eunit/include/eunit.hrl").
 -include_lib("kernel/include/file.hrl").
 
--import(emmap_test_lib, [mode/1, mapped/1, open_fds/0]).
+-import(emmap_test_lib, [mode/1, mapped/1, open_fds/0, eventually/1, with_file/2]).
+-import(emmap_test_lib, [tmp_path/0, tmp_path/2, tmp_dir/1]).
 
 %%%---------------------------------------------------------------------------
-%%% helpers
+%%% utilities
 %%%---------------------------------------------------------------------------
-
-tmp() ->
-    filename:join("/tmp", "emmap_t_" ++ os:getpid() ++ "_"
-                  ++ integer_to_list(erlang:unique_integer([positive]))).
-
-with_file(Bytes, Fun) ->
-    P = tmp(),
-    ok = file:write_file(P, Bytes),
-    try Fun(P) after file:delete(P) end.
-
-%% Waits until `Pred()' holds (resource destructors run asynchronously after GC).
-eventually(Pred) -> eventually(Pred, 600).              % up to ~3 s
-eventually(Pred, 0) -> Pred();
-eventually(Pred, N) ->
-    case Pred() of
-        true -> true;
-        false -> erlang:garbage_collect(), timer:sleep(5), eventually(Pred, N - 1)
-    end.
 
 %% Runs Fun in a fresh process and waits for its result; its heap (and every binary and
 %% handle it held) is gone once this returns.
@@ -144,7 +127,7 @@ impossible_requests_return_errors_and_change_nothing_test() ->
     end).
 
 open_errors_test() ->
-    P = tmp(),
+    P = tmp_path(),
     ?assertEqual({error, enoent}, emmap:open(P, [read])),
     ?assertEqual({error, enoent}, emmap:open(P, 0, 8, [read, write])),
     %% create without a length: an error, and no file left behind
@@ -206,7 +189,7 @@ anon_test() ->
     emmap:close(M).
 
 create_chmod_and_size_test() ->
-    P = tmp(),
+    P = tmp_path(),
     {ok, M} = emmap:open(P, [create, read, write, {size, 100}]),
     ?assertMatch(#{exist := false, size := 100, writable := true}, emmap:info(M)),
     ?assertEqual(8#600, mode(P)),
@@ -222,7 +205,7 @@ create_chmod_and_size_test() ->
     ok = file:delete(P).
 
 path_forms_test() ->
-    P = tmp(),
+    P = tmp_path(),
     {ok, M1} = emmap:open(list_to_binary(P), 0, 16, [create, write]),
     {ok, M2} = emmap:open(["/tmp", [$/ | lists:nthtail(5, P)]], 0, 16, [read]),
     {ok, M3} = emmap:open(list_to_atom(P), 0, 16, [read]),
@@ -315,7 +298,7 @@ map_at_free_address(Tries) ->
 %% from 4096 to 8192 bytes before answering enomem.
 failed_growth_changes_nothing_test() ->
     Dir = case filelib:is_dir("/dev/shm") of true -> "/dev/shm"; false -> "/tmp" end,
-    P = filename:join(Dir, "emmap_t_grow_" ++ os:getpid()),
+    P = tmp_path(Dir, "grow"),
     try
         [begin
              ok = file:write_file(P, binary:copy(<<"k">>, 4096)),
@@ -399,7 +382,7 @@ fixed_size_test() ->
     emmap:close(M).
 
 max_inc_size_test() ->
-    P = tmp(),
+    P = tmp_path(),
     {ok, M} = emmap:open(P, 0, 4096, [create, read, write, shared, {max_inc_size, 8192}]),
     ?assertEqual({ok, 8192}, emmap:resize(M)),       % doubles while below the step
     ?assertEqual({ok, 16384}, emmap:resize(M)),
@@ -412,7 +395,7 @@ max_inc_size_test() ->
     ok = file:delete(P).
 
 auto_unlink_test() ->
-    P = tmp(),
+    P = tmp_path(),
     {ok, M} = emmap:open(P, 0, 64, [create, read, write, shared, auto_unlink]),
     ?assert(filelib:is_file(P)),
     ok = emmap:close(M),
@@ -451,7 +434,7 @@ direct_binaries_see_writes_test() ->
 
 direct_binary_survives_close_test() ->
     [begin
-         P = tmp(),
+         P = tmp_path(),
          {Bin, Tag} = in_process(fun() ->
              {ok, M} = emmap:open(P, 0, 4096, [create, read, write, shared, direct | Lock]),
              ok = emmap:pwrite(M, 0, <<"keep me">>),
@@ -470,7 +453,7 @@ direct_binary_survives_close_test() ->
      end || Lock <- [[lock], [nolock]]].
 
 direct_mapping_released_after_binaries_collected_test() ->
-    P = tmp(),
+    P = tmp_path(),
     in_process(fun() ->
         {ok, M} = emmap:open(P, 0, 4096, [create, read, write, shared, direct]),
         {ok, B} = emmap:pread(M, 0, 10),
@@ -482,7 +465,7 @@ direct_mapping_released_after_binaries_collected_test() ->
     ok = file:delete(P).
 
 copy_mode_close_unmaps_at_once_test() ->
-    P = tmp(),
+    P = tmp_path(),
     {ok, M} = emmap:open(P, 0, 4096, [create, read, write, shared]),
     ?assertEqual(1, mapped(P)),
     ok = emmap:close(M),
@@ -507,7 +490,7 @@ direct_binaries_survive_resize_test() ->
          emmap:close(Other)
      end || {Path, Opts} <- [{"", []}, {"", [nolock]}, {"", [shared]}]],
     %% a shared file, growing several times while a binary is alive
-    P = tmp(),
+    P = tmp_path(),
     {ok, F} = emmap:open(P, 0, 4096, [create, read, write, shared, direct]),
     ok = emmap:pwrite(F, 0, <<"file">>),
     {ok, FB} = emmap:pread(F, 0, 4),
@@ -554,7 +537,7 @@ concurrent_writes_on_one_handle_test_() ->
 concurrent_writes(Procs, Width, Opts) ->
     N = 200000 div Width,
     Total = Procs * N * Width,
-    P = tmp(),
+    P = tmp_path(),
     {ok, M} = emmap:open(P, 0, Total, [create, read, write | Opts]),
     Self = self(),
     Pids = [spawn_link(fun() ->
@@ -628,7 +611,7 @@ race_round(Opts) ->
 
 no_fd_or_mapping_leaks_test_() ->
     {timeout, 120, fun() ->
-        P = tmp(),
+        P = tmp_path(),
         ok = file:write_file(P, <<0:4096/unit:8>>),
         Fds0 = open_fds(),
         in_process(fun() ->
@@ -652,7 +635,7 @@ no_fd_or_mapping_leaks_test_() ->
 %%%---------------------------------------------------------------------------
 
 counters_test() ->
-    P = tmp(),
+    P = tmp_path(),
     C = emmap:open_counters(P, 3),
     ?assertEqual(16 + 3 * 8, filelib:file_size(P)),
     ?assertEqual(0, emmap:inc_counter(C, 2, 10)),
@@ -695,7 +678,7 @@ counters_test() ->
 %% holds are not lost (a counter holding 42 read 0 after its magic was damaged). Only a new
 %% file or one of nothing but zeros is initialised.
 damaged_counters_header_is_kept_test() ->
-    P = tmp(),
+    P = tmp_path(),
     try
         C = emmap:open_counters(P, 3),
         42 = emmap:set_counter(C, 1, 42) + 42,
@@ -738,7 +721,7 @@ concurrent_counters_initialisation_test_() ->
         Self = self(),
         Procs = 8,
         [begin
-             P = tmp(),
+             P = tmp_path(),
              Pids = [spawn_link(fun() ->
                          receive go -> ok end,
                          C = emmap:open_counters(P, 4),
@@ -804,8 +787,7 @@ read_only_resize_is_eacces_test() ->
 %% the file's inode, and a new file may get its number. That file must not look mapped
 %% (truncate answering ebusy), even while the old handle waits for the garbage collector.
 inode_reuse_after_cut_to_zero_test() ->
-    Dir = "/tmp/emmap_inode_" ++ os:getpid(),
-    ok = filelib:ensure_dir(Dir ++ "/"),
+    Dir = tmp_dir("inode"),
     Old = lists:map(
             fun(N) ->
                     P = filename:join(Dir, "f" ++ integer_to_list(N)),

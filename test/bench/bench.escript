@@ -17,12 +17,23 @@ main(Args) ->
     [code:add_patha(filename:join([Top, "_build", P, "lib", "emmap", D]))
      || P <- ["default", "test"], D <- ["ebin", "test"]],
     {module, emmap} = code:ensure_loaded(emmap),
+    load_benches(Top),
     Quick = lists:member("quick", Args),
     Rows = run(Quick),
     print(Rows),
     Csv = filename:join([Top, "test", "bench", "results.csv"]),
     ok = file:write_file(Csv, csv(Rows)),
     io:format("~nCSV written to ~s~n", [Csv]).
+
+%% The bench modules next to this script are no test modules (the EUnit run does not
+%% compile or collect them): they are compiled and loaded here.
+load_benches(Top) ->
+    [begin
+         Src = filename:join([Top, "test", "bench", atom_to_list(M) ++ ".erl"]),
+         {ok, M, Bin} = compile:file(Src, [binary, report, warnings_as_errors, debug_info]),
+         {module, M} = code:load_binary(M, Src, Bin)
+     end || M <- [emmap_queue_bench, emmap_blocks_bench]],
+    ok.
 
 %%% ------------------------------------------------------------------ running
 

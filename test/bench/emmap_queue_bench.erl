@@ -57,8 +57,7 @@ timed(N, Body) ->
     (erlang:monotonic_time(nanosecond) - T0) / N.
 
 tmp(Tag) ->
-    filename:join("/tmp", "emmap_queue_bench_" ++ Tag ++ "_" ++ os:getpid() ++ "_"
-                  ++ integer_to_list(erlang:unique_integer([positive]))).
+    emmap_test_lib:tmp_path("queue_bench_" ++ Tag).
 
 emmap_queue_pairs(Term, N) ->
     F = tmp("q"),

@@ -25,8 +25,7 @@ run(BlockSize, Ops) ->
     Result.
 
 round(BlockSize, Ops) ->
-    P = filename:join("/tmp", "emmap_blk_bench_" ++ os:getpid() ++ "_"
-                      ++ integer_to_list(erlang:unique_integer([positive]))),
+    P = emmap_test_lib:tmp_path("blocks_bench"),
     {ok, M} = emmap:open(P, 0, 1, [create, read, write, shared]),
     try
         ok = emmap_blocks:init_block_storage(M, BlockSize),
