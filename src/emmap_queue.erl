@@ -20,7 +20,8 @@
 %%% As a process: `start_link/4' starts a `gen_server' that owns the queue; `enqueue/2',
 %%% `dequeue/1', `try_dequeue/2', `inspect/1' and `info/1' can be called from any number
 %%% of processes. The server uses the purging variants (`pop_and_purge/1',
-%%% `try_pop_and_purge/2') and closes the mapping when it terminates.
+%%% `try_pop_and_purge/2') and closes the mapping when it terminates. (The server is the
+%%% module `emmap_queue_server'; the functions here call it.)
 %%%
 %%% == File format ==
 %%%
@@ -97,7 +98,6 @@
 %%% terms (for example in a one-element tuple) or use `peek/3' and `pop/3'. Arguments of
 %%% the wrong type raise `error:badarg', and the shell says which argument is wrong and why.
 -module(emmap_queue).
--behaviour(gen_server).
 
 -include("emmap_internal.hrl").
 
@@ -107,11 +107,8 @@
          peek_front/1, peek_back/1, peek/3, rpeek/3, pop/3]).
 -export([is_empty/1, length/1, purge/1, erase/1, metadata/1]).
 
-%% Server API
+%% Server API (emmap_queue_server)
 -export([start_link/4, stop/1, enqueue/2, dequeue/1, try_dequeue/2, inspect/1, info/1]).
-
-%% gen_server callbacks
--export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -export_type([queue/0, metadata/0, server/0, fold_fun/0, failure/0]).
 
@@ -137,8 +134,6 @@
 
 -type failure() :: {error, corrupt_header | emmap:posix_reason()}.
 %% `corrupt_header': see the module doc; otherwise an `emmap' error, such as `closed'.
-
--record(state, {q :: queue()}).
 
 %%%===========================================================================
 %%% Container API
@@ -516,7 +511,7 @@ inflate(Bin, Start, End) ->
     end.
 
 %%%===========================================================================
-%%% Server API
+%%% Server API (the gen_server is emmap_queue_server)
 %%%===========================================================================
 
 %% @doc Starts a server owning the queue `open(File, Size, Opts)', linked to the caller.
@@ -529,35 +524,23 @@ inflate(Bin, Start, End) ->
           {ok, pid()} | {error, term()}
       when Name :: undefined | atom() | {local, atom()} | {global, term()}
                  | {via, module(), term()}.
-start_link(Name, File, Size, Opts)
-  when is_list(File) orelse is_binary(File) orelse is_atom(File),
-       is_integer(Size), Size >= 0, is_list(Opts) ->
-    Args = {File, Size, Opts},
-    case Name of
-        undefined -> gen_server:start_link(?MODULE, Args, []);
-        _ when is_atom(Name) -> gen_server:start_link({local, Name}, ?MODULE, Args, []);
-        {local, A} when is_atom(A) -> gen_server:start_link(Name, ?MODULE, Args, []);
-        {global, _} -> gen_server:start_link(Name, ?MODULE, Args, []);
-        {via, M, _} when is_atom(M) -> gen_server:start_link(Name, ?MODULE, Args, []);
-        _ -> ?BADARG([Name, File, Size, Opts])
-    end;
 start_link(Name, File, Size, Opts) ->
-    ?BADARG([Name, File, Size, Opts]).
+    emmap_queue_server:start_link(Name, File, Size, Opts).
 
 %% @doc Stops the server, closing the queue.
 -spec stop(Server :: server()) -> ok.
 stop(Server) ->
-    gen_server:stop(Server).
+    emmap_queue_server:stop(Server).
 
 %% @doc Appends `Term' to the server's queue (`push/2').
 -spec enqueue(Server :: server(), Term :: term()) -> ok | {error, full} | failure().
 enqueue(Server, Term) ->
-    gen_server:call(Server, {push, Term}, infinity).
+    emmap_queue_server:enqueue(Server, Term).
 
 %% @doc Removes and returns the oldest term (`pop_and_purge/1'); `nil' if empty.
 -spec dequeue(Server :: server()) -> term() | nil | failure().
 dequeue(Server) ->
-    gen_server:call(Server, pop, infinity).
+    emmap_queue_server:dequeue(Server).
 
 %% @doc Calls `Fun' on the oldest term inside the server and removes the term only if
 %% `Fun' returns (`try_pop_and_purge/2'); returns what `Fun' returned, or `nil' if the
@@ -566,74 +549,15 @@ dequeue(Server) ->
 %% it must not call the server, and the server answers nobody else while it runs.
 -spec try_dequeue(Server :: server(), Fun :: fun((term()) -> Result)) ->
           Result | nil | failure().
-try_dequeue(Server, Fun) when is_function(Fun, 1) ->
-    case gen_server:call(Server, {try_pop, Fun}, infinity) of
-        {ok, Res} -> Res;
-        {raise, Class, Reason, Stack} -> erlang:raise(Class, Reason, Stack)
-    end;
 try_dequeue(Server, Fun) ->
-    ?BADARG([Server, Fun]).
+    emmap_queue_server:try_dequeue(Server, Fun).
 
 %% @doc The oldest term, left in the queue (`peek_front/1'); `nil' if empty.
 -spec inspect(Server :: server()) -> term() | nil | failure().
 inspect(Server) ->
-    gen_server:call(Server, peek, infinity).
+    emmap_queue_server:inspect(Server).
 
 %% @doc The server's queue header (`metadata/1').
 -spec info(Server :: server()) -> metadata() | failure().
 info(Server) ->
-    gen_server:call(Server, info, infinity).
-
-%%%---------------------------------------------------------------------------
-%%% gen_server callbacks
-%%%---------------------------------------------------------------------------
-
-%%% @private
-%% @doc gen_server callback of the queue server.
--spec init({file:name_all(), non_neg_integer(), [emmap:open_option()]}) ->
-          {ok, #state{}} | {stop, term()}.
-init({File, Size, Opts}) ->
-    process_flag(trap_exit, true),              % so that terminate/2 closes the queue
-    try open(File, Size, Opts) of
-        {ok, Q} -> {ok, #state{q = Q}};
-        {error, Reason} -> {stop, Reason}
-    catch
-        error:badarg -> {stop, badarg}
-    end.
-
-%%% @private
-%% @doc gen_server callback of the queue server.
--spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
-handle_call({push, Term}, _From, #state{q = Q} = St) ->
-    {reply, push(Q, Term), St};
-handle_call(pop, _From, #state{q = Q} = St) ->
-    {reply, pop_and_purge(Q), St};
-handle_call({try_pop, Fun}, _From, #state{q = Q} = St) ->
-    Reply = try {ok, try_pop_and_purge(Q, Fun)}
-            catch Class:Reason:Stack -> {raise, Class, Reason, Stack}
-            end,
-    {reply, Reply, St};
-handle_call(peek, _From, #state{q = Q} = St) ->
-    {reply, peek_front(Q), St};
-handle_call(info, _From, #state{q = Q} = St) ->
-    {reply, metadata(Q), St};
-handle_call(_Other, _From, St) ->
-    {reply, {error, badarg}, St}.
-
-%%% @private
-%% @doc gen_server callback of the queue server.
--spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
-handle_cast(_Msg, St) ->
-    {noreply, St}.
-
-%%% @private
-%% @doc gen_server callback of the queue server.
--spec handle_info(term(), #state{}) -> {noreply, #state{}}.
-handle_info(_Msg, St) ->
-    {noreply, St}.
-
-%%% @private
-%% @doc gen_server callback of the queue server.
--spec terminate(term(), #state{}) -> ok.
-terminate(_Reason, #state{q = Q}) ->
-    close(Q).
+    emmap_queue_server:info(Server).
