@@ -123,7 +123,7 @@ nif!(normal "block_read", block_read, 2, |env, a, on| {
     let found = with_blocks(h, on, |s| {
         if h.mapping.options().direct {
             // SAFETY: the mapping was marked exported above.
-            s.read(addr, |b| unsafe { h.resource_binary(env, b) })
+            s.read(addr, |b| unsafe { h.binary(env, b) })
         } else {
             s.read_copy(addr, |n| term::new_binary(env, n))
         }
@@ -156,7 +156,7 @@ nif!(normal "block_chunk", block_chunk, 3, |env, a, on| {
             words: CALL_WORDS,
         };
         // SAFETY: in direct mode the mapping was marked exported above.
-        s.scan(start, budget, |b| unsafe { term::mapped_binary(env, h, b) })
+        s.scan(start, budget, |b| unsafe { h.binary(env, b) })
     })?;
     let items: Vec<Term> = found
         .into_iter()

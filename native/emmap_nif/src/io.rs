@@ -17,14 +17,14 @@ use crate::term::{self, atom, Env, Int, Stop, Term};
 /// is too much work for this scheduler.
 ///
 /// # Safety
-/// As for `term::mapped_binary`.
+/// As for `Handle::binary`.
 #[inline(always)]
 unsafe fn read_binary(env: Env<'_>, h: &Handle, on: On, bytes: &[u8]) -> Option<Term> {
     if !h.mapping.options().direct && on.may_touch(bytes.len() as u64).is_err() {
         return None;
     }
     // SAFETY: per this function's contract.
-    Some(unsafe { term::mapped_binary(env, h, bytes) })
+    Some(unsafe { h.binary(env, bytes) })
 }
 
 /// What a read answers: its binary, `eof`, or a move to a dirty scheduler.
@@ -103,7 +103,7 @@ nif!(normal "read_line", read_line, 1, |env, a, on| {
             t
         } else {
             // SAFETY: as in `pread` (`read_line` marks the mapping exported too).
-            unsafe { term::mapped_binary(env, h, line) }
+            unsafe { h.binary(env, line) }
         }
     })?;
     match r {

@@ -11,9 +11,10 @@
 //! and by the machinery they share:
 //!
 //! - `schedule.rs`: how a NIF is defined (`nif!`) and where it runs, decided in one place;
-//! - `term.rs`: reading arguments and building answers, the one `{error, Reason}` path and
-//!   the one "resource binary into the mapping, or a copy" helper;
-//! - `resource.rs`: the handle's resource type, which survives reloads;
+//! - `term.rs`: reading arguments and building answers, and the one `{error, Reason}`
+//!   path;
+//! - `resource.rs`: the handle's resource type, which survives reloads, and the one
+//!   "resource binary into the mapping, or a copy" helper (`Handle::binary`);
 //! - `entry.rs`: the library's entry, with the list of every NIF;
 //! - `atoms.rs`.
 //!

@@ -41,7 +41,7 @@ use rustler::sys::{
     ErlNifResourceType,
 };
 
-use crate::term::{Env, Stop, Term};
+use crate::term::{self, Env, Stop, Term};
 
 /// What an Erlang handle refers to: the mapping, the VM's pointer to the resource object
 /// holding it (needed to make resource binaries) and the type it was allocated with.
@@ -251,15 +251,21 @@ fn get_older<'a>(env: Env<'a>, term: Term) -> Option<&'a Handle> {
 }
 
 impl Handle {
-    /// A resource binary over the bytes `b` inside this handle's mapping.
+    /// Bytes `b` of this handle's mapping as a binary: in `direct` mode a resource binary
+    /// pointing at them (it keeps the handle alive), else a copy.
     ///
     /// # Safety
-    /// `b` must stay mapped for as long as the resource lives, which the core guarantees
-    /// for the bytes it hands out after marking the mapping exported (`Mapping::pread`,
-    /// `read`, `read_line` in direct mode, `blocks::mark_exported`).
+    /// In `direct` mode, `b` must stay mapped for as long as the resource lives, which the
+    /// core guarantees for the bytes it hands out after marking the mapping exported
+    /// (`Mapping::pread`, `read`, `read_line` in direct mode, `blocks::mark_exported`).
     #[inline(always)]
-    pub unsafe fn resource_binary(&self, env: Env<'_>, b: &[u8]) -> Term {
-        // SAFETY: per the function contract; the binary keeps a reference to the resource.
-        unsafe { enif_make_resource_binary(env.raw(), self.raw, b.as_ptr().cast(), b.len()) }
+    pub unsafe fn binary(&self, env: Env<'_>, b: &[u8]) -> Term {
+        if self.mapping.options().direct {
+            // SAFETY: per this function's contract; the binary keeps a reference to the
+            // resource.
+            unsafe { enif_make_resource_binary(env.raw(), self.raw, b.as_ptr().cast(), b.len()) }
+        } else {
+            term::copy(env, b)
+        }
     }
 }

@@ -1,10 +1,10 @@
 //! Terms: reading the arguments a NIF gets and building what it answers.
 //!
 //! Every NIF works on the raw NIF interface (no rustler encoders or decoders on any path);
-//! the helpers here are the only place that does. Two of them carry the library's rules:
-//! [`Stop`] with [`answer`], the one way a call ends in `{error, Reason}` or `badarg`, and
-//! [`mapped_binary`], the one way bytes of a mapping become a binary (a resource binary
-//! into the mapping in `direct` mode, else a copy).
+//! the helpers here are the only place that does. [`Stop`] with [`stopped`] is the one way
+//! a call ends in `{error, Reason}`, `badarg` or a move to a dirty scheduler. (The one way
+//! bytes of a mapping become a binary, a resource binary into the mapping in `direct`
+//! mode or a copy, is `Handle::binary` in `resource.rs`: it needs the handle.)
 //!
 //! Integers: a NIF decodes its integer arguments itself, so Erlang clauses carry no range
 //! guards. [`int`] tells apart a non-integer (`badarg`) from an integer outside the
@@ -26,7 +26,6 @@ use rustler::sys::{
 use rustler::Atom;
 
 use crate::atoms;
-use crate::resource::Handle;
 
 /// A term of the running NIF call.
 pub type Term = ErlNifTerm;
@@ -349,21 +348,4 @@ pub fn copy(env: Env<'_>, bytes: &[u8]) -> Term {
     let (t, dst) = new_binary(env, bytes.len());
     dst.copy_from_slice(bytes);
     t
-}
-
-/// Bytes of `h`'s mapping as a binary: in `direct` mode a resource binary pointing at
-/// them (it keeps the handle alive), else a copy.
-///
-/// # Safety
-/// In `direct` mode, `b` must lie in a region of `h`'s mapping that stays mapped while
-/// the handle lives: bytes the core handed out after marking the mapping exported
-/// (`Mapping::pread`/`read`/`read_line` in direct mode, `blocks::mark_exported`).
-#[inline(always)]
-pub unsafe fn mapped_binary(env: Env<'_>, h: &Handle, b: &[u8]) -> Term {
-    if h.mapping.options().direct {
-        // SAFETY: per this function's contract.
-        unsafe { h.resource_binary(env, b) }
-    } else {
-        copy(env, b)
-    }
 }
