@@ -237,7 +237,7 @@ pread_list(_M, _, _) ->
 %% @doc Writes `Data' at `Pos': all of it, or nothing and `{error, einval}' if it does not
 %% fit in the mapping. Empty `Data' needs no room: `ok' at any position from 0 to
 %% 2^63 - 1, past the end too, as for a raw file. A read-only mapping answers
-%% `{error, eacces}'. `{error, einval}' also for a `Pos' outside 0..2^64-1 (with data).
+%% `{error, eacces}'. A `Pos' outside 0..2^64-1 is `{error, einval}' too.
 -spec pwrite(mmap_file(), integer(), iodata()) -> ok | {error, posix_reason()}.
 pwrite(?H(R) = M, Pos, Data) when is_binary(Data) ->
     ?NIF_CALL(emmap_nif:pwrite(R, Pos, Data), [M, Pos, Data]);
