@@ -15,14 +15,14 @@
 %%% whose `free_block/2' returned. The layout is documented in `native/emmap_core/BLOCKS.md'.
 %%%
 %%% Errors: arguments of the wrong type raise `error:badarg' (so does a block of the wrong
-%%% size); a storage that cannot do what is asked answers `{error, Reason}' with `Reason'
+%%% size), and the shell says which argument is wrong and why; a storage that cannot do what is asked answers `{error, Reason}' with `Reason'
 %%% one of `not_initialized' (no storage in this mapping), `corrupt' (a damaged header),
 %%% `mismatch' (`init' with another block size or capacity than the file has), `full',
 %%% or an error of the mapping (`closed', `eacces' for a read-only mapping, `alignment'
 %%% for a mapping that does not start 8-byte aligned, ...).
 -module(emmap_blocks).
 
--include_lib("kernel/include/file.hrl").
+-include("emmap_internal.hrl").
 
 -export([init_block_storage/2, init_block_storage/3,
          store_block/2, read_block/2, free_block/2,
@@ -31,7 +31,6 @@
 
 -export_type([addr/0, continuation/0, init_options/0, block_error/0]).
 
--define(H(R), #file_descriptor{module = emmap, data = R}).
 -define(U64MAX, 16#FFFFFFFFFFFFFFFF).
 
 -type addr() :: non_neg_integer().
@@ -49,7 +48,9 @@
 %% @doc Same as `init_block_storage(Mem, BlockSize, #{})'.
 -spec init_block_storage(emmap:mmap_file(), pos_integer()) -> ok | {error, block_error()}.
 init_block_storage(Mem, BlockSize) ->
-    init_block_storage(Mem, BlockSize, #{}).
+    try init_block_storage(Mem, BlockSize, #{})
+    catch error:badarg -> ?BADARG([Mem, BlockSize])
+    end.
 
 %% @doc Makes `Mem' a block storage for blocks of `BlockSize' bytes (at most 1 GiB), with
 %% room for `max_blocks' of them (default 262144, at most 2^26). The mapping grows to hold
@@ -57,21 +58,22 @@ init_block_storage(Mem, BlockSize) ->
 %% grow). If `Mem' already holds a storage with this block size (and this capacity, when
 %% one is given), it is kept as it is and `ok' is returned; with another one the answer is
 %% `{error, mismatch}'. A damaged header gives `{error, corrupt}' and is not overwritten.
+%% A block size over 1 GiB or a capacity over 2^26 is `{error, einval}'.
 -spec init_block_storage(emmap:mmap_file(), pos_integer(), init_options()) ->
           ok | {error, block_error()}.
-init_block_storage(?H(R), BlockSize, Opts)
-  when is_integer(BlockSize), BlockSize > 0, is_map(Opts) ->
-    MaxBlocks = case maps:to_list(Opts) of
-                    [] -> 0;
-                    [{max_blocks, N}] when is_integer(N), N > 0 -> N;
-                    _ -> erlang:error(badarg)
-                end,
-    if
-        BlockSize > ?U64MAX; MaxBlocks > ?U64MAX -> {error, einval};
-        true -> emmap:block_init_nif(R, BlockSize, MaxBlocks)
+init_block_storage(?H(R) = M, BlockSize, Opts) when is_map(Opts) ->
+    try
+        MaxBlocks = case maps:to_list(Opts) of
+                        [] -> 0;
+                        [{max_blocks, N}] when is_integer(N), N > 0 -> N;
+                        _ -> erlang:error(badarg)
+                    end,
+        emmap_nif:block_init(R, BlockSize, MaxBlocks)
+    catch
+        error:badarg -> ?BADARG([M, BlockSize, Opts])
     end;
-init_block_storage(_, _, _) ->
-    erlang:error(badarg).
+init_block_storage(M, BlockSize, Opts) ->
+    ?BADARG([M, BlockSize, Opts]).
 
 %%%===========================================================================
 %%% One block
@@ -81,26 +83,26 @@ init_block_storage(_, _, _) ->
 %% the block size (else `error:badarg'). `{error, full}' when every slot is taken, or
 %% every slot a `fixed_size' mapping can hold.
 -spec store_block(emmap:mmap_file(), binary()) -> addr() | {error, block_error()}.
-store_block(?H(R), Bin) when is_binary(Bin) ->
-    emmap:block_store_nif(R, Bin);
-store_block(_, _) ->
-    erlang:error(badarg).
+store_block(?H(R) = M, Bin) ->
+    ?NIF_CALL(emmap_nif:block_store(R, Bin), [M, Bin]);
+store_block(M, Bin) ->
+    ?BADARG([M, Bin]).
 
 %% @doc The block at `Addr', or `eof' if there is none (a free slot, or an address outside
 %% the storage). In `direct' mode the binary points into the mapping, as `emmap:pread/3'
 %% does: no copy, and it shows what is stored there later.
 -spec read_block(emmap:mmap_file(), integer()) -> binary() | eof | {error, block_error()}.
-read_block(?H(R), Addr) when is_integer(Addr) ->
-    emmap:block_read_nif(R, Addr);
-read_block(_, _) ->
-    erlang:error(badarg).
+read_block(?H(R) = M, Addr) ->
+    ?NIF_CALL(emmap_nif:block_read(R, Addr), [M, Addr]);
+read_block(M, Addr) ->
+    ?BADARG([M, Addr]).
 
 %% @doc Frees the block at `Addr': `true' if there was one, `false' if there was none.
 -spec free_block(emmap:mmap_file(), integer()) -> boolean() | {error, block_error()}.
-free_block(?H(R), Addr) when is_integer(Addr) ->
-    emmap:block_free_nif(R, Addr);
-free_block(_, _) ->
-    erlang:error(badarg).
+free_block(?H(R) = M, Addr) ->
+    ?NIF_CALL(emmap_nif:block_free(R, Addr), [M, Addr]);
+free_block(M, Addr) ->
+    ?BADARG([M, Addr]).
 
 %%%===========================================================================
 %%% Every block
@@ -110,13 +112,15 @@ free_block(_, _) ->
 %% needed, so other processes keep running meanwhile; blocks stored or freed during the
 %% walk may or may not be in the list.
 -spec read_blocks(emmap:mmap_file()) -> [{addr(), binary()}] | {error, block_error()}.
-read_blocks(?H(R)) ->
-    case collect(R, 0, infinity, []) of
+read_blocks(?H(R) = M) ->
+    try collect(R, 0, infinity, []) of
         {L, eof} -> L;
         {error, _} = E -> E
+    catch
+        error:badarg -> ?BADARG([M])
     end;
-read_blocks(_) ->
-    erlang:error(badarg).
+read_blocks(M) ->
+    ?BADARG([M]).
 
 %% @doc At most `Max' blocks with addresses from `Start' on, in address order, and where
 %% to go on: `{Blocks, Continuation}', or `{Blocks, eof}' once the end is reached. Start
@@ -124,23 +128,23 @@ read_blocks(_) ->
 %% the end comes first (then the continuation is `eof').
 -spec read_blocks(emmap:mmap_file(), continuation() | eof, pos_integer()) ->
           {[{addr(), binary()}], continuation() | eof} | {error, block_error()}.
-read_blocks(?H(_), eof, Max) when is_integer(Max), Max > 0 ->
-    {[], eof};
-read_blocks(?H(R), Start, Max) when is_integer(Start), Start >= 0, is_integer(Max), Max > 0 ->
-    if
-        Start > ?U64MAX -> {[], eof};
-        true -> collect(R, Start, Max, [])
+read_blocks(?H(R) = M, Start, Max)
+  when Start =:= eof orelse is_integer(Start) andalso Start >= 0, is_integer(Max), Max > 0 ->
+    try collect(R, Start, Max, [])
+    catch error:badarg -> ?BADARG([M, Start, Max])
     end;
-read_blocks(_, _, _) ->
-    erlang:error(badarg).
+read_blocks(M, Start, Max) ->
+    ?BADARG([M, Start, Max]).
 
 collect(_R, Next, 0, Acc) ->
     {lists:append(lists:reverse(Acc)), Next};
 collect(_R, eof, _Left, Acc) ->
     {lists:append(lists:reverse(Acc)), eof};
+collect(_R, Start, _Left, Acc) when Start > ?U64MAX ->
+    {lists:append(lists:reverse(Acc)), eof};    % past every address
 collect(R, Start, Left, Acc) ->
     Max = case Left of infinity -> ?U64MAX; _ -> min(Left, ?U64MAX) end,
-    case emmap:block_chunk_nif(R, Start, Max) of
+    case emmap_nif:block_chunk(R, Start, Max) of
         {L, Next} when is_list(L) ->
             Left1 = case Left of infinity -> infinity; _ -> Left - length(L) end,
             collect(R, Next, Left1, [L | Acc]);
@@ -157,35 +161,38 @@ collect(R, Start, Left, Acc) ->
 %% returned is kept. Runs in short NIF steps. Nothing may store or free in the storage
 %% (from any process or OS process) while it runs.
 -spec repair_block_storage(emmap:mmap_file()) -> ok | {error, block_error()}.
-repair_block_storage(?H(R)) ->
-    case repair(R, 0, infinity) of
+repair_block_storage(?H(R) = M) ->
+    try repair(R, 0, infinity) of
         eof -> ok;
         {error, _} = E -> E
+    catch
+        error:badarg -> ?BADARG([M])
     end;
-repair_block_storage(_) ->
-    erlang:error(badarg).
+repair_block_storage(M) ->
+    ?BADARG([M]).
 
 %% @doc Repairs the slots `[Start, Start + Max)' and returns where to go on, or `eof' once
 %% every slot has been looked at. Start with `0'; passing `eof' back gives `eof'. The same
 %% rules as for `repair_block_storage/1' apply.
 -spec repair_block_storage(emmap:mmap_file(), continuation() | eof, pos_integer()) ->
           continuation() | eof | {error, block_error()}.
-repair_block_storage(?H(_), eof, Max) when is_integer(Max), Max > 0 ->
-    eof;
-repair_block_storage(?H(R), Start, Max)
-  when is_integer(Start), Start >= 0, is_integer(Max), Max > 0 ->
-    if
-        Start > ?U64MAX -> eof;
-        true -> repair(R, Start, Max)
+repair_block_storage(?H(R) = M, Start, Max)
+  when Start =:= eof orelse is_integer(Start) andalso Start >= 0, is_integer(Max), Max > 0 ->
+    try repair(R, Start, Max)
+    catch error:badarg -> ?BADARG([M, Start, Max])
     end;
-repair_block_storage(_, _, _) ->
-    erlang:error(badarg).
+repair_block_storage(M, Start, Max) ->
+    ?BADARG([M, Start, Max]).
 
+repair(_R, eof, _Left) ->
+    eof;
+repair(_R, Start, _Left) when Start > ?U64MAX ->
+    eof;                                        % past every slot
 repair(_R, Next, Left) when is_integer(Left), Left =< 0 ->
     Next;
 repair(R, Start, Left) ->
     Max = case Left of infinity -> ?U64MAX; _ -> min(Left, ?U64MAX) end,
-    case emmap:block_repair_nif(R, Start, Max) of
+    case emmap_nif:block_repair(R, Start, Max) of
         Next when is_integer(Next) ->
             Left1 = case Left of infinity -> infinity; _ -> Left - (Next - Start) end,
             repair(R, Next, Left1);

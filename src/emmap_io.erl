@@ -25,7 +25,7 @@
 %%% failed `sync' or a translation error, so later calls there get `{error, terminated}').
 -module(emmap_io).
 
--include_lib("kernel/include/file.hrl").
+-include("emmap_internal.hrl").
 
 -export([open/2, open/4, from_handle/1, from_handle/2, format_error/1]).
 %% The device process's loop, entered again after each request (see loop/1).
@@ -65,7 +65,9 @@
 -spec open(file:name_all(), [emmap:open_option() | io_option()]) ->
           {ok, pid()} | {error, emmap:posix_reason()}.
 open(File, Options) ->
-    open(File, 0, 0, Options).
+    try open(File, 0, 0, Options)
+    catch error:badarg -> ?BADARG([File, Options])
+    end.
 
 %% @doc Maps `Len' bytes of `File' from byte `Offset' with `emmap:open/4' and starts an I/O
 %% device process, linked to the caller, that owns the mapping. `Options' are those of
@@ -77,9 +79,15 @@ open(File, Options) ->
            [emmap:open_option() | io_option()]) ->
           {ok, pid()} | {error, emmap:posix_reason()}.
 open(File, Offset, Len, Options) when is_list(Options) ->
-    _ = length(Options),                        % badarg for an improper list
-    {IoOpts, MapOpts} = lists:partition(fun is_io_option/1, Options),
-    {Mode, Enc} = io_options(IoOpts),
+    {Mode, Enc, MapOpts} =
+        try
+            _ = length(Options),                % badarg for an improper list
+            {IoOpts, MapOpts0} = lists:partition(fun is_io_option/1, Options),
+            {Mode0, Enc0} = io_options(IoOpts),
+            {Mode0, Enc0, MapOpts0}
+        catch
+            error:badarg -> ?BADARG([File, Offset, Len, Options])
+        end,
     %% The process maps the file itself, so that the handle is referenced by it alone:
     %% when the process dies, even by `kill', nothing else keeps the mapping alive.
     Owner = self(),
@@ -92,20 +100,22 @@ open(File, Offset, Len, Options) when is_list(Options) ->
             case Answer of
                 ok -> {ok, Pid};
                 {error, _} = Error -> Error;
-                badarg -> erlang:error(badarg);
+                badarg -> ?BADARG([File, Offset, Len, Options]);
                 {raise, Class, Reason} -> erlang:raise(Class, Reason, [])
             end;
         {'DOWN', MRef, process, Pid, Reason} ->
             {error, Reason}
     end;
-open(_, _, _, _) ->
-    erlang:error(badarg).
+open(File, Offset, Len, Options) ->
+    ?BADARG([File, Offset, Len, Options]).
 
 %% @doc Starts an I/O device process (in `list' mode, `latin1') that owns the open handle
 %% `Handle'. Same as `from_handle(Handle, [])'.
 -spec from_handle(emmap:mmap_file()) -> {ok, pid()} | {error, closed}.
 from_handle(Handle) ->
-    from_handle(Handle, []).
+    try from_handle(Handle, [])
+    catch error:badarg -> ?BADARG([Handle])
+    end.
 
 %% @doc Starts an I/O device process, linked to the caller, that owns the open handle
 %% `Handle': the process closes it when it ends. `IoOptions' are `binary', `list' and
@@ -113,16 +123,19 @@ from_handle(Handle) ->
 %% with anyone else still using `Handle'. A closed handle gives `{error, closed}';
 %% something that is not an emmap handle raises `badarg'.
 -spec from_handle(emmap:mmap_file(), [io_option()]) -> {ok, pid()} | {error, closed}.
-from_handle(#file_descriptor{module = emmap} = H, IoOptions) when is_list(IoOptions) ->
-    _ = length(IoOptions),
-    lists:all(fun is_io_option/1, IoOptions) orelse erlang:error(badarg),
-    {Mode, Enc} = io_options(IoOptions),
-    case emmap:info(H) of
-        #{closed := true} -> {error, closed};
-        #{} -> {ok, start(H, Mode, Enc)}
+from_handle(?H(_) = H, IoOptions) when is_list(IoOptions) ->
+    try
+        _ = length(IoOptions),
+        lists:all(fun is_io_option/1, IoOptions) orelse erlang:error(badarg),
+        {io_options(IoOptions), emmap:info(H)}
+    of
+        {_, #{closed := true}} -> {error, closed};
+        {{Mode, Enc}, #{}} -> {ok, start(H, Mode, Enc)}
+    catch
+        error:badarg -> ?BADARG([H, IoOptions])
     end;
-from_handle(_, _) ->
-    erlang:error(badarg).
+from_handle(H, IoOptions) ->
+    ?BADARG([H, IoOptions]).
 
 %% @doc Text for the `Descriptor' of an error `{Location, emmap_io, Descriptor}', such as
 %% the `{error, {Location, emmap_io, invalid_unicode}}' that `io:read/2' can return for

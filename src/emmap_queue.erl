@@ -20,7 +20,8 @@
 %%% As a process: `start_link/4' starts a `gen_server' that owns the queue; `enqueue/2',
 %%% `dequeue/1', `try_dequeue/2', `inspect/1' and `info/1' can be called from any number
 %%% of processes. The server uses the purging variants (`pop_and_purge/1',
-%%% `try_pop_and_purge/2') and closes the mapping when it terminates.
+%%% `try_pop_and_purge/2') and closes the mapping when it terminates. (The server is the
+%%% module `emmap_queue_server'; the functions here call it.)
 %%%
 %%% == File format ==
 %%%
@@ -95,11 +96,10 @@
 %%% or `{error, Reason}' (`corrupt_header', `closed', ...). A queue that stores the atom
 %%% `nil' or `{error, _}' tuples cannot tell these apart from those answers; wrap such
 %%% terms (for example in a one-element tuple) or use `peek/3' and `pop/3'. Arguments of
-%%% the wrong type raise `error:badarg'.
+%%% the wrong type raise `error:badarg', and the shell says which argument is wrong and why.
 -module(emmap_queue).
--behaviour(gen_server).
 
--include_lib("kernel/include/file.hrl").
+-include("emmap_internal.hrl").
 
 %% Container API
 -export([open/3, close/1, flush/1, sync/1]).
@@ -107,11 +107,8 @@
          peek_front/1, peek_back/1, peek/3, rpeek/3, pop/3]).
 -export([is_empty/1, length/1, purge/1, erase/1, metadata/1]).
 
-%% Server API
+%% Server API (emmap_queue_server)
 -export([start_link/4, stop/1, enqueue/2, dequeue/1, try_dequeue/2, inspect/1, info/1]).
-
-%% gen_server callbacks
--export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -export_type([queue/0, metadata/0, server/0, fold_fun/0, failure/0]).
 
@@ -120,8 +117,6 @@
 -define(HDR, 16).
 -define(MAX_OFFSET, 16#FFFFFFFF).
 
--define(Q(Q), #file_descriptor{module = emmap} = Q).
--define(R(R), #file_descriptor{module = emmap, data = R}).
 
 -type queue() :: emmap:mmap_file().
 %% A queue handle returned by `open/3': an `emmap' mapping of the queue file.
@@ -139,8 +134,6 @@
 
 -type failure() :: {error, corrupt_header | emmap:posix_reason()}.
 %% `corrupt_header': see the module doc; otherwise an `emmap' error, such as `closed'.
-
--record(state, {q :: queue()}).
 
 %%%===========================================================================
 %%% Container API
@@ -164,6 +157,13 @@
            Opts :: [emmap:open_option()]) ->
           {ok, queue()} | failure().
 open(File, Size, Opts) when is_integer(Size), Size >= 0, is_list(Opts) ->
+    try open_checked(File, Size, Opts)
+    catch error:badarg -> ?BADARG([File, Size, Opts])
+    end;
+open(File, Size, Opts) ->
+    ?BADARG([File, Size, Opts]).
+
+open_checked(File, Size, Opts) ->
     _ = erlang:length(Opts),                    % badarg for an improper list
     %% `direct' is left out: terms are decoded from the bytes read, and binary_to_term on
     %% a `direct' binary whose bytes another process changes meanwhile can crash the VM.
@@ -176,9 +176,7 @@ open(File, Size, Opts) when is_integer(Size), Size >= 0, is_list(Opts) ->
             create(File, Size, Base, Why);
         {error, _} = E ->
             E
-    end;
-open(_, _, _) ->
-    erlang:error(badarg).
+    end.
 
 create(_File, 0, _Opts, Why) ->
     {error, Why};
@@ -191,8 +189,8 @@ create(File, Size, Opts, _Why) ->
     end.
 
 %% Checks (and if needed repairs or initialises) the header of a fresh mapping.
-attach(?R(R) = M) ->
-    case emmap:queue_attach_nif(R) of
+attach(?H(R) = M) ->
+    case emmap_nif:queue_attach(R) of
         ok ->
             {ok, M};
         {error, _} = E ->
@@ -202,52 +200,61 @@ attach(?R(R) = M) ->
 
 %% @doc Closes the queue. Everything pushed is already in the file. Idempotent.
 -spec close(Q :: queue()) -> ok.
-close(?Q(Q)) -> emmap:close(Q);
-close(_) -> erlang:error(badarg).
+close(?H(_) = Q) ->
+    try emmap:close(Q) catch error:badarg -> ?BADARG([Q]) end;
+close(Q) ->
+    ?BADARG([Q]).
 
 %% @doc Asks the OS to write the queue's dirty pages to disk soon (`emmap:flush/1');
 %% returns at once. Not needed to survive a crash of the VM, only a power loss.
 -spec flush(Q :: queue()) -> ok | failure().
-flush(?Q(Q)) -> emmap:flush(Q);
-flush(_) -> erlang:error(badarg).
+flush(?H(_) = Q) ->
+    try emmap:flush(Q) catch error:badarg -> ?BADARG([Q]) end;
+flush(Q) ->
+    ?BADARG([Q]).
 
 %% @doc Writes the queue's dirty pages to disk and waits (`emmap:sync/1'): what was pushed
 %% before survives a power loss.
 -spec sync(Q :: queue()) -> ok | failure().
-sync(?Q(Q)) -> emmap:sync(Q);
-sync(_) -> erlang:error(badarg).
+sync(?H(_) = Q) ->
+    try emmap:sync(Q) catch error:badarg -> ?BADARG([Q]) end;
+sync(Q) ->
+    ?BADARG([Q]).
 
 %% @doc Appends `Term' (uncompressed). Same as `push(Q, Term, 0)'.
 -spec push(Q :: queue(), Term :: term()) -> ok | {error, full} | failure().
-push(?R(R), Term) ->
-    emmap:queue_push_nif(R, term_to_binary(Term, [{compressed, 0}, {minor_version, 2}]));
-push(_, _) ->
-    erlang:error(badarg).
+push(?H(R) = Q, Term) ->
+    Bin = term_to_binary(Term, [{compressed, 0}, {minor_version, 2}]),
+    ?NIF_CALL(emmap_nif:queue_push(R, Bin), [Q, Term]);
+push(Q, Term) ->
+    ?BADARG([Q, Term]).
 
 %% @doc Appends `Term', encoded by `term_to_binary/2' with compression level `Level'
 %% (from 0, none, to 9, the smallest). Grows the file when the message does not fit (see
 %% the module doc); returns `{error, full}' if it cannot grow (`fixed_size', or the
 %% 4 GiB limit of the format). Constant time, apart from growth.
 -spec push(Q :: queue(), Term :: term(), Level :: 0..9) -> ok | {error, full} | failure().
-push(?R(R), Term, Level) when is_integer(Level), Level >= 0, Level =< 9 ->
-    emmap:queue_push_nif(R, term_to_binary(Term, [{compressed, Level}, {minor_version, 2}]));
-push(_, _, _) ->
-    erlang:error(badarg).
+push(?H(R) = Q, Term, Level) when is_integer(Level), Level >= 0, Level =< 9 ->
+    Bin = term_to_binary(Term, [{compressed, Level}, {minor_version, 2}]),
+    ?NIF_CALL(emmap_nif:queue_push(R, Bin), [Q, Term, Level]);
+push(Q, Term, Level) ->
+    ?BADARG([Q, Term, Level]).
 
 %% @doc Removes and returns the oldest term; `nil' if the queue is empty. The space it
 %% took is reclaimed only by a later purge (see `pop_and_purge/1').
 -spec pop(Q :: queue()) -> term() | nil | failure().
-pop(?R(R)) -> pop_one(R, false);
-pop(_) -> erlang:error(badarg).
+pop(?H(R) = Q) -> ?NIF_CALL(pop_one(R, false), [Q]);
+pop(Q) -> ?BADARG([Q]).
 
 %% @doc Like `pop/1', and when this empties the queue, also resets the header to
 %% 16/16/16 so the whole segment is free again.
 -spec pop_and_purge(Q :: queue()) -> term() | nil | failure().
-pop_and_purge(?R(R)) -> pop_one(R, true);
-pop_and_purge(_) -> erlang:error(badarg).
+pop_and_purge(?H(R) = Q) -> ?NIF_CALL(pop_one(R, true), [Q]);
+pop_and_purge(Q) -> ?BADARG([Q]).
 
+%% Only NIF calls (no fun of the caller's) in here: a `badarg' means a bad handle.
 pop_one(R, Purge) ->
-    case emmap:queue_pop_nif(R, Purge) of
+    case emmap_nif:queue_pop(R, Purge) of
         {ok, Term} ->
             Term;
         {compressed, Bin, H, Next} ->
@@ -255,7 +262,7 @@ pop_one(R, Purge) ->
             %% another process popped it meanwhile: take the next one).
             case inflate(Bin, H, Next) of
                 {ok, Term} ->
-                    case emmap:queue_advance_nif(R, H, Next, Purge) of
+                    case emmap_nif:queue_advance(R, H, Next, Purge) of
                         ok -> Term;
                         moved -> pop_one(R, Purge);
                         {error, _} = E -> E
@@ -274,28 +281,31 @@ pop_one(R, Purge) ->
 %% runs, `error({emmap_queue, queue_modified_while_popping})' is raised (the term was
 %% removed once, by that process).
 -spec try_pop(Q :: queue(), Fun :: fun((term()) -> Result)) -> Result | nil | failure().
-try_pop(?R(R), Fun) when is_function(Fun, 1) -> take(R, Fun, false);
-try_pop(_, _) -> erlang:error(badarg).
+try_pop(?H(R) = Q, Fun) when is_function(Fun, 1) ->
+    take(R, ?NIF_CALL(front(R), [Q, Fun]), Fun, false);
+try_pop(Q, Fun) ->
+    ?BADARG([Q, Fun]).
 
 %% @doc `try_pop/2' that purges the queue when it becomes empty (see `pop_and_purge/1').
 -spec try_pop_and_purge(Q :: queue(), Fun :: fun((term()) -> Result)) ->
           Result | nil | failure().
-try_pop_and_purge(?R(R), Fun) when is_function(Fun, 1) -> take(R, Fun, true);
-try_pop_and_purge(_, _) -> erlang:error(badarg).
+try_pop_and_purge(?H(R) = Q, Fun) when is_function(Fun, 1) ->
+    take(R, ?NIF_CALL(front(R), [Q, Fun]), Fun, true);
+try_pop_and_purge(Q, Fun) ->
+    ?BADARG([Q, Fun]).
 
-%% Runs Fun on the oldest message and removes it once Fun has returned.
-take(R, Fun, Purge) ->
-    case front(R) of
-        {ok, Term, H, Next} ->
-            Res = Fun(Term),
-            keep(advance(R, H, Next, Purge), Res);
-        Other ->
-            Other                               % nil or {error, _}
-    end.
+%% Runs Fun on the oldest message (what front/1 found) and removes it once Fun has
+%% returned.
+take(R, {ok, Term, H, Next}, Fun, Purge) ->
+    Res = Fun(Term),
+    keep(advance(R, H, Next, Purge), Res);
+take(_R, Other, _Fun, _Purge) ->
+    Other.                                      % nil or {error, _}
 
-%% The oldest message: {ok, Term, Head, Next}, nil or {error, _}.
+%% The oldest message: {ok, Term, Head, Next}, nil or {error, _}. (Only NIF calls in
+%% here: a `badarg' means a bad handle.)
 front(R) ->
-    case emmap:queue_front_nif(R) of
+    case emmap_nif:queue_front(R) of
         {compressed, Bin, H, Next} ->
             case inflate(Bin, H, Next) of
                 {ok, Term} -> {ok, Term, H, Next};
@@ -312,23 +322,23 @@ keep({error, _} = E, _Res) -> E.
 %% still the oldest: a fun called in between may have pushed (and grown the file), but
 %% must not have popped.
 advance(R, H, Next, Purge) ->
-    case emmap:queue_advance_nif(R, H, Next, Purge) of
+    case emmap_nif:queue_advance(R, H, Next, Purge) of
         moved -> erlang:error({emmap_queue, queue_modified_while_popping});
         Res -> Res
     end.
 
 %% @doc The oldest term, left in the queue; `nil' if the queue is empty.
 -spec peek_front(Q :: queue()) -> term() | nil | failure().
-peek_front(?R(R)) -> peek_one(R, false);
-peek_front(_) -> erlang:error(badarg).
+peek_front(?H(R) = Q) -> ?NIF_CALL(peek_one(R, false), [Q]);
+peek_front(Q) -> ?BADARG([Q]).
 
 %% @doc The newest term, left in the queue; `nil' if the queue is empty.
 -spec peek_back(Q :: queue()) -> term() | nil | failure().
-peek_back(?R(R)) -> peek_one(R, true);
-peek_back(_) -> erlang:error(badarg).
+peek_back(?H(R) = Q) -> ?NIF_CALL(peek_one(R, true), [Q]);
+peek_back(Q) -> ?BADARG([Q]).
 
 peek_one(R, Back) ->
-    case emmap:queue_peek_nif(R, Back) of
+    case emmap_nif:queue_peek(R, Back) of
         {ok, Term} -> Term;
         {compressed, Bin, Start, End} -> term_of(inflate(Bin, Start, End));
         Other -> Other
@@ -341,13 +351,13 @@ term_of({error, _} = E) -> E.
 %% `Fun(Term, Acc)' returns `{cont, Acc1}' to go on or `{halt, Acc1}' to stop; the result
 %% is the last `Acc'. `Fun' must not modify the queue.
 -spec peek(Q :: queue(), Acc, Fun :: fold_fun()) -> Acc | failure().
-peek(?R(R), Acc, Fun) when is_function(Fun, 2) ->
-    case header(R) of
+peek(?H(R) = Q, Acc, Fun) when is_function(Fun, 2) ->
+    case ?NIF_CALL(header(R), [Q, Acc, Fun]) of
         {_S, H, T, _N} -> fold_fwd(R, H, T, Acc, Fun);
         {error, _} = E -> E
     end;
-peek(_, _, _) ->
-    erlang:error(badarg).
+peek(Q, Acc, Fun) ->
+    ?BADARG([Q, Acc, Fun]).
 
 fold_fwd(_R, T, T, Acc, _Fun) ->
     Acc;
@@ -365,13 +375,13 @@ fold_fwd(R, Pos, T, Acc, Fun) ->
 
 %% @doc Like `peek/3', from the newest term to the oldest.
 -spec rpeek(Q :: queue(), Acc, Fun :: fold_fun()) -> Acc | failure().
-rpeek(?R(R), Acc, Fun) when is_function(Fun, 2) ->
-    case header(R) of
+rpeek(?H(R) = Q, Acc, Fun) when is_function(Fun, 2) ->
+    case ?NIF_CALL(header(R), [Q, Acc, Fun]) of
         {_S, H, T, _N} -> fold_back(R, H, T, Acc, Fun);
         {error, _} = E -> E
     end;
-rpeek(_, _, _) ->
-    erlang:error(badarg).
+rpeek(Q, Acc, Fun) ->
+    ?BADARG([Q, Acc, Fun]).
 
 fold_back(_R, H, H, Acc, _Fun) ->
     Acc;
@@ -395,13 +405,14 @@ fold_back(R, H, End, Acc, Fun) ->
 %% `Fun' may push to the same queue but must not pop from it (nor may another process
 %% meanwhile: see `try_pop/2').
 -spec pop(Q :: queue(), Acc, Fun :: fold_fun()) -> Acc | failure().
-pop(?R(R), Acc, Fun) when is_function(Fun, 2) ->
-    pop_fold(R, Acc, Fun);
-pop(_, _, _) ->
-    erlang:error(badarg).
+pop(?H(R) = Q, Acc, Fun) when is_function(Fun, 2) ->
+    pop_fold(R, ?NIF_CALL(front(R), [Q, Acc, Fun]), Acc, Fun);
+pop(Q, Acc, Fun) ->
+    ?BADARG([Q, Acc, Fun]).
 
-pop_fold(R, Acc, Fun) ->
-    case front(R) of
+%% Front: what front/1 found.
+pop_fold(R, Front, Acc, Fun) ->
+    case Front of
         nil ->
             Acc;
         {ok, Term, H, Next} ->
@@ -411,7 +422,7 @@ pop_fold(R, Acc, Fun) ->
                              Other -> erlang:error({bad_return_value, Other})
                          end,
             case {advance(R, H, Next, false), Go} of
-                {ok, cont} -> pop_fold(R, Acc1, Fun);
+                {ok, cont} -> pop_fold(R, front(R), Acc1, Fun);
                 {ok, halt} -> Acc1;
                 {{error, _} = E, _} -> E
             end;
@@ -421,29 +432,29 @@ pop_fold(R, Acc, Fun) ->
 
 %% @doc Whether the queue holds no message.
 -spec is_empty(Q :: queue()) -> boolean() | failure().
-is_empty(?R(R)) ->
-    case header(R) of
+is_empty(?H(R) = Q) ->
+    case ?NIF_CALL(header(R), [Q]) of
         {_S, H, T, _N} -> H =:= T;
         {error, _} = E -> E
     end;
-is_empty(_) ->
-    erlang:error(badarg).
+is_empty(Q) ->
+    ?BADARG([Q]).
 
 %% @doc The number of messages. Walks the queue: linear in the number of messages.
 -spec length(Q :: queue()) -> non_neg_integer() | failure().
-length(?R(R)) ->
-    case header(R) of
+length(?H(R) = Q) ->
+    case ?NIF_CALL(header(R), [Q]) of
         {_S, H, T, _N} -> count(R, H, T, 0);
         {error, _} = E -> E
     end;
-length(_) ->
-    erlang:error(badarg).
+length(Q) ->
+    ?BADARG([Q]).
 
 %% In bounded NIF steps.
 count(_R, T, T, N) ->
     N;
 count(R, Pos, T, N) ->
-    case emmap:queue_count_nif(R, Pos, T) of
+    case emmap_nif:queue_count(R, Pos, T) of
         {K, Next} when is_integer(K) -> count(R, Next, T, N + K);
         {error, _} = E -> E
     end.
@@ -451,33 +462,33 @@ count(R, Pos, T, N) ->
 %% @doc Reclaims the whole segment if the queue is empty (resets the header to
 %% 16/16/16) and returns `true'; returns `false', changing nothing, if it is not empty.
 -spec purge(Q :: queue()) -> boolean() | failure().
-purge(?R(R)) -> emmap:queue_purge_nif(R);
-purge(_) -> erlang:error(badarg).
+purge(?H(R) = Q) -> ?NIF_CALL(emmap_nif:queue_purge(R), [Q]);
+purge(Q) -> ?BADARG([Q]).
 
 %% @doc Drops every message and resets the header to 16/16/16 (with `Size' set to the
 %% mapping's size). Works on a queue whose header went bad while it was open, too.
 -spec erase(Q :: queue()) -> ok | failure().
-erase(?R(R)) -> emmap:queue_erase_nif(R);
-erase(_) -> erlang:error(badarg).
+erase(?H(R) = Q) -> ?NIF_CALL(emmap_nif:queue_erase(R), [Q]);
+erase(Q) -> ?BADARG([Q]).
 
 %% @doc The header fields as stored: `#{head, tail, next_tail, size}'. Not checked, so
 %% it also shows a corrupt header.
 -spec metadata(Q :: queue()) -> metadata() | failure().
-metadata(?R(R)) ->
-    case emmap:queue_header_nif(R, false) of
+metadata(?H(R) = Q) ->
+    case ?NIF_CALL(emmap_nif:queue_header(R, false), [Q]) of
         {S, H, T, N} -> #{head => H, tail => T, next_tail => N, size => S};
         {error, _} = E -> E
     end;
-metadata(_) ->
-    erlang:error(badarg).
+metadata(Q) ->
+    ?BADARG([Q]).
 
 %% The header, if it satisfies the invariant: {Size, Head, Tail, NextTail}.
 header(R) ->
-    emmap:queue_header_nif(R, true).
+    emmap_nif:queue_header(R, true).
 
-%% One step of a fold (see queue_frame_nif): {ok, Term, NextPos} or {error, _}.
+%% One step of a fold (see emmap_nif:queue_frame/4): {ok, Term, NextPos} or {error, _}.
 frame(R, Pos, Limit, Back) ->
-    case emmap:queue_frame_nif(R, Pos, Limit, Back) of
+    case emmap_nif:queue_frame(R, Pos, Limit, Back) of
         {compressed, Bin, Start, End} ->
             case inflate(Bin, Start, End) of
                 {ok, Term} when Back -> {ok, Term, Start};
@@ -500,7 +511,7 @@ inflate(Bin, Start, End) ->
     end.
 
 %%%===========================================================================
-%%% Server API
+%%% Server API (the gen_server is emmap_queue_server)
 %%%===========================================================================
 
 %% @doc Starts a server owning the queue `open(File, Size, Opts)', linked to the caller.
@@ -513,35 +524,23 @@ inflate(Bin, Start, End) ->
           {ok, pid()} | {error, term()}
       when Name :: undefined | atom() | {local, atom()} | {global, term()}
                  | {via, module(), term()}.
-start_link(Name, File, Size, Opts)
-  when is_list(File) orelse is_binary(File) orelse is_atom(File),
-       is_integer(Size), Size >= 0, is_list(Opts) ->
-    Args = {File, Size, Opts},
-    case Name of
-        undefined -> gen_server:start_link(?MODULE, Args, []);
-        _ when is_atom(Name) -> gen_server:start_link({local, Name}, ?MODULE, Args, []);
-        {local, A} when is_atom(A) -> gen_server:start_link(Name, ?MODULE, Args, []);
-        {global, _} -> gen_server:start_link(Name, ?MODULE, Args, []);
-        {via, M, _} when is_atom(M) -> gen_server:start_link(Name, ?MODULE, Args, []);
-        _ -> erlang:error(badarg)
-    end;
-start_link(_, _, _, _) ->
-    erlang:error(badarg).
+start_link(Name, File, Size, Opts) ->
+    emmap_queue_server:start_link(Name, File, Size, Opts).
 
 %% @doc Stops the server, closing the queue.
 -spec stop(Server :: server()) -> ok.
 stop(Server) ->
-    gen_server:stop(Server).
+    emmap_queue_server:stop(Server).
 
 %% @doc Appends `Term' to the server's queue (`push/2').
 -spec enqueue(Server :: server(), Term :: term()) -> ok | {error, full} | failure().
 enqueue(Server, Term) ->
-    gen_server:call(Server, {push, Term}, infinity).
+    emmap_queue_server:enqueue(Server, Term).
 
 %% @doc Removes and returns the oldest term (`pop_and_purge/1'); `nil' if empty.
 -spec dequeue(Server :: server()) -> term() | nil | failure().
 dequeue(Server) ->
-    gen_server:call(Server, pop, infinity).
+    emmap_queue_server:dequeue(Server).
 
 %% @doc Calls `Fun' on the oldest term inside the server and removes the term only if
 %% `Fun' returns (`try_pop_and_purge/2'); returns what `Fun' returned, or `nil' if the
@@ -550,74 +549,15 @@ dequeue(Server) ->
 %% it must not call the server, and the server answers nobody else while it runs.
 -spec try_dequeue(Server :: server(), Fun :: fun((term()) -> Result)) ->
           Result | nil | failure().
-try_dequeue(Server, Fun) when is_function(Fun, 1) ->
-    case gen_server:call(Server, {try_pop, Fun}, infinity) of
-        {ok, Res} -> Res;
-        {raise, Class, Reason, Stack} -> erlang:raise(Class, Reason, Stack)
-    end;
-try_dequeue(_, _) ->
-    erlang:error(badarg).
+try_dequeue(Server, Fun) ->
+    emmap_queue_server:try_dequeue(Server, Fun).
 
 %% @doc The oldest term, left in the queue (`peek_front/1'); `nil' if empty.
 -spec inspect(Server :: server()) -> term() | nil | failure().
 inspect(Server) ->
-    gen_server:call(Server, peek, infinity).
+    emmap_queue_server:inspect(Server).
 
 %% @doc The server's queue header (`metadata/1').
 -spec info(Server :: server()) -> metadata() | failure().
 info(Server) ->
-    gen_server:call(Server, info, infinity).
-
-%%%---------------------------------------------------------------------------
-%%% gen_server callbacks
-%%%---------------------------------------------------------------------------
-
-%%% @private
-%% @doc gen_server callback of the queue server.
--spec init({file:name_all(), non_neg_integer(), [emmap:open_option()]}) ->
-          {ok, #state{}} | {stop, term()}.
-init({File, Size, Opts}) ->
-    process_flag(trap_exit, true),              % so that terminate/2 closes the queue
-    try open(File, Size, Opts) of
-        {ok, Q} -> {ok, #state{q = Q}};
-        {error, Reason} -> {stop, Reason}
-    catch
-        error:badarg -> {stop, badarg}
-    end.
-
-%%% @private
-%% @doc gen_server callback of the queue server.
--spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
-handle_call({push, Term}, _From, #state{q = Q} = St) ->
-    {reply, push(Q, Term), St};
-handle_call(pop, _From, #state{q = Q} = St) ->
-    {reply, pop_and_purge(Q), St};
-handle_call({try_pop, Fun}, _From, #state{q = Q} = St) ->
-    Reply = try {ok, try_pop_and_purge(Q, Fun)}
-            catch Class:Reason:Stack -> {raise, Class, Reason, Stack}
-            end,
-    {reply, Reply, St};
-handle_call(peek, _From, #state{q = Q} = St) ->
-    {reply, peek_front(Q), St};
-handle_call(info, _From, #state{q = Q} = St) ->
-    {reply, metadata(Q), St};
-handle_call(_Other, _From, St) ->
-    {reply, {error, badarg}, St}.
-
-%%% @private
-%% @doc gen_server callback of the queue server.
--spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
-handle_cast(_Msg, St) ->
-    {noreply, St}.
-
-%%% @private
-%% @doc gen_server callback of the queue server.
--spec handle_info(term(), #state{}) -> {noreply, #state{}}.
-handle_info(_Msg, St) ->
-    {noreply, St}.
-
-%%% @private
-%% @doc gen_server callback of the queue server.
--spec terminate(term(), #state{}) -> ok.
-terminate(_Reason, #state{q = Q}) ->
-    close(Q).
+    emmap_queue_server:info(Server).

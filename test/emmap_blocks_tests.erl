@@ -966,8 +966,8 @@ nif_steps(BS, Cap) ->
         %% Each walk is timed step by step, three times; a step's time is its fastest
         %% of the three (that removes the OS's preemptions, not the NIF's own work).
         Walk = fun(F) -> [step_times(F, 0, []) || _ <- [1, 2, 3]] end,
-        Chunk = Walk(fun(S) -> emmap:block_chunk_nif(R, S, 1 bsl 64 - 1) end),
-        Repair = Walk(fun(S) -> emmap:block_repair_nif(R, S, 1 bsl 64 - 1) end),
+        Chunk = Walk(fun(S) -> emmap_nif:block_chunk(R, S, 1 bsl 64 - 1) end),
+        Repair = Walk(fun(S) -> emmap_nif:block_repair(R, S, 1 bsl 64 - 1) end),
         [begin
              Mins = [lists:min(Ts) || Ts <- transpose(Walks)],
              Worst = lists:max(Mins),

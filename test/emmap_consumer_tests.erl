@@ -150,15 +150,20 @@ rebar3_package_build_and_shell_reload_test_() ->
             ?assertMatch([_], binary:matches(Out, <<?BUILDING>>)),
             ?assert(filelib:is_regular(filename:join(Pkg, "priv/emmap.so"))),
             ?assert(filelib:is_regular(filename:join(Pkg, "priv/emmap.so.sha256"))),
-            Src = filename:join(Pkg, "src/emmap.erl"),
             Edit = fun() ->
                 %% rebar3 compares modification times in whole seconds: let the edit be
                 %% later than the shell's own compile
                 timer:sleep(1100),
-                {ok, Text} = file:read_file(Src),
-                ok = file:write_file(Src, [binary:replace(Text, <<"-on_load(init/0).">>,
-                                                          <<"-on_load(init/0).\n-export([reload_mark/0]).">>),
-                                           "\nreload_mark() -> reloaded.\n"])
+                %% both the API module and the one with the -on_load that loads the NIF
+                %% library (which rebar3 deletes and purges before loading it again)
+                [begin
+                     Src = filename:join(Pkg, "src/" ++ M ++ ".erl"),
+                     {ok, Text} = file:read_file(Src),
+                     Mod = list_to_binary("-module(" ++ M ++ ")."),
+                     ok = file:write_file(Src, [binary:replace(Text, Mod,
+                                                               <<Mod/binary, "\n-export([reload_mark/0]).">>),
+                                                "\nreload_mark() -> reloaded.\n"])
+                 end || M <- ["emmap", "emmap_nif"]]
             end,
             Lines = [{"{ok, M} = emmap:open(\"" ++ Data ++ "\", 0, 64, [create, read, write, shared, direct]).", "{ok,{file_descriptor,emmap,"},
                      {"{ok, B} = emmap:pread(M, 0, 4).", "{ok,<<0,0,0,0>>}"},
@@ -169,6 +174,7 @@ rebar3_package_build_and_shell_reload_test_() ->
                      {Edit, ""},
                      {"r3:compile().", "\nok\n"},
                      {"emmap:reload_mark().", "reloaded"},
+                     {"emmap_nif:reload_mark().", "reloaded"},
                      %% the recompiled module's documentation is made anew
                      {"{ok, Docs} = code:get_doc(emmap), lists:keymember({function, reload_mark, 0}, 1, element(7, Docs)).", "true"},
                      {"emmap:pwrite(M, 0, <<\"new!\">>).", "ok"},
@@ -308,8 +314,10 @@ iex_reloads_keep_emmap_working_test_() ->
                      {"{:ok, b} = :emmap.pread(m, 0, 4)", "{:ok, <<0, 0, 0, 0>>}"},
                      {"h :emmap.open", doc_words(emmap, open)},
                      {"r :emmap", "{:reloaded, [:emmap]}"},
+                     {"r :emmap_nif", "{:reloaded, [:emmap_nif]}"},
                      {":emmap.pwrite(m, 0, \"one!\")", ":ok"},
                      {"l :emmap", "{:module, :emmap}"},
+                     {"l :emmap_nif", "{:module, :emmap_nif}"},
                      {":emmap.pwrite(m, 0, \"two!\")", ":ok"},
                      {"recompile()", ""},
                      {"Mix.Task.run(\"deps.compile\", [\"emmap\"])", ":ok"},

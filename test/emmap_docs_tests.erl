@@ -253,22 +253,35 @@ app_metadata_is_complete_test() ->
     {ok, Ignore} = file:read_file(".gitignore"),
     [?assertMatch({match, _}, re:run(Ignore, "\\n" ++ P ++ "\\n")) || P <- ["/priv/\\*.so", "/priv/\\*.so.sha256"]].
 
-%% Every `{error, Reason}' atom the library can return is in the README's Errors table:
-%% the core's reasons (errno names included, block storage's and the queue's: every
-%% `=> "reason"' of the core's sources, wherever a module of the core keeps them), and
-%% the literal `{error, atom}' results of the Erlang modules.
+%% Every reason the library can return or raise is in a row of the README's Errors table:
+%% the core's reasons (errno names included), block storage's and the queue's, the literal
+%% `{error, atom}' results of the Erlang modules, and what they raise: `badarg',
+%% `open_counters''s `{emmap_counters, File, Reason}' reasons, the queue's
+%% `{emmap_queue, Reason}' and `{bad_return_value, Term}'.
 errors_are_listed_in_the_readme_test() ->
     Section = emmap_readme:section("## Errors"),
-    Listed = [list_to_atom(A) || [A] <- match_all(Section, "`([a-z_]+)`")],
-    CoreFiles = filelib:wildcard("native/emmap_core/src/**/*.rs"),
+    Table = [L || L <- string:split(Section, "\n", all), string:prefix(L, "|") =/= nomatch],
+    Listed = [list_to_atom(A) || L <- Table, [A] <- match_all(L, "`([a-z_]+)`")],
+    Core = [F || F <- filelib:wildcard("native/emmap_core/src/**/*.rs"),
+                 filename:basename(F) =/= "tests.rs"],
     FromRust = lists:append([[list_to_atom(A) || [A] <- match_all(read(F), "=> \"([a-z_]+)\"")]
-                             || F <- CoreFiles]),
-    FromErlang = lists:append([[list_to_atom(A) || [A] <- match_all(read(F), "\\{error, ([a-z][a-z_]*)\\}")]
-                               || F <- filelib:wildcard("src/*.erl")]),
-    %% not results of an emmap call: code:priv_dir/1's, the NIF's internal answers, and
-    %% what the queue server says to a message that is not a request
-    Internal = [bad_name, badarg, dirty],
-    Reasons = lists:usort(FromRust ++ FromErlang) -- Internal,
+                             || F <- Core]),
+    Sources = [read(F) || F <- filelib:wildcard("src/*.erl")],
+    Returned = lists:append([[list_to_atom(A) || [A] <- match_all(S, "\\{error, ([a-z][a-z_]*)\\}")]
+                             || S <- Sources]),
+    Raised = lists:append(
+               [[list_to_atom(A) || [A] <- match_all(S, "counters_fail\\(File, ([a-z][a-z_]*)\\)")
+                                        ++ match_all(S, "erlang:error\\(\\{emmap_queue, ([a-z][a-z_]*)\\}")
+                                        ++ match_all(S, "erlang:error\\(\\{([a-z][a-z_]*), Other\\}")
+                                        ++ match_all(S, "erlang:error\\(([a-z][a-z_]*)[,)]")]
+                || S <- Sources]),
+    ?assert(lists:member(size_mismatch, Raised)),
+    ?assert(lists:member(bad_header, Returned)),
+    ?assert(lists:member(queue_modified_while_popping, Raised)),
+    ?assert(lists:member(badarg, Raised)),
+    %% not a result of an emmap call: code:priv_dir/1's
+    Internal = [bad_name],
+    Reasons = lists:usort(FromRust ++ Returned ++ Raised) -- Internal,
     ?assert(length(Reasons) > 30),
     ?assertEqual([], Reasons -- Listed).
 

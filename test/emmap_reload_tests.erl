@@ -1,8 +1,10 @@
-%%% Reloading the emmap module (what `c:l/1', `code:load_file/1', rebar3's `r3:compile()'
-%%% and IEx's `recompile'/`r/1' do) keeps the module working, keeps the handles opened
-%%% before the reload working, and still releases their memory when they are collected.
+%%% Reloading emmap's modules (what `c:l/1', `code:load_file/1', rebar3's `r3:compile()'
+%%% and IEx's `recompile'/`r/1' do) keeps them working, keeps the handles opened before
+%%% the reload working, and still releases their memory when they are collected. Both
+%%% `emmap_nif' (which loads the NIF library, in its on_load function) and `emmap' (the
+%%% API) are reloaded each time.
 %%%
-%%% The reloads run in a child VM: purging emmap's old code kills processes running it,
+%%% The reloads run in a child VM: purging a module's old code kills processes running it,
 %%% which must not happen to the test runner. The rebar3 shell flow itself is tested in
 %%% emmap_consumer_tests.
 -module(emmap_reload_tests).
@@ -22,19 +24,26 @@
 %%               does for a module with -on_load (a fresh load; the old type is gone from
 %%               the VM's table but its handles are alive)
 -define(RELOADS, [c_l, c_l, load_binary, rebar3, c_l, rebar3, load_binary]).
+%% The modules reloaded each time: the one that loads the NIF library, then the API.
+-define(MODULES, [emmap_nif, emmap]).
 
-reload(c_l) ->
-    {module, emmap} = c:l(emmap);
-reload(load_binary) ->
-    {emmap, Bin, File} = code:get_object_code(emmap),
-    {module, emmap} = code:load_binary(emmap, File, Bin);
-reload(rebar3) ->
-    true = code:delete(emmap),
-    _ = code:purge(emmap),
-    {module, emmap} = code:load_file(emmap).
+reload(How) ->
+    [{module, M} = reload(M, How) || M <- ?MODULES],
+    {module, emmap}.
 
-%% Child VM: reloads emmap again and again with handles of every kind open, checking after
-%% each reload that every handle made so far (before or between reloads) still works.
+reload(M, c_l) ->
+    {module, M} = c:l(M);
+reload(M, load_binary) ->
+    {M, Bin, File} = code:get_object_code(M),
+    {module, M} = code:load_binary(M, File, Bin);
+reload(M, rebar3) ->
+    true = code:delete(M),
+    _ = code:purge(M),
+    {module, M} = code:load_file(M).
+
+%% Child VM: reloads emmap_nif and emmap again and again with handles of every kind open,
+%% checking after each reload that every handle made so far (before or between reloads)
+%% still works.
 %% Returns `ok' or crashes with the failed match.
 child_reload(Dir) ->
     P = filename:join(Dir, "data.bin"),
@@ -51,8 +60,8 @@ child_reload(Dir) ->
     Handles = lists:foldl(
         fun({N, How}, Hs) ->
             {module, emmap} = reload(How),
-            _ = code:purge(emmap),                  % the old code goes away completely
-            false = erlang:check_old_code(emmap),
+            %% the old code goes away completely
+            [false = begin _ = code:purge(M), erlang:check_old_code(M) end || M <- ?MODULES],
             %% still the one library, mapped once: nothing loaded twice, nothing leaked
             LibMaps = mapped(Lib),
             %% the reloaded module works: a new handle
@@ -245,8 +254,8 @@ readme_example_test_() ->
         end)
     end}.
 
-%% Child VM: emmap reloaded from another directory (as a release upgrade to another version
-%% installs it) loads that directory's library, a second instance with its own resource
+%% Child VM: emmap (emmap_nif and emmap) reloaded from another directory (as a release
+%% upgrade to another version installs it) loads that directory's library, a second instance with its own resource
 %% type: handles from before are badarg to the new code, new ones work, and the old
 %% library releases the old handles' memory when they are collected.
 child_other_library(Dir) ->
@@ -263,11 +272,12 @@ child_other_library(Dir) ->
     Other = filename:join(Dir, "emmap-9.9.9"),
     ok = filelib:ensure_dir(filename:join(Other, "ebin") ++ "/"),
     ok = filelib:ensure_dir(filename:join(Other, "priv") ++ "/"),
-    {ok, _} = file:copy(code:which(emmap), filename:join(Other, "ebin/emmap.beam")),
+    [{ok, _} = file:copy(code:which(M), filename:join(Other, "ebin/" ++ atom_to_list(M) ++ ".beam"))
+     || M <- ?MODULES],
     {ok, _} = file:copy(filename:join(code:priv_dir(emmap), "emmap.so"),
                         filename:join(Other, "priv/emmap.so")),
     true = code:add_patha(filename:join(Other, "ebin")),
-    {module, emmap} = c:l(emmap),
+    [{module, M} = c:l(M) || M <- ?MODULES],
     true = mapped("/emmap-9.9.9/priv/emmap.so") > 0,
     true = mapped("/emmap.so") > Libs,          % both libraries are loaded
     {'EXIT', {badarg, _}} = (catch emmap:pread(Old, 0, 4)),
@@ -283,7 +293,7 @@ child_other_library(Dir) ->
     {error, truncated} = emmap:pread(NewCut, 40000, 4),
     <<0, 0, 0, 0>> = binary:copy(CutBin),
     ok = emmap:close(NewCut),
-    _ = code:purge(emmap),
+    [_ = code:purge(M) || M <- ?MODULES],
     ok = emmap:close(New),
     release_other(P, Libs).
 

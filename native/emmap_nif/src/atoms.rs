@@ -1,10 +1,9 @@
-//! Every atom the NIF answers with.
+//! Every atom the NIFs answer with or read.
 
 rustler::atoms! {
     ok,
     error,
     eof,
-    dirty,
     undefined,
     true_ = "true",
     false_ = "false",
@@ -25,6 +24,18 @@ rustler::atoms! {
     lost_from,
     enabled,
     library,
+    // position/2
+    bof,
+    cur,
+    // advise/4
+    normal,
+    random,
+    sequential,
+    will_need,
+    dont_need,
+    no_reuse,
+    // resize/1
+    grow,
     // block storage and queue errors and answers
     not_initialized,
     corrupt,

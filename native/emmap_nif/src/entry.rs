@@ -1,25 +1,85 @@
-//! The library's entry point, `nif_init`, built here instead of by `rustler::init!`.
+//! The library's entry point, `nif_init`, with the list of every NIF the library has.
 //!
-//! `rustler::init!` fills in only a `load` callback. Loading the `emmap` module again while
-//! its old code is still in the VM (`c:l/1`, `code:load_file/1`, IEx `recompile`) makes the
-//! VM call the library's `upgrade` callback instead, and without one `on_load` fails and
-//! the new module is left without its NIFs. This entry is the one rustler builds (the NIFs
-//! rustler's `#[nif]` and `hot.rs` registered, the name `emmap`, the same version fields)
-//! plus that callback. Both callbacks register the handle's resource type; see
-//! `resource.rs` for how handles made before a reload stay valid. Both also apply the
-//! `sigbus_handler` setting `emmap.erl` passes as load info (see `emmap_core::sigbus`),
-//! and this file exports the symbol through which another copy of the library, loaded
-//! later from another path, finds the SIGBUS handler's table.
+//! The library belongs to the Erlang module `emmap_nif`, which holds a stub for each NIF
+//! below and nothing else the user calls. The entry is built here, not by `rustler::init!`,
+//! which fills in only a `load` callback: loading `emmap_nif` again while its old code is
+//! still in the VM (`c:l/1`, `code:load_file/1`, IEx `recompile`) makes the VM call the
+//! library's `upgrade` callback instead, and without one `on_load` fails and the new
+//! module is left without its NIFs. Both callbacks register the handle's resource type;
+//! see `resource.rs` for how handles made before a reload stay valid. Both also apply the
+//! `sigbus_handler` setting `emmap_nif.erl` passes as load info (see
+//! `emmap_core::sigbus`), and this file exports the symbol through which another copy of
+//! the library, loaded later from another path, finds the SIGBUS handler's table.
+//!
+//! Of rustler this library uses the raw NIF interface (`rustler::sys`), its `atoms!` macro
+//! and `Atom`, and one API rustler marks `#[doc(hidden)]`: `rustler::sys::ErlNifEntry`
+//! (with `ErlNifEntry::new`), the entry's C layout. That is why `Cargo.toml` pins rustler
+//! to one exact version.
 
 use std::ffi::{c_int, c_void};
 use std::sync::OnceLock;
 
 use emmap_core::sigbus;
-use rustler::codegen_runtime::{inventory, ResourceRegistration};
-use rustler::sys::{ErlNifEntry, ErlNifEnv, ErlNifFunc, ErlNifTerm};
-use rustler::{Env, Nif, Term};
+use rustler::sys::{
+    enif_get_map_value, enif_make_atom_len, ErlNifEntry, ErlNifEnv, ErlNifFunc, ErlNifTerm,
+};
 
-use crate::resource;
+use crate::schedule::Nif;
+use crate::{atomics, blocks, io, lifecycle, queue, resource};
+
+/// Every NIF, in the order of `emmap_nif.erl`'s stubs.
+const NIFS: &[Nif] = &[
+    // a handle's life (lifecycle.rs)
+    lifecycle::open::NIF,
+    lifecycle::close::NIF,
+    lifecycle::info::NIF,
+    lifecycle::debug::NIF,
+    lifecycle::sigbus::NIF,
+    lifecycle::stat::NIF,
+    lifecycle::flush::NIF,
+    lifecycle::sync::NIF,
+    lifecycle::advise::NIF,
+    lifecycle::resize::NIF,
+    lifecycle::truncate::NIF,
+    lifecycle::allocate::NIF,
+    // reads and writes (io.rs)
+    io::pread::NIF,
+    io::pwrite::NIF,
+    io::read::NIF,
+    io::read_line::NIF,
+    io::write::NIF,
+    io::position::NIF,
+    io::ipread::NIF,
+    // atomics (atomics.rs)
+    atomics::atomic_add::NIF,
+    atomics::atomic_sub::NIF,
+    atomics::atomic_and::NIF,
+    atomics::atomic_or::NIF,
+    atomics::atomic_xor::NIF,
+    atomics::atomic_xchg::NIF,
+    atomics::atomic_cas::NIF,
+    atomics::atomic_load::NIF,
+    atomics::atomic_store::NIF,
+    // block storage (blocks.rs)
+    blocks::block_init::NIF,
+    blocks::block_store::NIF,
+    blocks::block_read::NIF,
+    blocks::block_free::NIF,
+    blocks::block_chunk::NIF,
+    blocks::block_repair::NIF,
+    // the queue (queue.rs)
+    queue::queue_attach::NIF,
+    queue::queue_push::NIF,
+    queue::queue_pop::NIF,
+    queue::queue_peek::NIF,
+    queue::queue_front::NIF,
+    queue::queue_advance::NIF,
+    queue::queue_header::NIF,
+    queue::queue_frame::NIF,
+    queue::queue_count::NIF,
+    queue::queue_purge::NIF,
+    queue::queue_erase::NIF,
+];
 
 /// The entry, made once; the VM keeps the pointer for as long as the library is loaded.
 struct Entry(ErlNifEntry);
@@ -49,16 +109,16 @@ fn register(env: *mut ErlNifEnv, info: ErlNifTerm) -> c_int {
 
 /// The load info is `#{sigbus_handler => boolean()}`; only `false` turns the handler off.
 fn handler_wanted(env: *mut ErlNifEnv, info: ErlNifTerm) -> bool {
-    // SAFETY: `env` is the load env, valid for this callback, and `info` one of its terms.
-    let e = unsafe { Env::new_init_env(&env, env) };
-    // SAFETY: as above.
-    let t = unsafe { Term::new(e, info) };
-    let key = rustler::Atom::from_str(e, "sigbus_handler").map(|a| a.to_term(e));
-    !matches!(
-        key.and_then(|k| t.map_get(k))
-            .and_then(|v| v.decode::<bool>()),
-        Ok(false)
-    )
+    let atom = |name: &str| {
+        // SAFETY: `env` is the load env, valid for this callback; `name` is valid for its
+        // length.
+        unsafe { enif_make_atom_len(env, name.as_ptr().cast(), name.len()) }
+    };
+    let mut v = ErlNifTerm::default();
+    // SAFETY: `info` is a term of the load env; `v` is a valid out-pointer (left alone
+    // when `info` is no map or lacks the key).
+    let found = unsafe { enif_get_map_value(env, info, atom("sigbus_handler"), &mut v) };
+    !(found != 0 && v == atom("false"))
 }
 
 /// Another copy of this library, loaded later from another path, calls this to use our
@@ -70,16 +130,6 @@ pub extern "C" fn emmap_fault_registry_v1() -> *const sigbus::ApiV1 {
 }
 
 unsafe extern "C" fn load(env: *mut ErlNifEnv, _priv: *mut *mut c_void, info: ErlNifTerm) -> c_int {
-    // Resource types declared the rustler way (there are none today) are registered as
-    // `rustler::init!` would.
-    let ok = std::panic::catch_unwind(|| {
-        // SAFETY: `env` is the load env, valid for this callback.
-        let e = unsafe { Env::new_init_env(&env, env) };
-        ResourceRegistration::register_all_collected(e).is_ok()
-    });
-    if !matches!(ok, Ok(true)) {
-        return 1;
-    }
     register(env, info)
 }
 
@@ -89,11 +139,6 @@ unsafe extern "C" fn upgrade(
     _old_priv: *mut *mut c_void,
     info: ErlNifTerm,
 ) -> c_int {
-    // rustler registers its resource types with `ERL_NIF_RT_CREATE` only, which fails on
-    // an upgrade; refuse openly if any exist rather than run without them.
-    if inventory::iter::<ResourceRegistration>().next().is_some() {
-        return 1;
-    }
     register(env, info)
 }
 
@@ -101,16 +146,19 @@ unsafe extern "C" fn upgrade(
 #[no_mangle]
 pub extern "C" fn nif_init() -> *const ErlNifEntry {
     let entry = ENTRY.get_or_init(|| {
-        // SAFETY: rustler's own entry point calls this first; on Linux, where the enif_*
-        // symbols are linked directly, it does nothing.
-        unsafe { rustler::codegen_runtime::internal_write_symbols() };
+        // (On Linux the enif_* functions are linked directly: nothing to set up first.)
         let funcs: &'static [ErlNifFunc] = Box::leak(
-            inventory::iter::<Nif>()
-                .map(Nif::get_def)
+            NIFS.iter()
+                .map(|n| ErlNifFunc {
+                    name: n.name.as_ptr().cast(),
+                    arity: n.arity,
+                    function: n.func,
+                    flags: n.flags,
+                })
                 .collect::<Vec<_>>()
                 .into_boxed_slice(),
         );
-        let mut e = ErlNifEntry::new(c"emmap", funcs, load);
+        let mut e = ErlNifEntry::new(c"emmap_nif", funcs, load);
         e.upgrade = Some(upgrade);
         Entry(e)
     });

@@ -1,12 +1,13 @@
 //! The handle's resource type, registered directly with the VM, and kept usable across
-//! reloads of the `emmap` module.
+//! reloads of the `emmap_nif` module (which loads this library) and of `emmap`.
 //!
 //! rustler's `ResourceArc` looks the resource type up in a hash map on every decode; on a
 //! ~50 ns call that lookup is a large share. Registering the type ourselves keeps its
 //! pointer in one static, so decoding a handle is a single `enif_get_resource`.
 //!
-//! Reloading. When the `emmap` module is loaded again (`c:l/1`, `code:load_file/1`,
-//! rebar3's `r3:compile()`, IEx `recompile`), the VM calls `load_nif` again. The OS hands
+//! Reloading. When the `emmap_nif` module is loaded again (`c:l/1`, `code:load_file/1`,
+//! rebar3's `r3:compile()`, IEx `recompile`), the VM calls `load_nif` again. (Reloading
+//! `emmap` alone does not touch the library: handles are just terms to it.) The OS hands
 //! back this same library (same path, already loaded), so the statics below survive and
 //! the new module instance runs exactly this code. Two cases:
 //!
@@ -37,9 +38,10 @@ use emmap_core::Mapping;
 use rustler::sys::{
     enif_alloc_resource, enif_get_resource, enif_make_resource, enif_make_resource_binary,
     enif_open_resource_type, enif_release_resource, ErlNifEnv, ErlNifResourceFlags,
-    ErlNifResourceType, ErlNifTerm,
+    ErlNifResourceType,
 };
-use rustler::{Decoder, Env, NifResult, Term};
+
+use crate::term::{self, Env, Stop, Term};
 
 /// What an Erlang handle refers to: the mapping, the VM's pointer to the resource object
 /// holding it (needed to make resource binaries) and the type it was allocated with.
@@ -172,7 +174,7 @@ pub fn register(env: *mut ErlNifEnv) -> bool {
 }
 
 /// Wraps a new mapping in a resource and returns the handle term.
-pub fn new_term(env: Env<'_>, mapping: Mapping) -> Term<'_> {
+pub fn new_term(env: Env<'_>, mapping: Mapping) -> Term {
     let t = {
         let mut v = types();
         let t = CURRENT.load(Ordering::Acquire);
@@ -196,19 +198,21 @@ pub fn new_term(env: Env<'_>, mapping: Mapping) -> Term<'_> {
                 ty: t,
             },
         );
-        let term = enif_make_resource(env.as_c_arg(), obj);
+        let term = enif_make_resource(env.raw(), obj);
         enif_release_resource(obj);
-        Term::new(env, term)
+        term
     }
 }
 
-/// The handle behind a term, if it is one.
-#[inline]
-pub fn get<'a>(env: *mut ErlNifEnv, term: ErlNifTerm) -> Option<&'a Handle> {
+/// The handle behind a term of the call whose env is `env`, if it is one. The reference
+/// borrows the call (see `term::Env`): the term, an argument of the call, keeps the
+/// resource alive until the call returns.
+#[inline(always)]
+pub fn get<'a>(env: Env<'a>, term: Term) -> Option<&'a Handle> {
     let t = CURRENT.load(Ordering::Relaxed);
     let mut obj: *const c_void = ptr::null();
     // SAFETY: `env` and `term` come from the current NIF call; `t` is our registered type.
-    let ok = unsafe { enif_get_resource(env, term, t, &mut obj) };
+    let ok = unsafe { enif_get_resource(env.raw(), term, t, &mut obj) };
     if ok == 0 || obj.is_null() {
         return get_older(env, term);
     }
@@ -217,9 +221,15 @@ pub fn get<'a>(env: *mut ErlNifEnv, term: ErlNifTerm) -> Option<&'a Handle> {
     Some(unsafe { &*aligned(obj) })
 }
 
+/// The handle an argument names; `badarg` for anything else.
+#[inline(always)]
+pub fn handle<'a>(env: Env<'a>, t: Term) -> Result<&'a Handle, Stop> {
+    get(env, t).ok_or(Stop::Badarg)
+}
+
 /// A handle made before the module was reloaded (see the module comment).
 #[cold]
-fn get_older<'a>(env: *mut ErlNifEnv, term: ErlNifTerm) -> Option<&'a Handle> {
+fn get_older<'a>(env: Env<'a>, term: Term) -> Option<&'a Handle> {
     if OLDER.load(Ordering::Acquire) == 0 {
         return None;
     }
@@ -229,7 +239,8 @@ fn get_older<'a>(env: *mut ErlNifEnv, term: ErlNifTerm) -> Option<&'a Handle> {
         let mut obj: *const c_void = ptr::null();
         // SAFETY: `t` has live objects (the lock keeps it so during this loop), so it is a
         // valid type of ours; `env` and `term` come from the current NIF call.
-        let ok = unsafe { enif_get_resource(env, term, t as *mut ErlNifResourceType, &mut obj) };
+        let ok =
+            unsafe { enif_get_resource(env.raw(), term, t as *mut ErlNifResourceType, &mut obj) };
         if ok != 0 && !obj.is_null() {
             // SAFETY: objects of our types hold a live `Handle` while the term is
             // reachable, which includes this NIF call.
@@ -239,19 +250,22 @@ fn get_older<'a>(env: *mut ErlNifEnv, term: ErlNifTerm) -> Option<&'a Handle> {
     None
 }
 
-impl<'a> Decoder<'a> for &'a Handle {
-    fn decode(term: Term<'a>) -> NifResult<Self> {
-        get(term.get_env().as_c_arg(), term.as_c_arg()).ok_or(rustler::Error::BadArg)
+impl Handle {
+    /// Bytes `b` of this handle's mapping as a binary: in `direct` mode a resource binary
+    /// pointing at them (it keeps the handle alive), else a copy.
+    ///
+    /// # Safety
+    /// In `direct` mode, `b` must stay mapped for as long as the resource lives, which the
+    /// core guarantees for the bytes it hands out after marking the mapping exported
+    /// (`Mapping::pread`, `read`, `read_line` in direct mode, `blocks::mark_exported`).
+    #[inline(always)]
+    pub unsafe fn binary(&self, env: Env<'_>, b: &[u8]) -> Term {
+        if self.mapping.options().direct {
+            // SAFETY: per this function's contract; the binary keeps a reference to the
+            // resource.
+            unsafe { enif_make_resource_binary(env.raw(), self.raw, b.as_ptr().cast(), b.len()) }
+        } else {
+            term::copy(env, b)
+        }
     }
-}
-
-/// A resource binary over `n` bytes at `p` inside `h`'s mapping.
-///
-/// # Safety
-/// `p..p+n` must stay mapped for as long as the resource lives, which
-/// `Mapping::pread_direct`/`Mapping::read` guarantee for the bytes they hand out.
-#[inline]
-pub unsafe fn direct_binary(env: *mut ErlNifEnv, h: &Handle, p: *const u8, n: usize) -> ErlNifTerm {
-    // SAFETY: per the function contract; the binary keeps a reference to the resource.
-    unsafe { enif_make_resource_binary(env, h.raw, p as *const c_void, n) }
 }

@@ -1,32 +1,44 @@
-//! Where a NIF runs, decided in one place: on the calling process's normal scheduler, or,
-//! when the work may take longer than about a millisecond, on a dirty I/O scheduler.
+//! How every NIF is defined, and where it runs: on the calling process's normal
+//! scheduler, or, when its work may take longer than about a millisecond, on a dirty I/O
+//! scheduler. This is the one place that decides how that happens.
 //!
-//! A NIF written with [`nif!`] has a body `|env, args, on| -> Option<Step>` (`None` is
-//! `badarg`). The body looks at the request, and at cheap facts the core offers (a block
-//! size, a message size, whether a store would have to grow the file), and either does
-//! the work and returns [`Step::Done`], or, on a normal scheduler, returns
-//! [`Step::Dirty`] having changed nothing. Then the NIF reschedules itself with
-//! `enif_schedule_nif`: the same body runs again, with the same arguments, on a dirty I/O
-//! scheduler, where `on` is [`On::DirtyIo`]. Erlang sees one call and one result; there
-//! is no `*_dirty_nif` twin and no retry in Erlang. NIFs whose every call may be long
-//! (`dirty` in the macro) are registered as dirty I/O NIFs and always get `On::DirtyIo`.
+//! A NIF written with [`nif!`] has a body `|env, args, on| -> Answer` (see `term.rs`). The
+//! body decodes its arguments (handle first), looks at cheap facts (a length, a block size,
+//! whether a store would have to grow the file) and either does the work and returns its
+//! answer, or, on a normal scheduler, returns `Err(Stop::Dirty)` having changed nothing.
+//! Then the NIF reschedules itself with `enif_schedule_nif`: the same body runs again,
+//! with the same arguments, on a dirty I/O scheduler, where `on` is [`On::DirtyIo`].
+//! Erlang sees one call and one result: no `*_dirty` twin, no retry, no size threshold in
+//! Erlang. NIFs whose every call may be long (`dirty` in the macro: open, close, sync,
+//! resize, truncate, allocate, block storage's init, the queue's attach) are registered
+//! as dirty I/O NIFs and always run with `On::DirtyIo`.
 //!
-//! Every body runs inside `catch_unwind`: a panic becomes `badarg`, never an abort.
-//! The arguments are decoded from the raw terms (see `raw.rs`), without rustler's
-//! per-call argument vector.
+//! The copy threshold [`DIRTY_BYTES`] is the same for every NIF: copies, checksums and
+//! scans above it move.
+//!
+//! Every body runs inside `catch_unwind`: a panic becomes `badarg`, never an abort. The
+//! arguments are read straight from the VM's array (rustler's generic `#[nif]` wrapper
+//! would collect them into a `Vec` on every call, a third of a 50 ns call).
 
-use std::ffi::{c_char, c_int};
+use std::ffi::{c_char, c_int, c_uint};
 
 use emmap_core::growth::Growth;
 use rustler::sys::{
     enif_make_badarg, enif_schedule_nif, ErlNifEnv, ErlNifTerm, ERL_NIF_DIRTY_JOB_IO_BOUND,
 };
 
+use crate::term::{self, Answer, Env, Stop, Term};
+
+/// Copies (and checksums, and line scans) longer than this run on a dirty I/O scheduler:
+/// at a few GB/s, about 20-30 µs of work at most on a normal one.
+pub const DIRTY_BYTES: usize = 64 * 1024;
+
 /// A raw NIF function, as the VM calls it.
 pub type NifFn = unsafe extern "C" fn(*mut ErlNifEnv, c_int, *const ErlNifTerm) -> ErlNifTerm;
 
-/// A NIF body: the env, the arguments, where it runs.
-pub type Body = fn(*mut ErlNifEnv, &[ErlNifTerm], On) -> Option<Step>;
+/// A NIF body: the call's env, its arguments, where it runs. The lifetime is the call's:
+/// whatever the body borrows from the env (a handle, a binary's bytes) stays inside it.
+pub type Body = for<'a> fn(Env<'a>, &'a [Term], On) -> Answer;
 
 /// The scheduler a body runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +50,7 @@ pub enum On {
 }
 
 impl On {
+    #[inline(always)]
     pub fn is_normal(self) -> bool {
         self == On::Normal
     }
@@ -49,23 +62,30 @@ impl On {
             On::DirtyIo => Growth::Allowed,
         }
     }
+
+    /// `Err(Stop::Dirty)` when copying `bytes` is too much work for this scheduler.
+    #[inline(always)]
+    pub fn may_touch(self, bytes: u64) -> Result<(), Stop> {
+        if self.is_normal() && bytes > DIRTY_BYTES as u64 {
+            Err(Stop::Dirty)
+        } else {
+            Ok(())
+        }
+    }
 }
 
-/// What a body did.
-#[derive(Debug, Clone, Copy)]
-pub enum Step {
-    /// The call's result.
-    Done(ErlNifTerm),
-    /// Nothing yet: run again on a dirty I/O scheduler. Only valid on [`On::Normal`].
-    Dirty,
+/// A NIF as the library's entry lists it (`entry.rs`).
+pub struct Nif {
+    /// The Erlang function's name, NUL-terminated.
+    pub name: &'static [u8],
+    pub arity: c_uint,
+    /// 0, or `ERL_NIF_DIRTY_JOB_IO_BOUND` for a NIF that always runs dirty.
+    pub flags: c_uint,
+    pub func: NifFn,
 }
-
-/// Flags of a NIF that always runs on a dirty I/O scheduler.
-pub const DIRTY_IO: u32 = ERL_NIF_DIRTY_JOB_IO_BOUND;
 
 /// What [`run`] needs to know about a NIF.
 pub struct Def {
-    /// The NIF's name, NUL-terminated.
     pub name: &'static [u8],
     pub arity: usize,
     pub body: Body,
@@ -73,11 +93,15 @@ pub struct Def {
     pub dirty: NifFn,
 }
 
+/// Flags of a NIF that always runs on a dirty I/O scheduler.
+pub const DIRTY_IO: c_uint = ERL_NIF_DIRTY_JOB_IO_BOUND as c_uint;
+
 /// Runs the body of NIF `def` on scheduler `on`, rescheduling to its dirty entry if the
 /// body asks.
 ///
 /// # Safety
 /// `env`, `argc` and `argv` must be what the VM passed to the NIF being run.
+#[inline(always)]
 pub unsafe fn run(
     def: &Def,
     on: On,
@@ -89,12 +113,13 @@ pub unsafe fn run(
         // SAFETY: `env` is the current NIF env.
         return unsafe { enif_make_badarg(env) };
     }
-    // SAFETY: the VM passes `argc` valid terms at `argv` for the call's duration.
-    let args: &[ErlNifTerm] = unsafe { std::slice::from_raw_parts(argv, def.arity) };
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (def.body)(env, args, on)));
+    // SAFETY: the VM passes `argc` valid terms at `argv` for the call's duration, and the
+    // env is this call's; neither borrow leaves this function.
+    let (args, e) = unsafe { (std::slice::from_raw_parts(argv, def.arity), Env::new(env)) };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (def.body)(e, args, on)));
     match r {
-        Ok(Some(Step::Done(t))) => t,
-        Ok(Some(Step::Dirty)) if on == On::Normal => {
+        Ok(Ok(t)) => t,
+        Ok(Err(Stop::Dirty)) if on == On::Normal => {
             // SAFETY: `def.name` is NUL-terminated and static; `def.dirty` is this NIF's
             // dirty-scheduler entry, taking the same `argc` arguments, which stay valid
             // (they are the call's own terms).
@@ -109,14 +134,21 @@ pub unsafe fn run(
                 )
             }
         }
-        // A panic, a bad argument, or a body asking to move while already on a dirty
-        // scheduler (a bug: refusing beats looping).
+        Ok(Err(s)) => match term::stopped(e, s) {
+            Some(t) => t,
+            // `badarg`, or a body asking to move while already on a dirty scheduler (a
+            // bug: refusing beats looping).
+            // SAFETY: `env` is the current NIF env.
+            None => unsafe { enif_make_badarg(env) },
+        },
+        // A panic.
         // SAFETY: `env` is the current NIF env.
-        _ => unsafe { enif_make_badarg(env) },
+        Err(_) => unsafe { enif_make_badarg(env) },
     }
 }
 
-/// Defines the raw NIF `$name/$arity` (a module `$m` holding its entries) and registers it.
+/// Defines the raw NIF `$name/$arity` as a module `$m` holding its entries and its
+/// [`Nif`] (`$m::NIF`, which `entry.rs` lists).
 ///
 /// `nif!(normal "name", m, arity, |env, args, on| { ... })` starts on a normal scheduler
 /// and may move; `nif!(dirty "name", m, arity, |env, args, on| { ... })` always runs on a
@@ -132,29 +164,34 @@ macro_rules! nif {
     };
     (@def $name:literal, $m:ident, $arity:literal, $flags:expr, $start:expr,
      |$env:ident, $a:ident, $on:ident| $body:block) => {
-        #[allow(clippy::needless_return)]
-        mod $m {
+        #[allow(clippy::needless_return, unused_variables)]
+        pub(crate) mod $m {
             #[allow(unused_imports)]
             use super::*;
             use rustler::sys::{ErlNifEnv, ErlNifTerm};
-            use $crate::schedule::{On, Step};
+            use $crate::schedule::{Def, Nif, On};
+            use $crate::term::{Answer, Env, Term};
 
-            const DEF: $crate::schedule::Def = $crate::schedule::Def {
+            const DEF: Def = Def {
                 name: concat!($name, "\0").as_bytes(),
                 arity: $arity,
                 body,
                 dirty,
             };
 
-            fn body(
-                $env: *mut ErlNifEnv,
-                $a: &[ErlNifTerm],
-                $on: On,
-            ) -> Option<Step> {
+            /// The NIF, for the library's entry.
+            pub const NIF: Nif = Nif {
+                name: concat!($name, "\0").as_bytes(),
+                arity: $arity,
+                flags: $flags,
+                func: start,
+            };
+
+            fn body<'a>($env: Env<'a>, $a: &'a [Term], $on: On) -> Answer {
                 $body
             }
 
-            pub unsafe extern "C" fn start(
+            unsafe extern "C" fn start(
                 env: *mut ErlNifEnv,
                 argc: std::ffi::c_int,
                 argv: *const ErlNifTerm,
@@ -163,7 +200,7 @@ macro_rules! nif {
                 unsafe { $crate::schedule::run(&DEF, $start, env, argc, argv) }
             }
 
-            pub unsafe extern "C" fn dirty(
+            unsafe extern "C" fn dirty(
                 env: *mut ErlNifEnv,
                 argc: std::ffi::c_int,
                 argv: *const ErlNifTerm,
@@ -173,12 +210,6 @@ macro_rules! nif {
                 unsafe { $crate::schedule::run(&DEF, On::DirtyIo, env, argc, argv) }
             }
         }
-        rustler::codegen_runtime::inventory::submit!(rustler::Nif {
-            name: concat!($name, "\0").as_ptr() as *const std::ffi::c_char,
-            arity: $arity,
-            flags: $flags,
-            raw_func: $m::start,
-        });
     };
 }
 

@@ -26,13 +26,18 @@ file_functions_on_a_mapping_test() ->
         file:delete(P)
     end.
 
-%% emmap's documentation is there for the shell's h/2: each of its modules, each function.
+%% emmap's documentation is there for the shell's h/2: each of its modules, each function
+%% (emmap's internal modules have theirs hidden).
 docs_for_the_shell_test() ->
     _ = application:load(emmap),
     {ok, Mods} = application:get_key(emmap, modules),
+    Internal = [emmap_nif, emmap_errors],
     [?assertMatch({M, {ok, {docs_v1, _, erlang, <<"application/erlang+html">>, #{<<"en">> := _}, _, _}}},
                   {M, code:get_doc(M)})
-     || M <- Mods],
+     || M <- Mods -- Internal],
+    [?assertMatch({M, {ok, {docs_v1, _, erlang, <<"application/erlang+html">>, hidden, _, _}}},
+                  {M, code:get_doc(M)})
+     || M <- Internal],
     {ok, {docs_v1, _, _, _, _, _, Docs}} = code:get_doc(emmap),
     ?assertMatch([#{<<"en">> := [_ | _]}],
                  [D || {{function, open, 2}, _, _, D, _} <- Docs]),
