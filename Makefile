@@ -5,7 +5,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 DEB_PKGS := erlang-nox erlang-dev erlang-eunit erlang-dialyzer erlang-tools rebar3 erlang-proper elixir gcc make
 
-.PHONY: all deps compile demo docs test test-rust test-erlang lint dialyzer bench bench-floor soak clean
+.PHONY: all deps compile demo docs test test-rust test-erlang lint dialyzer bench bench-floor bench-instructions soak clean
 
 all: compile
 
@@ -71,6 +71,12 @@ soak: deps
 bench: deps bench-floor
 	$(REBAR) as test compile
 	escript test/bench/bench.escript $(ARGS)
+
+## bench-instructions: instructions per call of the same rows under valgrind's callgrind
+## (exact, unlike wall time on a shared machine); see test/bench/instructions.sh
+bench-instructions: deps bench-floor
+	$(REBAR) as test compile
+	test/bench/instructions.sh $(ARGS)
 
 # The empty NIFs of the bench's floors: a crate of its own under test/bench/floor, built
 # into target/ here only; never part of the emmap library or its package.
