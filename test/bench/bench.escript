@@ -193,39 +193,7 @@ big_reads(Copy) ->
 
 %%% ------------------------------------------------------------------ targets
 
-%% The performance targets (issue 14): `{Label, Row, Reference, Target, Floor}'. Row,
-%% reference and floor are `{Op, Impl}' keys of rows of this run. Target is `{ratio, Max}'
-%% (the row's ns over the reference's, the median of the per-round ratios, at most Max) or
-%% `{ns, Max}' (absolute, where there is no Erlang-native row to compare with). A floor is
-%% the cheapest thing of the same shape measured the same way: an empty NIF of the same
-%% arguments and answer (test/bench/floor), a plain binary copy, or the same calls
-%% without the container's bookkeeping.
-%% The two 40-byte copy rows are to keep their lead: their limits are the ratios the
-%% rows had on this branch's base (main at bcd5fef, before the performance work) on the
-%% 2-core machine these targets were set on (hot 3.5x, random 12.5x `atomics:add_get').
-target_defs() ->
-    AddGet = {"atomic add", "atomics:add_get"},
-    OkInt = {"floor", "NIF (Res, Int, Int) -> {ok, Int}"},
-    Int = {"floor", "NIF (Res, Int, Int) -> Int"},
-    ResBin = {"floor", "NIF (Res, Int, Int) -> {ok, 40 B res. bin}"},
-    NewBin = {"floor", "NIF (Res, Int, Int) -> {ok, 40 B new bin}"},
-    Write = {"floor", "NIF (Res, Int, 40 B bin) -> ok"},
-    [{"atomic add patomic(M,P,add,1)", {"atomic add", "emmap:patomic add"}, AddGet, {ratio, 1.6}, OkInt},
-     {"inc_counter", {"atomic add", "emmap:inc_counter"}, AddGet, {ratio, 1.6}, Int},
-     {"pread 40 B direct, hot", {"pread 40B hot page", "emmap direct"}, AddGet, {ratio, 2.4}, ResBin},
-     {"pwrite 40 B random 64 MiB", {"pwrite 40B random 64MiB", "emmap"}, AddGet, {ratio, 4.0}, Write},
-     {"pwrite 40 B hot", {"pwrite 40B hot page", "emmap"}, AddGet, {ratio, 2.0}, Write},
-     {"pread 1 MiB copy", {"pread 1MiB", "emmap copy"}, {"pread 1MiB", "file:pread raw"},
-      {ratio, 0.8}, {"pread 1MiB", "floor: binary:copy 1MiB"}},
-     {"p99 ping during 64 MiB copies", {"ping latency during 64MiB copy reads", "p99 round trip"},
-      none, {ns, 1.0e6}, none},
-     {"queue push+pop 100 B", {"queue push+pop 100 B", "emmap_queue push+pop_and_purge"}, none,
-      {ns, 1000.0}, {"queue push+pop 100 B", "floor: term_to_binary+2 NIFs"}},
-     {"blocks store+read+free 1531 B", {"blocks store+read+free 1531 B", "emmap_blocks"}, none,
-      {ns, 350.0}, {"blocks store+read+free 1531 B", "floor: pwrite+pread+patomic"}},
-     {"pread 40 B copy, hot (keep)", {"pread 40B hot page", "emmap copy"}, AddGet, {ratio, 3.5}, NewBin},
-     {"pread 40 B copy, random (keep)", {"pread 40B random 64MiB", "emmap copy"}, AddGet,
-      {ratio, 12.5}, NewBin}].
+target_defs() -> emmap_bench_rows:targets().
 
 %% `{Label, Ns, RefName, Ratio, TargetText, Met, FloorName, FloorNs}' per target whose
 %% rows ran.

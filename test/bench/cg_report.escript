@@ -57,6 +57,7 @@ main([Out, NStr | Opts]) ->
                     _ -> io_lib:format("~.2f", [P / Base])
                 end])
      || {Name, P, S, _} <- Rows],
+    targets(Out, Per),
     case Brk of
         false -> ok;
         _ ->
@@ -69,6 +70,66 @@ main(_) ->
     io:format(standard_error,
               "usage: cg_report.escript OUTDIR N [--breakdown REGEX] [--top K]~n", []),
     halt(2).
+
+%% The performance targets of make bench in instructions: each row's count, its ratio
+%% to its reference's count and its distance to its floor's (OUTDIR/targets.txt, written
+%% by emmap_bench_rows:cg/1; a reference or floor not counted here, such as file:pread
+%% or a binary:copy, is `-').
+targets(Out, Per) ->
+    case file:read_file(filename:join(Out, "targets.txt")) of
+        {ok, B} ->
+            Get = fun(<<"-">>) -> undefined;
+                     (K) -> maps:get(binary_to_list(K), Per, undefined)
+                  end,
+            Rows = [begin
+                        [Label, Row, Ref, Floor] = binary:split(L, <<"\t">>, [global]),
+                        {Label, Get(Row), Ref, Get(Ref), Floor, Get(Floor)}
+                    end || L <- binary:split(B, <<"\n">>, [global, trim_all])],
+            Fmt = fun(undefined) -> "-"; (X) -> io_lib:format("~.1f", [X]) end,
+            Body = [[Label, Fmt(R), short(RefN),
+                     case {R, RefI} of
+                         {undefined, _} -> "-";
+                         {_, undefined} -> "-";
+                         _ -> io_lib:format("~.2f", [R / RefI])
+                     end,
+                     short(FloorN), Fmt(FloorI),
+                     case {R, FloorI} of
+                         {undefined, _} -> "-";
+                         {_, undefined} -> "-";
+                         _ -> signed(R - FloorI)
+                     end]
+                    || {Label, R, RefN, RefI, FloorN, FloorI} <- Rows],
+            io:format("~nThe performance targets of make bench, in instructions per call (the limits of "
+                      "make bench apply to its ns ratios, not to these)~n~n"),
+            table(["target", "Ir/call", "reference", "ratio", "floor", "floor Ir", "over floor"],
+                  Body, [left, right, left, right, left, right, right]);
+        _ ->
+            ok
+    end.
+
+signed(X) when X >= 0 -> io_lib:format("+~.1f", [X]);
+signed(X) -> io_lib:format("~.1f", [X]).
+
+%% `Impl' of an `Op | Impl' name.
+short(<<"-">>) -> "-";
+short(Name) -> lists:last(string:split(Name, " | ")).
+
+%% Prints rows of strings in columns as wide as their widest cell.
+table(Head, Body, Align) ->
+    Cells = [[unicode:characters_to_list(C) || C <- Row] || Row <- [Head | Body]],
+    Widths = lists:foldl(fun(Row, Ws) -> [max(W, string:length(C)) || {W, C} <- lists:zip(Ws, Row)] end,
+                         [0 || _ <- Head], Cells),
+    Line = fun(Row) ->
+                   Padded = [case A of
+                                 left -> string:pad(C, W, trailing);
+                                 right -> string:pad(C, W, leading)
+                             end || {C, W, A} <- lists:zip3(Row, Widths, Align)],
+                   io:format("~ts~n", [string:trim(lists:join("  ", Padded), trailing)])
+           end,
+    [H | Rest] = Cells,
+    Line(H),
+    io:format("~s~n", [lists:duplicate(lists:sum(Widths) + 2 * (length(Widths) - 1), $-)]),
+    lists:foreach(Line, Rest).
 
 opt(Key, Opts) ->
     case lists:dropwhile(fun(O) -> O =/= Key end, Opts) of
