@@ -4,12 +4,26 @@
 %%
 %% emmap benchmark: ns/op (median of rounds) and ops/s, with the Erlang-native alternative
 %% measured in the same run. Run it with `make bench` (which builds first).
+%%
+%% The machine is shared: another process may take the core away for milliseconds at any
+%% moment, and a timed stretch that is interrupted measures the interruption. So rows are
+%% timed in short stretches (a round of a per-call row is ?CALLS calls, a fraction of a
+%% millisecond), in many rounds, each round running every row of a group once in a fresh
+%% random order; a row's figure is the median over the rounds, a ratio the median of the
+%% per-round ratios. Most short stretches run uninterrupted, and the median ignores the
+%% rest.
 %% Writes the tables to stdout and as CSV to _build/bench/results.csv (every row) and
 %% _build/bench/targets.csv (the performance targets).
 -mode(compile).
 
--define(ROUNDS, 7).
--define(SMALL_OPS, 200000).
+%% Rounds of the interleaved groups (full run, `quick' run); calls per round of a
+%% per-call row (the `file:' rows, system calls, do ?FILE_CALLS).
+-define(ROUNDS, 1001).
+-define(QUICK_ROUNDS, 101).
+-define(CALLS, 2000).
+-define(FILE_CALLS, 50).
+%% Calls per process in the scaling rows.
+-define(SCALE_OPS, 200000).
 -define(FILE_SIZE, 64 * 1024 * 1024).
 -define(NOFFS, 65536).
 
@@ -52,67 +66,58 @@ load_benches(Top) ->
 %%% ------------------------------------------------------------------ running
 
 run(Quick) ->
-    N = case Quick of true -> 20000; false -> ?SMALL_OPS end,
+    Rounds = case Quick of true -> ?QUICK_ROUNDS; false -> ?ROUNDS end,
     Ctx = emmap_bench_rows:setup(),
     #{copy := Copy, direct := Direct, raw := Raw, rand := Rand} = Ctx,
     Bin40 = binary:copy(<<"x">>, 40),
-    SmallRows = interleaved([{Op, Impl, N, F, Offs}
-                             || {Op, Impl, F, Offs} <- emmap_bench_rows:rows(Ctx)]),
-    BigN = case Quick of true -> 50; false -> 300 end,
+    SmallRows = interleaved([{Op, Impl, calls(Impl), F, Offs}
+                             || {Op, Impl, F, Offs} <- emmap_bench_rows:rows(Ctx)], Rounds),
     Mi = 1024 * 1024,
     BigOffs = list_to_tuple([rand:uniform(63) * Mi || _ <- lists:seq(1, ?NOFFS)]),
     {ok, Mib} = emmap:pread(Copy, 0, Mi),
     Big =
-      [{"pread 1MiB", "emmap copy", BigN, fun(O) -> {ok, _} = emmap:pread(Copy, O, Mi) end, BigOffs},
-       {"pread 1MiB", "emmap direct", BigN * 100, fun(O) -> {ok, _} = emmap:pread(Direct, O, Mi) end, BigOffs},
-       {"pread 1MiB", "file:pread raw", BigN, fun(O) -> {ok, _} = file:pread(Raw, O, Mi) end, BigOffs},
-       {"pread 1MiB", "floor: binary:copy 1MiB", BigN, fun(_) -> binary:copy(Mib) end, BigOffs}],
-    BigRows = interleaved(Big),
-    Scale = scaling(Copy, Direct, Bin40, Rand, N),
+      [{"pread 1MiB", "emmap copy", 2, fun(O) -> {ok, _} = emmap:pread(Copy, O, Mi) end, BigOffs},
+       {"pread 1MiB", "emmap direct", 200, fun(O) -> {ok, _} = emmap:pread(Direct, O, Mi) end, BigOffs},
+       {"pread 1MiB", "file:pread raw", 2, fun(O) -> {ok, _} = file:pread(Raw, O, Mi) end, BigOffs},
+       {"pread 1MiB", "floor: binary:copy 1MiB", 4, fun(_) -> binary:copy(Mib) end, BigOffs}],
+    BigRows = interleaved(Big, Rounds),
+    Scale = scaling(Copy, Direct, Bin40, Rand, case Quick of true -> 20000; false -> ?SCALE_OPS end),
     Resp = responsiveness(Copy, Quick),
-    Extra = extra_rows(Ctx, N),
+    Extra = extra_rows(Ctx, Rounds),
     emmap_bench_rows:cleanup(Ctx),
     SmallRows ++ BigRows ++ Scale ++ Resp ++ Extra.
 
+calls("file:" ++ _) -> ?FILE_CALLS;
+calls(_) -> ?CALLS.
+
 %% Rows from the queue and block-storage benches (each prints its own table too), after
 %% the two container rows of the performance targets, each next to its floor.
-extra_rows(Ctx, N) ->
-    Containers = [fresh(Op, Impl, N, fun() -> F(0) end)
-                  || {Op, Impl, F, _} <- emmap_bench_rows:containers(Ctx)],
+extra_rows(Ctx, Rounds) ->
+    Containers = fresh([{Op, Impl, 250, F, Offs}
+                        || {Op, Impl, F, Offs} <- emmap_bench_rows:containers(Ctx)], Rounds),
     Queue = [{"queue push+pop pair", Name, Ns, 1.0e9 / Ns} || {Name, Ns} <- emmap_queue_bench:run()],
     Blocks = [{"block storage 1531 B", atom_to_list(Op), Ns, 1.0e9 / Ns}
               || {Op, Ns} <- emmap_blocks_bench:run()],
     Containers ++ Queue ++ Blocks.
 
-%% Median ns per call of F() over the rounds, measured in a new process (this one's heap
-%% holds large tuples of offsets, which would slow down every garbage collection).
-fresh(Op, Impl, N, F) ->
+%% `interleaved/2' in a new process (this one's heap holds large tuples of offsets, which
+%% would slow down every garbage collection of rows that allocate).
+fresh(Rows, Rounds) ->
     Self = self(),
-    Pid = spawn_link(fun() ->
-                             _ = plain_loop(F, min(N, 10000)),
-                             Ts = [begin
-                                       T0 = erlang:monotonic_time(nanosecond),
-                                       plain_loop(F, N),
-                                       (erlang:monotonic_time(nanosecond) - T0) / N
-                                   end || _ <- lists:seq(1, ?ROUNDS)],
-                             Self ! {self(), median(Ts)}
-                     end),
-    Ns = receive {Pid, T} -> T end,
-    {Op, Impl, Ns, 1.0e9 / Ns}.
+    Pid = spawn_link(fun() -> Self ! {self(), interleaved(Rows, Rounds)} end),
+    receive {Pid, Result} -> Result end.
 
-plain_loop(_F, 0) -> ok;
-plain_loop(F, N) -> F(), plain_loop(F, N - 1).
-
-%% Each row `{Op, Impl, N, F, Offsets}' measured ?ROUNDS times, N calls a time, each
+%% Each row `{Op, Impl, N, F, Offsets}' measured in `Rounds' rounds of N calls, each
 %% round running every row once in a fresh random order (so a disturbance of the machine
-%% hits all rows alike, not the few that ran at that moment). Returns
-%% `{Op, Impl, MedianNs, OpsPerS, Rounds}', `Rounds' the ns of each round in round order,
-%% from which `targets/1' takes per-round ratios.
-interleaved(Rows) ->
+%% hits all rows alike, not the few that ran at that moment); a row walks on through its
+%% offsets from round to round. Returns `{Op, Impl, MedianNs, OpsPerS, Rounds}', `Rounds'
+%% the ns of each round in round order, from which `targets/1' takes per-round ratios.
+interleaved(Rows, Rounds) ->
     Keyed = lists:zip(lists:seq(1, length(Rows)), Rows),
-    [warm(F, Offs, min(N, 10000)) || {_, {_, _, N, F, Offs}} <- Keyed],
-    Runs = [maps:from_list([{K, time(F, Offs, N)} || {K, {_, _, N, F, Offs}} <- shuffle(Keyed)])
-            || _ <- lists:seq(1, ?ROUNDS)],
+    [warm(F, Offs, 5 * N) || {_, {_, _, N, F, Offs}} <- Keyed],
+    Runs = [maps:from_list([{K, time(F, Offs, N, (R * N) band (?NOFFS - 1))}
+                            || {K, {_, _, N, F, Offs}} <- shuffle(Keyed)])
+            || R <- lists:seq(1, Rounds)],
     [begin
          Ts = [maps:get(K, Run) || Run <- Runs],
          Ns = median(Ts),
@@ -121,9 +126,9 @@ interleaved(Rows) ->
 
 warm(F, Offs, N) -> emmap_bench_rows:loop(F, Offs, N, 0).
 
-time(F, Offs, N) ->
+time(F, Offs, N, I) ->
     T0 = erlang:monotonic_time(nanosecond),
-    emmap_bench_rows:loop(F, Offs, N, 0),
+    emmap_bench_rows:loop(F, Offs, N, I),
     (erlang:monotonic_time(nanosecond) - T0) / N.
 
 shuffle(L) -> [X || {_, X} <- lists:sort([{rand:uniform(), X} || X <- L])].
