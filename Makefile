@@ -5,7 +5,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 DEB_PKGS := erlang-nox erlang-dev erlang-eunit erlang-dialyzer erlang-tools rebar3 erlang-proper elixir gcc make
 
-.PHONY: all deps compile demo docs test test-rust test-erlang lint dialyzer bench soak clean
+.PHONY: all deps compile demo docs test test-rust test-erlang lint dialyzer bench bench-floor bench-instructions soak clean
 
 all: compile
 
@@ -45,6 +45,8 @@ test-erlang:
 lint:
 	cargo fmt --check
 	cargo clippy --locked --quiet --all-targets -- -D warnings
+	cargo fmt --check --manifest-path $(FLOOR)/Cargo.toml
+	cargo clippy --locked --quiet --manifest-path $(FLOOR)/Cargo.toml --target-dir target -- -D warnings
 	$(REBAR) dialyzer
 
 ## docs: HTML documentation of every module in doc/ (open doc/index.html); fails on any
@@ -63,10 +65,24 @@ docs: deps
 soak: deps
 	EMMAP_SOAK=1 $(REBAR) eunit --module=emmap_statem_tests,emmap_fuzz_tests,emmap_os_tests
 
-## bench: ns/op table (emmap vs file, atomics, counters, ets ...); `make bench ARGS=quick` for a short run
-bench: deps
+## bench: ns/op table (emmap vs file, atomics, counters, ets ...), then the performance
+## targets: each row's ratio to its reference row and its distance to its floor, all
+## measured in the same run; `make bench ARGS=quick` for a short run
+bench: deps bench-floor
 	$(REBAR) as test compile
 	escript test/bench/bench.escript $(ARGS)
+
+## bench-instructions: instructions per call of the same rows under valgrind's callgrind
+## (exact, unlike wall time on a shared machine); see test/bench/instructions.sh
+bench-instructions: deps bench-floor
+	$(REBAR) as test compile
+	test/bench/instructions.sh $(ARGS)
+
+# The empty NIFs of the bench's floors: a crate of its own under test/bench/floor, built
+# into target/ here only; never part of the emmap library or its package.
+FLOOR := test/bench/floor
+bench-floor:
+	cargo build --locked --quiet --release --manifest-path $(FLOOR)/Cargo.toml --target-dir target
 
 clean:
 	$(REBAR) clean

@@ -4,11 +4,26 @@
 %%
 %% emmap benchmark: ns/op (median of rounds) and ops/s, with the Erlang-native alternative
 %% measured in the same run. Run it with `make bench` (which builds first).
-%% Writes the table to stdout and as CSV to test/bench/results.csv.
+%%
+%% The machine is shared: another process may take the core away for milliseconds at any
+%% moment, and a timed stretch that is interrupted measures the interruption. So rows are
+%% timed in short stretches (a round of a per-call row is ?CALLS calls, a fraction of a
+%% millisecond), in many rounds, each round running every row of a group once in a fresh
+%% random order; a row's figure is the median over the rounds, a ratio the median of the
+%% per-round ratios. Most short stretches run uninterrupted, and the median ignores the
+%% rest.
+%% Writes the tables to stdout and as CSV to _build/bench/results.csv (every row) and
+%% _build/bench/targets.csv (the performance targets).
 -mode(compile).
 
--define(ROUNDS, 7).
--define(SMALL_OPS, 200000).
+%% Rounds of the interleaved groups (full run, `quick' run); calls per round of a
+%% per-call row (the `file:' rows, system calls, do ?FILE_CALLS).
+-define(ROUNDS, 1001).
+-define(QUICK_ROUNDS, 101).
+-define(CALLS, 2000).
+-define(FILE_CALLS, 50).
+%% Calls per process in the scaling rows.
+-define(SCALE_OPS, 200000).
 -define(FILE_SIZE, 64 * 1024 * 1024).
 -define(NOFFS, 65536).
 
@@ -17,177 +32,108 @@ main(Args) ->
     [code:add_patha(filename:join([Top, "_build", P, "lib", "emmap", D]))
      || P <- ["default", "test"], D <- ["ebin", "test"]],
     {module, emmap} = code:ensure_loaded(emmap),
+    case os:getenv("EMMAP_BENCH_FLOOR") of
+        false -> os:putenv("EMMAP_BENCH_FLOOR",
+                           filename:join([Top, "target", "release", "libemmap_bench_floor"]));
+        _ -> ok
+    end,
     load_benches(Top),
     Quick = lists:member("quick", Args),
+    {_, Load0} = uptime(),
     Rows = run(Quick),
     print(Rows),
-    Csv = filename:join([Top, "test", "bench", "results.csv"]),
+    Targets = targets(Rows),
+    print_targets(Targets, Load0),
+    Out = filename:join([Top, "_build", "bench"]),
+    ok = filelib:ensure_dir(filename:join(Out, "x")),
+    Csv = filename:join(Out, "results.csv"),
     ok = file:write_file(Csv, csv(Rows)),
-    io:format("~nCSV written to ~s~n", [Csv]).
+    TCsv = filename:join(Out, "targets.csv"),
+    ok = file:write_file(TCsv, targets_csv(Targets)),
+    io:format("~nCSV written to ~s and ~s~n", [Csv, TCsv]).
 
 %% The bench modules next to this script are no test modules (the EUnit run does not
-%% compile or collect them): they are compiled and loaded here.
+%% compile or collect them): they are compiled and loaded here. `emmap_bench_floor' loads
+%% the bench-only NIF library of the floors, which `make bench' builds (test/bench/floor).
 load_benches(Top) ->
     [begin
          Src = filename:join([Top, "test", "bench", atom_to_list(M) ++ ".erl"]),
          {ok, M, Bin} = compile:file(Src, [binary, report, warnings_as_errors, debug_info]),
          {module, M} = code:load_binary(M, Src, Bin)
-     end || M <- [emmap_queue_bench, emmap_blocks_bench]],
+     end || M <- [emmap_queue_bench, emmap_blocks_bench, emmap_bench_floor, emmap_bench_rows]],
     ok.
 
 %%% ------------------------------------------------------------------ running
 
 run(Quick) ->
-    Dir = "/tmp/emmap_bench_" ++ os:getpid(),
-    ok = filelib:ensure_dir(Dir ++ "/"),
-    Path = filename:join(Dir, "data"),
-    ok = file:write_file(Path, <<>>),
-    {ok, Fd0} = file:open(Path, [raw, binary, write]),
-    ok = file:pwrite(Fd0, ?FILE_SIZE - 1, <<0>>),
-    ok = file:close(Fd0),
-    {ok, Copy} = emmap:open(Path, [read, write, shared]),
-    {ok, Direct} = emmap:open(Path, [read, write, shared, direct]),
-    {ok, CopyNL} = emmap:open(Path, [read, write, shared, nolock]),
-    {ok, Raw} = file:open(Path, [raw, binary, read, write]),
-    %% touch every page once so page faults do not pollute the first round
-    [ok = emmap:pwrite(Copy, P, <<1>>) || P <- lists:seq(0, ?FILE_SIZE - 1, 4096)],
-    Hot = offsets(4096 - 40),
-    Rand = offsets(?FILE_SIZE - 40),
-    Slot = rand_slots(),
+    Rounds = case Quick of true -> ?QUICK_ROUNDS; false -> ?ROUNDS end,
+    Ctx = emmap_bench_rows:setup(),
+    #{copy := Copy, direct := Direct, raw := Raw, rand := Rand} = Ctx,
     Bin40 = binary:copy(<<"x">>, 40),
-    N = case Quick of true -> 20000; false -> ?SMALL_OPS end,
-    RawN = N,                       % raw file calls are small ops too: same count
-    Counters = emmap:open_counters(filename:join(Dir, "counters"), 4),
-    Atomics = atomics:new(1, []),
-    Ctrs = counters:new(1, [write_concurrency]),
-    Ets = ets:new(bench, [public, set, {write_concurrency, true}]),
-    true = ets:insert(Ets, {k, 0}),
-    Small =
-      [{"pread 40B hot page", "emmap copy", N, fun(O) -> {ok, _} = emmap:pread(Copy, O, 40) end, Hot},
-       {"pread 40B hot page", "emmap copy nolock", N, fun(O) -> {ok, _} = emmap:pread(CopyNL, O, 40) end, Hot},
-       {"pread 40B hot page", "emmap direct", N, fun(O) -> {ok, _} = emmap:pread(Direct, O, 40) end, Hot},
-       {"pread 40B hot page", "file:pread raw", RawN, fun(O) -> {ok, _} = file:pread(Raw, O, 40) end, Hot},
-       {"pread 40B random 64MiB", "emmap copy", N, fun(O) -> {ok, _} = emmap:pread(Copy, O, 40) end, Rand},
-       {"pread 40B random 64MiB", "emmap direct", N, fun(O) -> {ok, _} = emmap:pread(Direct, O, 40) end, Rand},
-       {"pread 40B random 64MiB", "file:pread raw", RawN, fun(O) -> {ok, _} = file:pread(Raw, O, 40) end, Rand},
-       {"pwrite 40B hot page", "emmap", N, fun(O) -> ok = emmap:pwrite(Copy, O, Bin40) end, Hot},
-       {"pwrite 40B hot page", "emmap nolock", N, fun(O) -> ok = emmap:pwrite(CopyNL, O, Bin40) end, Hot},
-       {"pwrite 40B hot page", "file:pwrite raw", RawN, fun(O) -> ok = file:pwrite(Raw, O, Bin40) end, Hot},
-       {"pwrite 40B random 64MiB", "emmap", N, fun(O) -> ok = emmap:pwrite(Copy, O, Bin40) end, Rand},
-       {"pwrite 40B random 64MiB", "file:pwrite raw", RawN, fun(O) -> ok = file:pwrite(Raw, O, Bin40) end, Rand},
-       {"atomic add", "emmap:patomic add", N, fun(_) -> {ok, _} = emmap:patomic(Copy, 64, add, 1) end, Slot},
-       {"atomic add", "emmap:patomic add nolock", N, fun(_) -> {ok, _} = emmap:patomic(CopyNL, 64, add, 1) end, Slot},
-       {"atomic add", "emmap:inc_counter", N, fun(_) -> emmap:inc_counter(Counters, 0) end, Slot},
-       {"atomic add", "atomics:add_get", N, fun(_) -> atomics:add_get(Atomics, 1, 1) end, Slot},
-       {"atomic add", "counters:add+get", N, fun(_) -> counters:add(Ctrs, 1, 1), counters:get(Ctrs, 1) end, Slot},
-       {"atomic add", "ets:update_counter", N, fun(_) -> ets:update_counter(Ets, k, 1) end, Slot},
-       {"loop overhead", "empty fun", N, fun(_) -> ok end, Slot}],
-    SmallRows = [measure(Op, Impl, Ops, F, Offs) || {Op, Impl, Ops, F, Offs} <- Small],
-    BigN = case Quick of true -> 50; false -> 300 end,
+    SmallRows = interleaved([{Op, Impl, calls(Impl), F, Offs}
+                             || {Op, Impl, F, Offs} <- emmap_bench_rows:rows(Ctx)], Rounds),
     Mi = 1024 * 1024,
     BigOffs = list_to_tuple([rand:uniform(63) * Mi || _ <- lists:seq(1, ?NOFFS)]),
+    {ok, Mib} = emmap:pread(Copy, 0, Mi),
     Big =
-      [{"pread 1MiB", "emmap copy", BigN, fun(O) -> {ok, _} = emmap:pread(Copy, O, Mi) end, BigOffs},
-       {"pread 1MiB", "emmap direct", BigN * 100, fun(O) -> {ok, _} = emmap:pread(Direct, O, Mi) end, BigOffs},
-       {"pread 1MiB", "file:pread raw", BigN, fun(O) -> {ok, _} = file:pread(Raw, O, Mi) end, BigOffs}],
-    BigRows = [measure(Op, Impl, Ops, F, Offs) || {Op, Impl, Ops, F, Offs} <- Big],
-    Scale = scaling(Copy, Direct, Bin40, Rand, N),
+      [{"pread 1MiB", "emmap copy", 2, fun(O) -> {ok, _} = emmap:pread(Copy, O, Mi) end, BigOffs},
+       {"pread 1MiB", "emmap direct", 200, fun(O) -> {ok, _} = emmap:pread(Direct, O, Mi) end, BigOffs},
+       {"pread 1MiB", "file:pread raw", 2, fun(O) -> {ok, _} = file:pread(Raw, O, Mi) end, BigOffs},
+       {"pread 1MiB", "floor: binary:copy 1MiB", 4, fun(_) -> binary:copy(Mib) end, BigOffs}],
+    BigRows = interleaved(Big, Rounds),
+    Scale = scaling(Copy, Direct, Bin40, Rand, case Quick of true -> 20000; false -> ?SCALE_OPS end),
     Resp = responsiveness(Copy, Quick),
-    Extra = extra_rows(N),
-    emmap:close(Copy), emmap:close(Direct), emmap:close(CopyNL), file:close(Raw),
-    emmap:close_counters(Counters),
-    _ = os:cmd("rm -rf " ++ Dir),
+    Extra = extra_rows(Ctx, Rounds),
+    emmap_bench_rows:cleanup(Ctx),
     SmallRows ++ BigRows ++ Scale ++ Resp ++ Extra.
+
+calls("file:" ++ _) -> ?FILE_CALLS;
+calls(_) -> ?CALLS.
 
 %% Rows from the queue and block-storage benches (each prints its own table too), after
 %% the two container rows of the performance targets, each next to its floor.
-extra_rows(N) ->
-    Containers = container_rows(N),
+extra_rows(Ctx, Rounds) ->
+    Containers = fresh([{Op, Impl, 250, F, Offs}
+                        || {Op, Impl, F, Offs} <- emmap_bench_rows:containers(Ctx)], Rounds),
     Queue = [{"queue push+pop pair", Name, Ns, 1.0e9 / Ns} || {Name, Ns} <- emmap_queue_bench:run()],
     Blocks = [{"block storage 1531 B", atom_to_list(Op), Ns, 1.0e9 / Ns}
               || {Op, Ns} <- emmap_blocks_bench:run()],
     Containers ++ Queue ++ Blocks.
 
-%% Queue push + pop of a 100-byte term and block store + read + free of 1531 bytes, hot
-%% (the queue holds at most one message, the block goes back to the same slot), each in a
-%% fresh process with a plain loop, next to a floor measured the same way in the same run:
-%% for the queue, the term_to_binary a push needs and two NIF calls; for blocks, a pwrite
-%% and a pread of 1531 bytes and an atomic read: the same three calls and copies without
-%% bookkeeping or checksums.
-container_rows(N) ->
-    Dir = "/tmp/emmap_bench_c_" ++ os:getpid(),
-    ok = filelib:ensure_dir(Dir ++ "/"),
-    {ok, Q} = emmap_queue:open(filename:join(Dir, "q"), 65536, []),
-    {ok, M} = emmap:open(filename:join(Dir, "b"), 0, 1, [create, read, write, shared]),
-    ok = emmap_blocks:init_block_storage(M, 1531),
-    {ok, F} = emmap:open(filename:join(Dir, "f"), 0, 1 bsl 20, [create, read, write, shared]),
-    Term = {msg, 12345, binary:copy(<<"p">>, 80)},
-    Bin = binary:copy(<<"b">>, 1531),
-    Rows =
-      [fresh("queue push+pop 100 B", "emmap_queue push+pop_and_purge", N,
-             fun() -> ok = emmap_queue:push(Q, Term), Term = emmap_queue:pop_and_purge(Q) end),
-       fresh("queue push+pop 100 B", "floor: term_to_binary+2 NIFs", N,
-             fun() ->
-                     <<_/binary>> = term_to_binary(Term, [{compressed, 0}, {minor_version, 2}]),
-                     {ok, _} = emmap:patomic_read_integer(F, 0),
-                     {ok, _} = emmap:patomic_read_integer(F, 0)
-             end),
-       fresh("blocks store+read+free 1531 B", "emmap_blocks", N,
-             fun() ->
-                     A = emmap_blocks:store_block(M, Bin),
-                     <<_/binary>> = emmap_blocks:read_block(M, A),
-                     true = emmap_blocks:free_block(M, A)
-             end),
-       fresh("blocks store+read+free 1531 B", "floor: pwrite+pread+patomic", N,
-             fun() ->
-                     ok = emmap:pwrite(F, 4096, Bin),
-                     {ok, _} = emmap:pread(F, 4096, 1531),
-                     {ok, _} = emmap:patomic_read_integer(F, 0)
-             end)],
-    ok = emmap_queue:close(Q), ok = emmap:close(M), ok = emmap:close(F),
-    _ = os:cmd("rm -rf " ++ Dir),
-    Rows.
-
-%% Median ns per call of F() over the rounds, measured in a new process (this one's heap
-%% holds large tuples of offsets, which would slow down every garbage collection).
-fresh(Op, Impl, N, F) ->
+%% `interleaved/2' in a new process (this one's heap holds large tuples of offsets, which
+%% would slow down every garbage collection of rows that allocate).
+fresh(Rows, Rounds) ->
     Self = self(),
-    Pid = spawn_link(fun() ->
-                             _ = plain_loop(F, min(N, 10000)),
-                             Ts = [begin
-                                       T0 = erlang:monotonic_time(nanosecond),
-                                       plain_loop(F, N),
-                                       (erlang:monotonic_time(nanosecond) - T0) / N
-                                   end || _ <- lists:seq(1, ?ROUNDS)],
-                             Self ! {self(), median(Ts)}
-                     end),
-    Ns = receive {Pid, T} -> T end,
-    {Op, Impl, Ns, 1.0e9 / Ns}.
+    Pid = spawn_link(fun() -> Self ! {self(), interleaved(Rows, Rounds)} end),
+    receive {Pid, Result} -> Result end.
 
-plain_loop(_F, 0) -> ok;
-plain_loop(F, N) -> F(), plain_loop(F, N - 1).
+%% Each row `{Op, Impl, N, F, Offsets}' measured in `Rounds' rounds of N calls, each
+%% round running every row once in a fresh random order (so a disturbance of the machine
+%% hits all rows alike, not the few that ran at that moment); a row walks on through its
+%% offsets from round to round. Returns `{Op, Impl, MedianNs, OpsPerS, Rounds}', `Rounds'
+%% the ns of each round in round order, from which `targets/1' takes per-round ratios.
+interleaved(Rows, Rounds) ->
+    Keyed = lists:zip(lists:seq(1, length(Rows)), Rows),
+    [warm(F, Offs, 5 * N) || {_, {_, _, N, F, Offs}} <- Keyed],
+    Runs = [maps:from_list([{K, time(F, Offs, N, (R * N) band (?NOFFS - 1))}
+                            || {K, {_, _, N, F, Offs}} <- shuffle(Keyed)])
+            || R <- lists:seq(1, Rounds)],
+    [begin
+         Ts = [maps:get(K, Run) || Run <- Runs],
+         Ns = median(Ts),
+         {Op, Impl, Ns, 1.0e9 / Ns, Ts}
+     end || {K, {Op, Impl, _, _, _}} <- Keyed].
 
-offsets(Max) ->
-    list_to_tuple([rand:uniform(Max + 1) - 1 || _ <- lists:seq(1, ?NOFFS)]).
+warm(F, Offs, N) -> emmap_bench_rows:loop(F, Offs, N, 0).
 
-rand_slots() ->
-    list_to_tuple(lists:duplicate(?NOFFS, 0)).
+time(F, Offs, N, I) ->
+    T0 = erlang:monotonic_time(nanosecond),
+    emmap_bench_rows:loop(F, Offs, N, I),
+    (erlang:monotonic_time(nanosecond) - T0) / N.
 
-%% Median ns/op over the rounds.
-measure(Op, Impl, N, F, Offs) ->
-    _ = loop(F, Offs, min(N, 10000), 0),
-    Ts = [begin
-              T0 = erlang:monotonic_time(nanosecond),
-              loop(F, Offs, N, 0),
-              (erlang:monotonic_time(nanosecond) - T0) / N
-          end || _ <- lists:seq(1, ?ROUNDS)],
-    Ns = median(Ts),
-    {Op, Impl, Ns, 1.0e9 / Ns}.
+shuffle(L) -> [X || {_, X} <- lists:sort([{rand:uniform(), X} || X <- L])].
 
-loop(_F, _Offs, 0, _I) -> ok;
-loop(F, Offs, N, I) ->
-    F(element(I + 1, Offs)),
-    loop(F, Offs, N - 1, (I + 1) band (?NOFFS - 1)).
+loop(F, Offs, N, I) -> emmap_bench_rows:loop(F, Offs, N, I).
 
 median(L) ->
     S = lists:sort(L),
@@ -250,18 +196,124 @@ big_reads(Copy) ->
     {ok, _} = emmap:pread(Copy, 0, ?FILE_SIZE),
     big_reads(Copy).
 
+%%% ------------------------------------------------------------------ targets
+
+target_defs() -> emmap_bench_rows:targets().
+
+%% `{Label, Ns, RefName, Ratio, TargetText, Met, FloorName, FloorNs}' per target whose
+%% rows ran.
+targets(Rows) ->
+    Find = fun(none) -> none;
+              ({Op, Impl}) ->
+                   case [R || R <- Rows, element(1, R) =:= Op, element(2, R) =:= Impl] of
+                       [R | _] -> R;
+                       [] -> none
+                   end
+           end,
+    [begin
+         Row = Find(RowKey),
+         Ref = Find(RefKey),
+         Floor = Find(FloorKey),
+         Ns = element(3, Row),
+         {Ratio, TText, Met} =
+             case Target of
+                 {ratio, Max} when Ref =/= none ->
+                     R = ratio(Row, Ref),
+                     {R, io_lib:format("<= ~.2fx", [Max]), R =< Max};
+                 {ns, Max} ->
+                     {none, io_lib:format("<= ~s", [fmt_ns(Max)]), Ns =< Max}
+             end,
+         {Label, Ns, ref_name(Ref), Ratio, lists:flatten(TText), Met,
+          ref_name(Floor), case Floor of none -> none; _ -> element(3, Floor) end}
+     end || {Label, RowKey, RefKey, Target, FloorKey} <- target_defs(),
+            Find(RowKey) =/= none].
+
+%% The median of the per-round ratios where both rows were measured round by round in
+%% the same rounds, else the ratio of the medians.
+ratio({_, _, _, _, Ts}, {_, _, _, _, Rs}) when length(Ts) =:= length(Rs) ->
+    median([T / R || {T, R} <- lists:zip(Ts, Rs)]);
+ratio(Row, Ref) ->
+    element(3, Row) / element(3, Ref).
+
+ref_name(none) -> "-";
+ref_name(R) -> element(2, R).
+
+fmt_ns(Ns) when Ns >= 1.0e6 -> io_lib:format("~.2f ms", [Ns / 1.0e6]);
+fmt_ns(Ns) when Ns >= 1.0e4 -> io_lib:format("~.1f us", [Ns / 1.0e3]);
+fmt_ns(Ns) -> io_lib:format("~.1f ns", [float(Ns)]).
+
+uptime() ->
+    case file:read_file("/proc/loadavg") of
+        {ok, B} -> {ok, hd(string:split(string:trim(B), " ", all)) };
+        _ -> {error, "?"}
+    end.
+
+print_targets(Targets, Load0) ->
+    {_, Load1} = uptime(),
+    io:format("~nPerformance targets: each row's ratio to its reference row and its floor, all "
+              "measured in this run~n(load average at start ~s, at end ~s; "
+              "every ns figure includes the bench loop, see `loop overhead')~n~n",
+              [Load0, Load1]),
+    Head = ["target", "ns/op", "reference", "ratio", "target", "met", "floor", "floor ns",
+            "over floor"],
+    Body = [[Label, fmt_ns(Ns), Ref, fmt_ratio(Ratio), TText, yes_no(Met), Floor,
+             case FNs of none -> "-"; _ -> fmt_ns(FNs) end,
+             case FNs of none -> "-"; _ -> fmt_over(Ns, FNs) end]
+            || {Label, Ns, Ref, Ratio, TText, Met, Floor, FNs} <- Targets],
+    table(Head, Body, [left, right, left, right, left, left, left, right, right]),
+    Met = length([x || {_, _, _, _, _, true, _, _} <- Targets]),
+    io:format("~nmet: ~b of ~b~n", [Met, length(Targets)]).
+
+%% Prints rows of strings in columns as wide as their widest cell (never cut).
+table(Head, Body, Align) ->
+    Cells = [[lists:flatten(C) || C <- Row] || Row <- [Head | Body]],
+    Widths = lists:foldl(fun(Row, Ws) -> [max(W, string:length(C)) || {W, C} <- lists:zip(Ws, Row)] end,
+                         [0 || _ <- Head], Cells),
+    Line = fun(Row) ->
+                   Padded = [case A of
+                                 left -> string:pad(C, W, trailing);
+                                 right -> string:pad(C, W, leading)
+                             end || {C, W, A} <- lists:zip3(Row, Widths, Align)],
+                   io:format("~ts~n", [string:trim(lists:join("  ", Padded), trailing)])
+           end,
+    [H | B] = Cells,
+    Line(H),
+    io:format("~s~n", [lists:duplicate(lists:sum(Widths) + 2 * (length(Widths) - 1), $-)]),
+    lists:foreach(Line, B).
+
+fmt_ratio(none) -> "-";
+fmt_ratio(R) -> io_lib:format("~.2f", [R]).
+
+%% How far a row is above its floor, in ns (the floor's figure includes the loop too).
+fmt_over(Ns, FNs) when Ns >= FNs -> io_lib:format("+~s", [fmt_ns(Ns - FNs)]);
+fmt_over(Ns, FNs) -> io_lib:format("-~s", [fmt_ns(FNs - Ns)]).
+
+yes_no(true) -> "yes";
+yes_no(false) -> "NO".
+
+targets_csv(Targets) ->
+    ["target,ns_per_op,reference,ratio,target_limit,met,floor,floor_ns\n" |
+     [io_lib:format("~s,~.1f,~s,~s,~s,~s,~s,~s~n",
+                    [Label, float(Ns), Ref, fmt_ratio(Ratio), TText, yes_no(Met), Floor,
+                     case FNs of none -> "-"; _ -> io_lib:format("~.1f", [float(FNs)]) end])
+      || {Label, Ns, Ref, Ratio, TText, Met, Floor, FNs} <- Targets]].
+
 %%% ------------------------------------------------------------------ output
 
 print(Rows) ->
-    io:format("~n~-40s ~-28s ~12s ~14s~n", ["operation", "implementation", "ns/op", "ops/s"]),
-    io:format("~s~n", [lists:duplicate(97, $-)]),
-    [io:format("~-40s ~-28s ~12.1f ~14s~n", [Op, Impl, float(Ns), fmt_rate(Rate)])
-     || {Op, Impl, Ns, Rate} <- Rows],
-    ok.
+    io:format("~n"),
+    table(["operation", "implementation", "ns/op", "ops/s"],
+          [[Op, Impl, io_lib:format("~.1f", [float(Ns)]), fmt_rate(Rate)]
+           || {Op, Impl, Ns, Rate} <- [row4(R) || R <- Rows]],
+          [left, left, right, right]).
 
 fmt_rate(R) when R == 0 -> "-";
 fmt_rate(R) -> integer_to_list(round(R)).
 
 csv(Rows) ->
     ["operation,implementation,ns_per_op,ops_per_s\n" |
-     [io_lib:format("~s,~s,~.1f,~w~n", [Op, Impl, float(Ns), round(Rate)]) || {Op, Impl, Ns, Rate} <- Rows]].
+     [io_lib:format("~s,~s,~.1f,~w~n", [Op, Impl, float(Ns), round(Rate)])
+      || {Op, Impl, Ns, Rate} <- [row4(R) || R <- Rows]]].
+
+row4({Op, Impl, Ns, Rate, _Rounds}) -> {Op, Impl, Ns, Rate};
+row4(R) -> R.
