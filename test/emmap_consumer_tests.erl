@@ -1,13 +1,14 @@
 %%% emmap as a dependency, the way users take it:
-%%%  - a rebar3 project (test/consumers/rebar3) gets it through _checkouts: the README's
-%%%    commands run as written: the project's own EUnit tests, `rebar3 release', and the
-%%%    release started, used and stopped;
+%%%  - a rebar3 project (test/consumers/rebar3) gets it through _checkouts: the commands
+%%%    CONTRIBUTING.md gives run as written: the project's own EUnit tests,
+%%%    `rebar3 release', and the release started, used and stopped; README's rebar3
+%%%    dependency forms are the fixture's;
 %%%  - a package made of the files the .app.src lists, without the built library (what a
 %%%    git dependency holds), builds the NIF from scratch as a dependency, and
 %%%    `r3:compile()' in `rebar3 shell' after an edit of emmap's source reloads emmap with
 %%%    handles open;
 %%%  - an Elixir project (test/consumers/elixir) gets it as a mix path dependency built by
-%%%    rebar3: the README's commands run `mix test' (whose first test is the README's
+%%%    rebar3: CONTRIBUTING.md's commands run `mix test' (whose first test is the README's
 %%%    Elixir example), and in `iex -S mix' the reloads IEx offers keep emmap working;
 %%%  - in all of these, `h(emmap, open)' (IEx: `h :emmap.open') shows the documentation;
 %%%  - a package that also holds the library built from its sources installs, from rebar3
@@ -50,24 +51,26 @@ contains(Bin, Part) ->
 no_ansi(Bin) ->
     iolist_to_binary(re:replace(Bin, "\e\\[[0-9;]*m", "", [global])).
 
-%% The README's lines, with the one temporary directory they name replaced by ours.
-readme_sh(Heading, FromTmp, ToTmp) ->
-    Text = emmap_readme:block(Heading, "sh"),
+%% CONTRIBUTING.md's lines under `Heading', with the one temporary directory they name
+%% replaced by ours.
+contributing_sh(Heading, FromTmp, ToTmp) ->
+    Text = emmap_readme:block(emmap_readme:read("CONTRIBUTING.md"), Heading, "sh"),
     ?assertNotEqual(nomatch, string:find(Text, FromTmp)),
     "set -e\n" ++ string:replace(Text, FromTmp, ToTmp, all).
 
 %%%===========================================================================
-%%% rebar3: the README's commands
+%%% rebar3: the example project's commands
 %%%===========================================================================
 
--define(REBAR3_HEADING, "## Using emmap from a rebar3 project").
+-define(REBAR3_HEADING, "### The example rebar3 project").
+-define(README_REBAR3, "### rebar3").
 
 rebar3_readme_commands_test_() ->
     {timeout, 600, fun() ->
         D = tmp_dir("consumer"),
         Proj = filename:join(D, "emmap_consumer"),
         Rel = filename:join(Proj, "_build/default/rel/emmap_consumer"),
-        Script = readme_sh(?REBAR3_HEADING, "/tmp/emmap_consumer", Proj),
+        Script = contributing_sh(?REBAR3_HEADING, "/tmp/emmap_consumer", Proj),
         %% the release's node gets a name of its own (the script reads VMARGS_PATH), so
         %% that two test runs on one machine do not meet
         VmArgs = filename:join(D, "vm.args"),
@@ -109,12 +112,17 @@ modules() ->
     {ok, Ms} = application:get_key(emmap, modules),
     Ms.
 
-%% The README shows the fixture's own rebar.config line.
+%% The README shows the fixture's own rebar.config line, and the `applications' entry its
+%% .app.src has (without which the release would leave emmap out).
 rebar3_readme_shows_the_fixture_config_test() ->
     {ok, Config} = file:consult(filename:join(root(), "test/consumers/rebar3/rebar.config")),
     ?assertEqual([emmap], proplists:get_value(deps, Config)),
-    Erl = emmap_readme:block(?REBAR3_HEADING, "erlang"),
-    ?assertNotEqual(nomatch, string:find(Erl, "{deps, [emmap]}.")).
+    Erl = emmap_readme:blocks(emmap_readme:section(?README_REBAR3), "erlang"),
+    ?assert(lists:member("{deps, [emmap]}.\n", Erl)),
+    ?assert(lists:member("{applications, [kernel, stdlib, emmap]}\n", Erl)),
+    {ok, [{application, _, App}]} =
+        file:consult(filename:join(root(), "test/consumers/rebar3/src/emmap_consumer.app.src")),
+    ?assertEqual([kernel, stdlib, emmap], proplists:get_value(applications, App)).
 
 %%%===========================================================================
 %%% rebar3: the package builds; r3:compile() in rebar3 shell reloads emmap
@@ -243,10 +251,10 @@ until(Port, Prompt, Acc) ->
     end.
 
 %%%===========================================================================
-%%% mix: the README's commands; reloads in IEx
+%%% mix: the example project's commands; reloads in IEx
 %%%===========================================================================
 
--define(MIX_HEADING, "## Using emmap from Elixir (mix)").
+-define(MIX_HEADING, "### The example mix project").
 
 with_mix(Fun) ->
     case os:find_executable("mix") of
@@ -274,7 +282,7 @@ mix_readme_commands_test_() ->
     with_mix(fun() ->
         D = tmp_dir("consumer"),
         Proj = filename:join(D, "emmap_consumer_ex"),
-        Script = readme_sh(?MIX_HEADING, "/tmp/emmap_consumer_ex", Proj),
+        Script = contributing_sh(?MIX_HEADING, "/tmp/emmap_consumer_ex", Proj),
         try
             {S, Out} = mix_test(Script, root(), mix_env(D)),
             ?assertEqual({0, true}, {S, contains(Out, "4 tests, 0 failures")})
@@ -283,11 +291,11 @@ mix_readme_commands_test_() ->
         end
     end).
 
-%% The README's Elixir example is, line for line, the fixture's first test; its mix.exs
-%% line is the fixture's (with the fixture's default path).
+%% The README's Elixir example (in the quick start) is, line for line, the fixture's first
+%% test; its mix.exs path dependency is the fixture's (with the fixture's default path).
 mix_readme_shows_the_fixture_test() ->
-    Section = emmap_readme:section(?MIX_HEADING),
-    [Dep, Example] = emmap_readme:blocks(Section, "elixir"),
+    [_Git, Dep] = emmap_readme:blocks(emmap_readme:section("### mix"), "elixir"),
+    [Example] = emmap_readme:blocks(emmap_readme:section("## Quick start"), "elixir"),
     {ok, Test} = file:read_file(filename:join(root(), "test/consumers/elixir/test/emmap_consumer_test.exs")),
     Trimmed = [string:trim(L) || L <- string:split(Example, "\n", all), string:trim(L) =/= ""],
     TestLines = [string:trim(L) || L <- string:split(binary_to_list(Test), "\n", all)],

@@ -262,7 +262,7 @@ users_guide(Dir) ->
 
 %% Our own README's version of the counters example (with `io:format') runs as written too.
 readme_counters_example_test() ->
-    Example = emmap_readme:block("### Persistent counters", "erlang"),
+    Example = emmap_readme:block("## Persistent counters", "erlang"),
     ?assertNotEqual(nomatch, string:find(Example, "emmap:open_counters(\"/tmp/mem.bin\", 2)")),
     emmap_test_lib:with_lock(?LOCK, fun() ->
         _ = file:delete("/tmp/mem.bin"),
