@@ -10,6 +10,7 @@
 %%%  - an Elixir project (test/consumers/elixir) gets it as a mix path dependency built by
 %%%    rebar3: CONTRIBUTING.md's commands run `mix test' (whose first test is the README's
 %%%    Elixir example), and in `iex -S mix' the reloads IEx offers keep emmap working;
+%%%  - README's git dependency lines work in projects made by `rebar3 new app' and `mix new';
 %%%  - in all of these, `h(emmap, open)' (IEx: `h :emmap.open') shows the documentation;
 %%%  - a package that also holds the library built from its sources installs, from rebar3
 %%%    and from mix, where there is no Rust at all, and refuses a library built from other
@@ -428,6 +429,85 @@ prebuilt_library_needs_no_rust_test_() ->
             rm_rf(D)
         end
     end}.
+
+%% README's git dependency lines, as written but for the URL, in projects made fresh by
+%% `rebar3 new app' and `mix new': emmap is fetched from a git repository holding the
+%% package (with the library built, so that no Rust is needed), the project builds, and a
+%% pread, a counter and the documentation work. The rebar3 project's .app.src gets the
+%% `applications' line README shows, and starting the project starts emmap; mix lists
+%% emmap among the project's applications by itself, as README says.
+readme_git_dependencies_work_test_() ->
+    {timeout, 900, fun() ->
+        D = tmp_dir("consumer"),
+        Repo = filename:join(D, "emmap"),
+        Url = "file://" ++ Repo,
+        Data = filename:join(D, "data.bin"),
+        Counters = filename:join(D, "counters.bin"),
+        try
+            ok = package(Repo, built),
+            {0, _} = sh("git init -q -b main && git add -A && "
+                        "git -c user.name=t -c user.email=t@example.com commit -q -m package",
+                        Repo, []),
+            Env = no_rust_env(D),
+            %% rebar3
+            [Deps, _Checkouts, Apps] = emmap_readme:blocks(emmap_readme:section(?README_REBAR3),
+                                                           "erlang"),
+            {0, _} = sh("rebar3 new app gitdep", D, Env),
+            Proj = filename:join(D, "gitdep"),
+            ok = edit(filename:join(Proj, "rebar.config"), "\\{deps, \\[\\]\\}\\.",
+                      string:replace(Deps, "\"URL\"", "\"" ++ Url ++ "\"")),
+            ok = edit(filename:join(Proj, "src/gitdep.app.src"), "\\{applications,[^}]*\\]\\}",
+                      string:trim(Apps)),
+            {S, Out} = sh("rebar3 compile", Proj, Env),
+            ?assertEqual({0, nomatch}, {S, binary:match(Out, <<"cargo">>)}),
+            Check = ["{ok, M} = emmap:open(\"", Data, "\", 0, 64, [create, read, write, shared]), "
+                     "{ok, <<0, 0>>} = file:pread(M, 0, 2), "
+                     "C = emmap:open_counters(\"", Counters, "\", 1), 0 = emmap:inc_counter(C, 0), "
+                     "{ok, {docs_v1, _, _, _, _, _, _}} = code:get_doc(emmap), "
+                     "{ok, Started} = application:ensure_all_started(gitdep), "
+                     "true = lists:member(emmap, Started), "
+                     "io:format(\"emmap works~n\"), halt()."],
+            {S1, Out1} = sh(lists:flatten(["erl -noshell -pa _build/default/lib/*/ebin -eval '",
+                                           Check, "'"]), Proj, Env),
+            ?assertEqual({0, <<"emmap works\n">>}, {S1, Out1}),
+            %% mix
+            case os:find_executable("mix") of
+                false ->
+                    no_mix("readme_git_dependencies_work");
+                _ ->
+                    [Git, _Path] = emmap_readme:blocks(emmap_readme:section("### mix"), "elixir"),
+                    ExEnv = [{"MIX_REBAR3", os:find_executable("rebar3")} | mix_env(D)] ++ Env,
+                    {0, _} = sh("mix new gitdep_ex", D, ExEnv),
+                    ExProj = filename:join(D, "gitdep_ex"),
+                    ok = edit(filename:join(ExProj, "mix.exs"),
+                              "defp deps do\\n    \\[.*?\\n    \\]",
+                              ["defp deps do\n    [\n      ",
+                               string:trim(string:replace(Git, "\"URL\"", "\"" ++ Url ++ "\"")),
+                               "\n    ]"]),
+                    ok = file:delete(Counters),
+                    ExCheck = ["{:ok, m} = :emmap.open(~c\"", Data, "\", 0, 64, [:create, :read, :write, :shared]); "
+                               "{:ok, <<0, 0>>} = :file.pread(m, 0, 2); "
+                               "c = :emmap.open_counters(~c\"", Counters, "\", 1); 0 = :emmap.inc_counter(c, 0); "
+                               "{:docs_v1, _, _, _, _, _, _} = Code.fetch_docs(:emmap); "
+                               "true = :emmap in Application.spec(:gitdep_ex, :applications); "
+                               "IO.puts(\"emmap works\")"],
+                    {S2, Out2} = sh(lists:flatten(["mix deps.get && mix compile && mix run -e '",
+                                                   ExCheck, "'"]), ExProj, ExEnv),
+                    ?assertEqual({0, true, nomatch},
+                                 {S2, contains(Out2, "\nemmap works\n"), binary:match(Out2, <<"cargo">>)})
+            end
+        after
+            rm_rf(D)
+        end
+    end}.
+
+%% Replaces the one match of the regular expression `Re' (dotall) in file `F' by `With'.
+edit(F, Re, With) ->
+    {ok, Old} = file:read_file(F),
+    {match, [_]} = re:run(Old, Re, [dotall, global]),
+    New = re:replace(Old, Re, iolist_to_binary(string:replace(With, "\\", "\\\\", all)),
+                     [dotall, {return, binary}]),
+    file:write_file(F, New).
 
 %% native/build.sh in a package with the library built, with a stand-in `cargo' that logs
 %% its arguments and fails: it is run exactly when something the library is made from, its
