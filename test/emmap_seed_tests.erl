@@ -167,6 +167,11 @@ demo() ->
     io:format("== Basic usage~n", []),
     Res = basic_usage(),
     io:format("file:pread(Mem, 100, 40) -> ~p~n", [Res]),
+    QuickStart = emmap_readme:block("## Quick start", "erlang"),
+    io:format("== README's quick start, as written~n~s~n", [QuickStart]),
+    emmap_test_lib:with_lock("quickstart", fun() ->
+        io:format("prints: ~s", [emmap_readme:eval_printing(QuickStart)])
+    end),
     ok.
 
 print_shells(Steps) ->
