@@ -1,14 +1,16 @@
 %%% emmap as a dependency, the way users take it:
-%%%  - a rebar3 project (test/consumers/rebar3) gets it through _checkouts: the README's
-%%%    commands run as written: the project's own EUnit tests, `rebar3 release', and the
-%%%    release started, used and stopped;
+%%%  - a rebar3 project (test/consumers/rebar3) gets it through _checkouts: the commands
+%%%    CONTRIBUTING.md gives run as written: the project's own EUnit tests,
+%%%    `rebar3 release', and the release started, used and stopped; README's rebar3
+%%%    dependency forms are the fixture's;
 %%%  - a package made of the files the .app.src lists, without the built library (what a
 %%%    git dependency holds), builds the NIF from scratch as a dependency, and
 %%%    `r3:compile()' in `rebar3 shell' after an edit of emmap's source reloads emmap with
 %%%    handles open;
 %%%  - an Elixir project (test/consumers/elixir) gets it as a mix path dependency built by
-%%%    rebar3: the README's commands run `mix test' (whose first test is the README's
+%%%    rebar3: CONTRIBUTING.md's commands run `mix test' (whose first test is the README's
 %%%    Elixir example), and in `iex -S mix' the reloads IEx offers keep emmap working;
+%%%  - README's git dependency lines work in projects made by `rebar3 new app' and `mix new';
 %%%  - in all of these, `h(emmap, open)' (IEx: `h :emmap.open') shows the documentation;
 %%%  - a package that also holds the library built from its sources installs, from rebar3
 %%%    and from mix, where there is no Rust at all, and refuses a library built from other
@@ -50,24 +52,26 @@ contains(Bin, Part) ->
 no_ansi(Bin) ->
     iolist_to_binary(re:replace(Bin, "\e\\[[0-9;]*m", "", [global])).
 
-%% The README's lines, with the one temporary directory they name replaced by ours.
-readme_sh(Heading, FromTmp, ToTmp) ->
-    Text = emmap_readme:block(Heading, "sh"),
+%% CONTRIBUTING.md's lines under `Heading', with the one temporary directory they name
+%% replaced by ours.
+contributing_sh(Heading, FromTmp, ToTmp) ->
+    Text = emmap_readme:block(emmap_readme:read("CONTRIBUTING.md"), Heading, "sh"),
     ?assertNotEqual(nomatch, string:find(Text, FromTmp)),
     "set -e\n" ++ string:replace(Text, FromTmp, ToTmp, all).
 
 %%%===========================================================================
-%%% rebar3: the README's commands
+%%% rebar3: the example project's commands
 %%%===========================================================================
 
--define(REBAR3_HEADING, "## Using emmap from a rebar3 project").
+-define(REBAR3_HEADING, "### The example rebar3 project").
+-define(README_REBAR3, "### rebar3").
 
 rebar3_readme_commands_test_() ->
     {timeout, 600, fun() ->
         D = tmp_dir("consumer"),
         Proj = filename:join(D, "emmap_consumer"),
         Rel = filename:join(Proj, "_build/default/rel/emmap_consumer"),
-        Script = readme_sh(?REBAR3_HEADING, "/tmp/emmap_consumer", Proj),
+        Script = contributing_sh(?REBAR3_HEADING, "/tmp/emmap_consumer", Proj),
         %% the release's node gets a name of its own (the script reads VMARGS_PATH), so
         %% that two test runs on one machine do not meet
         VmArgs = filename:join(D, "vm.args"),
@@ -109,12 +113,17 @@ modules() ->
     {ok, Ms} = application:get_key(emmap, modules),
     Ms.
 
-%% The README shows the fixture's own rebar.config line.
+%% The README shows the fixture's own rebar.config line, and the `applications' entry its
+%% .app.src has (without which the release would leave emmap out).
 rebar3_readme_shows_the_fixture_config_test() ->
     {ok, Config} = file:consult(filename:join(root(), "test/consumers/rebar3/rebar.config")),
     ?assertEqual([emmap], proplists:get_value(deps, Config)),
-    Erl = emmap_readme:block(?REBAR3_HEADING, "erlang"),
-    ?assertNotEqual(nomatch, string:find(Erl, "{deps, [emmap]}.")).
+    Erl = emmap_readme:blocks(emmap_readme:section(?README_REBAR3), "erlang"),
+    ?assert(lists:member("{deps, [emmap]}.\n", Erl)),
+    ?assert(lists:member("{applications, [kernel, stdlib, emmap]}\n", Erl)),
+    {ok, [{application, _, App}]} =
+        file:consult(filename:join(root(), "test/consumers/rebar3/src/emmap_consumer.app.src")),
+    ?assertEqual([kernel, stdlib, emmap], proplists:get_value(applications, App)).
 
 %%%===========================================================================
 %%% rebar3: the package builds; r3:compile() in rebar3 shell reloads emmap
@@ -243,10 +252,10 @@ until(Port, Prompt, Acc) ->
     end.
 
 %%%===========================================================================
-%%% mix: the README's commands; reloads in IEx
+%%% mix: the example project's commands; reloads in IEx
 %%%===========================================================================
 
--define(MIX_HEADING, "## Using emmap from Elixir (mix)").
+-define(MIX_HEADING, "### The example mix project").
 
 with_mix(Fun) ->
     case os:find_executable("mix") of
@@ -274,7 +283,7 @@ mix_readme_commands_test_() ->
     with_mix(fun() ->
         D = tmp_dir("consumer"),
         Proj = filename:join(D, "emmap_consumer_ex"),
-        Script = readme_sh(?MIX_HEADING, "/tmp/emmap_consumer_ex", Proj),
+        Script = contributing_sh(?MIX_HEADING, "/tmp/emmap_consumer_ex", Proj),
         try
             {S, Out} = mix_test(Script, root(), mix_env(D)),
             ?assertEqual({0, true}, {S, contains(Out, "4 tests, 0 failures")})
@@ -283,11 +292,11 @@ mix_readme_commands_test_() ->
         end
     end).
 
-%% The README's Elixir example is, line for line, the fixture's first test; its mix.exs
-%% line is the fixture's (with the fixture's default path).
+%% The README's Elixir example (in the quick start) is, line for line, the fixture's first
+%% test; its mix.exs path dependency is the fixture's (with the fixture's default path).
 mix_readme_shows_the_fixture_test() ->
-    Section = emmap_readme:section(?MIX_HEADING),
-    [Dep, Example] = emmap_readme:blocks(Section, "elixir"),
+    [_Git, Dep] = emmap_readme:blocks(emmap_readme:section("### mix"), "elixir"),
+    [Example] = emmap_readme:blocks(emmap_readme:section("## Quick start"), "elixir"),
     {ok, Test} = file:read_file(filename:join(root(), "test/consumers/elixir/test/emmap_consumer_test.exs")),
     Trimmed = [string:trim(L) || L <- string:split(Example, "\n", all), string:trim(L) =/= ""],
     TestLines = [string:trim(L) || L <- string:split(binary_to_list(Test), "\n", all)],
@@ -420,6 +429,85 @@ prebuilt_library_needs_no_rust_test_() ->
             rm_rf(D)
         end
     end}.
+
+%% README's git dependency lines, as written but for the URL, in projects made fresh by
+%% `rebar3 new app' and `mix new': emmap is fetched from a git repository holding the
+%% package (with the library built, so that no Rust is needed), the project builds, and a
+%% pread, a counter and the documentation work. The rebar3 project's .app.src gets the
+%% `applications' line README shows, and starting the project starts emmap; mix lists
+%% emmap among the project's applications by itself, as README says.
+readme_git_dependencies_work_test_() ->
+    {timeout, 900, fun() ->
+        D = tmp_dir("consumer"),
+        Repo = filename:join(D, "emmap"),
+        Url = "file://" ++ Repo,
+        Data = filename:join(D, "data.bin"),
+        Counters = filename:join(D, "counters.bin"),
+        try
+            ok = package(Repo, built),
+            {0, _} = sh("git init -q -b main && git add -A && "
+                        "git -c user.name=t -c user.email=t@example.com commit -q -m package",
+                        Repo, []),
+            Env = no_rust_env(D),
+            %% rebar3
+            [Deps, _Checkouts, Apps] = emmap_readme:blocks(emmap_readme:section(?README_REBAR3),
+                                                           "erlang"),
+            {0, _} = sh("rebar3 new app gitdep", D, Env),
+            Proj = filename:join(D, "gitdep"),
+            ok = edit(filename:join(Proj, "rebar.config"), "\\{deps, \\[\\]\\}\\.",
+                      string:replace(Deps, "\"URL\"", "\"" ++ Url ++ "\"")),
+            ok = edit(filename:join(Proj, "src/gitdep.app.src"), "\\{applications,[^}]*\\]\\}",
+                      string:trim(Apps)),
+            {S, Out} = sh("rebar3 compile", Proj, Env),
+            ?assertEqual({0, nomatch}, {S, binary:match(Out, <<"cargo">>)}),
+            Check = ["{ok, M} = emmap:open(\"", Data, "\", 0, 64, [create, read, write, shared]), "
+                     "{ok, <<0, 0>>} = file:pread(M, 0, 2), "
+                     "C = emmap:open_counters(\"", Counters, "\", 1), 0 = emmap:inc_counter(C, 0), "
+                     "{ok, {docs_v1, _, _, _, _, _, _}} = code:get_doc(emmap), "
+                     "{ok, Started} = application:ensure_all_started(gitdep), "
+                     "true = lists:member(emmap, Started), "
+                     "io:format(\"emmap works~n\"), halt()."],
+            {S1, Out1} = sh(lists:flatten(["erl -noshell -pa _build/default/lib/*/ebin -eval '",
+                                           Check, "'"]), Proj, Env),
+            ?assertEqual({0, <<"emmap works\n">>}, {S1, Out1}),
+            %% mix
+            case os:find_executable("mix") of
+                false ->
+                    no_mix("readme_git_dependencies_work");
+                _ ->
+                    [Git, _Path] = emmap_readme:blocks(emmap_readme:section("### mix"), "elixir"),
+                    ExEnv = [{"MIX_REBAR3", os:find_executable("rebar3")} | mix_env(D)] ++ Env,
+                    {0, _} = sh("mix new gitdep_ex", D, ExEnv),
+                    ExProj = filename:join(D, "gitdep_ex"),
+                    ok = edit(filename:join(ExProj, "mix.exs"),
+                              "defp deps do\\n    \\[.*?\\n    \\]",
+                              ["defp deps do\n    [\n      ",
+                               string:trim(string:replace(Git, "\"URL\"", "\"" ++ Url ++ "\"")),
+                               "\n    ]"]),
+                    ok = file:delete(Counters),
+                    ExCheck = ["{:ok, m} = :emmap.open(~c\"", Data, "\", 0, 64, [:create, :read, :write, :shared]); "
+                               "{:ok, <<0, 0>>} = :file.pread(m, 0, 2); "
+                               "c = :emmap.open_counters(~c\"", Counters, "\", 1); 0 = :emmap.inc_counter(c, 0); "
+                               "{:docs_v1, _, _, _, _, _, _} = Code.fetch_docs(:emmap); "
+                               "true = :emmap in Application.spec(:gitdep_ex, :applications); "
+                               "IO.puts(\"emmap works\")"],
+                    {S2, Out2} = sh(lists:flatten(["mix deps.get && mix compile && mix run -e '",
+                                                   ExCheck, "'"]), ExProj, ExEnv),
+                    ?assertEqual({0, true, nomatch},
+                                 {S2, contains(Out2, "\nemmap works\n"), binary:match(Out2, <<"cargo">>)})
+            end
+        after
+            rm_rf(D)
+        end
+    end}.
+
+%% Replaces the one match of the regular expression `Re' (dotall) in file `F' by `With'.
+edit(F, Re, With) ->
+    {ok, Old} = file:read_file(F),
+    {match, [_]} = re:run(Old, Re, [dotall, global]),
+    New = re:replace(Old, Re, iolist_to_binary(string:replace(With, "\\", "\\\\", all)),
+                     [dotall, {return, binary}]),
+    file:write_file(F, New).
 
 %% native/build.sh in a package with the library built, with a stand-in `cargo' that logs
 %% its arguments and fails: it is run exactly when something the library is made from, its

@@ -96,7 +96,7 @@ debug_output_goes_to_logger_not_stderr_test_() ->
         P = emmap_test_lib:tmp_path("debug"),
         Err = P ++ ".stderr",
         Ebin = filename:dirname(code:which(emmap)),
-        Readme = emmap_readme:block("## Debug output", "erlang"),
+        Readme = emmap_readme:block("### Debug output", "erlang"),
         Example = emmap_readme:replace_path(Readme, "/tmp/emmap_debug.bin", P),
         ?assertNotEqual(Readme, lists:flatten(Example)),
         [Exprs, _] = string:split(string:trim(Example), ".", trailing),

@@ -1,7 +1,7 @@
 %%% @doc `direct' binaries are mutable: they show the mapping's bytes as they are now. A
 %%% BIF that parses a binary may read it twice (to size its result, then to build it), so
-%%% parsing one while another process writes its bytes can crash the VM (README: "Shared
-%%% memory and mutable binaries"). This suite checks that emmap's own calls never do that
+%%% parsing one while another process writes its bytes can crash the VM (README: "Direct
+%%% binaries: shared, mutable memory"). This suite checks that emmap's own calls never do that
 %%% with a `direct' binary that other Erlang processes and another OS process rewrite all
 %%% the time: given as data to `pwrite'/`write', as a path to `open'/`open_counters', in
 %%% option lists, as queue messages and blocks, and read through `emmap_io' devices (which

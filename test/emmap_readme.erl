@@ -4,7 +4,7 @@
 -module(emmap_readme).
 
 -export([root/0, readme/0, read/1]).
--export([section/1, section/2, fenced/1, blocks/2, block/2, block/3]).
+-export([section/1, section/2, fenced/1, blocks/2, block/2, block/3, examples/2]).
 -export([eval/2, eval_printing/1, expected_print/1, replace_path/3]).
 
 %% The checkout's root (rebar3 runs tests from there, and `make demo' runs from there).
@@ -68,6 +68,27 @@ fenced(Text) ->
         {match, Bs} -> [{L, B} || [L, B] <- Bs];
         nomatch -> []
     end.
+
+%% Every fenced block of language `Lang' in the Markdown text `Doc', in order, each with
+%% the heading line it stands under: [{Heading, Body}].
+examples(Doc, Lang) ->
+    Lines = binary:split(Doc, <<"\n">>, [global]),
+    {_, _, Acc} = lists:foldl(
+        fun(L, {Heading, none, Acc}) ->
+                case L of
+                    <<"```", Tag/binary>> -> {Heading, {binary_to_list(Tag), []}, Acc};
+                    <<"#", _/binary>> -> {binary_to_list(L), none, Acc};
+                    _ -> {Heading, none, Acc}
+                end;
+           (<<"```">>, {Heading, {Tag, Body}, Acc}) when Tag =:= Lang ->
+                Text = unicode:characters_to_list([[B, $\n] || B <- lists:reverse(Body)]),
+                {Heading, none, [{Heading, Text} | Acc]};
+           (<<"```">>, {Heading, {_, _}, Acc}) ->
+                {Heading, none, Acc};
+           (L, {Heading, {Tag, Body}, Acc}) ->
+                {Heading, {Tag, [L | Body]}, Acc}
+        end, {"", none, []}, Lines),
+    lists:reverse(Acc).
 
 %% The one block of language `Lang' in the README's section `Heading'.
 block(Heading, Lang) ->

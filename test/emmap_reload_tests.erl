@@ -246,7 +246,7 @@ reload_emmap_io_keeps_devices_test_() ->
 %% The README's reload example runs as written (with its file in our directory).
 readme_example_test_() ->
     {timeout, 60, fun() ->
-        Text = emmap_readme:block("## Reloading code", "erlang"),
+        Text = emmap_readme:block("### Reloading code", "erlang"),
         with_path(fun(P) ->
             Example = emmap_readme:replace_path(Text, "/tmp/emmap_reload.bin", P),
             ?assertNotEqual(Text, Example),

@@ -167,6 +167,11 @@ demo() ->
     io:format("== Basic usage~n", []),
     Res = basic_usage(),
     io:format("file:pread(Mem, 100, 40) -> ~p~n", [Res]),
+    QuickStart = emmap_readme:block("## Quick start", "erlang"),
+    io:format("== README's quick start, as written~n~s~n", [QuickStart]),
+    emmap_test_lib:with_lock("quickstart", fun() ->
+        io:format("prints: ~s", [emmap_readme:eval_printing(QuickStart)])
+    end),
     ok.
 
 print_shells(Steps) ->
@@ -262,7 +267,7 @@ users_guide(Dir) ->
 
 %% Our own README's version of the counters example (with `io:format') runs as written too.
 readme_counters_example_test() ->
-    Example = emmap_readme:block("### Persistent counters", "erlang"),
+    Example = emmap_readme:block("## Persistent counters", "erlang"),
     ?assertNotEqual(nomatch, string:find(Example, "emmap:open_counters(\"/tmp/mem.bin\", 2)")),
     emmap_test_lib:with_lock(?LOCK, fun() ->
         _ = file:delete("/tmp/mem.bin"),

@@ -10,6 +10,7 @@ defmodule EmmapConsumerTest do
 
   # The README's Elixir example, as written there.
   test "open, write, read, a direct binary, atomics, counters" do
+    File.rm("/tmp/emmap_elixir_counters.bin")
     {:ok, m} = :emmap.open(~c"/tmp/emmap_elixir.bin", 0, 64, [:create, :read, :write, :shared, :direct])
     :ok = :emmap.pwrite(m, 0, "hello")
     {:ok, "hello"} = :file.pread(m, 0, 5)
