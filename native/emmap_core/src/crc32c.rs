@@ -70,6 +70,17 @@ pub fn update(crc: u32, data: &[u8]) -> u32 {
     soft(crc, data)
 }
 
+/// [`update`] of `crc` over the 8 little-endian bytes of `v`.
+#[inline]
+pub fn update_u64(crc: u32, v: u64) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if hw::available() {
+        // SAFETY: the CPU has SSE4.2 (checked at run time just above).
+        return unsafe { hw::crc_u64(crc, v) };
+    }
+    soft(crc, &v.to_le_bytes())
+}
+
 /// The portable version of [`update`].
 pub fn soft(mut crc: u32, data: &[u8]) -> u32 {
     let mut chunks = data.chunks_exact(8);
@@ -240,6 +251,14 @@ mod hw {
 
     /// # Safety
     /// The CPU must have SSE4.2.
+    #[inline]
+    #[target_feature(enable = "sse4.2")]
+    pub unsafe fn crc_u64(crc: u32, v: u64) -> u32 {
+        _mm_crc32_u64(u64::from(crc), v) as u32
+    }
+
+    /// # Safety
+    /// The CPU must have SSE4.2.
     #[target_feature(enable = "sse4.2")]
     pub unsafe fn serial(crc: u32, data: &[u8]) -> u32 {
         let mut c = u64::from(crc);
@@ -371,6 +390,18 @@ mod tests {
             assert_eq!(Plan::new(len).update(0x1234_5678, d), want, "plan {len}");
             // A plan for another length still answers right (by the plain loop).
             assert_eq!(Plan::new(len + 1).update(0x1234_5678, d), want);
+        }
+        for v in [
+            0u64,
+            1,
+            0x8000_0000_0000_0000,
+            0x0123_4567_89AB_CDEF,
+            u64::MAX,
+        ] {
+            assert_eq!(
+                update_u64(0xDEAD_BEEF, v),
+                bitwise(0xDEAD_BEEF, &v.to_le_bytes())
+            );
         }
     }
 

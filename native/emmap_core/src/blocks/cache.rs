@@ -1,6 +1,6 @@
 //! The validated headers of one handle's block storage.
 //!
-//! Validating a header means decoding it, checking its checksum and, for version 2,
+//! Validating a header means decoding it, checking its checksum and, for versions 2 and 3,
 //! preparing the CRC constants of its block size: far more work than a store or a read of
 //! a small block. A [`Cache`] remembers the headers it has validated, by their full 64
 //! bytes: a call whose header is byte for byte one of them skips the validation. Nothing

@@ -3,11 +3,10 @@
 
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
-use super::checksum::is_commit_tag;
+use super::checksum::crc_start;
 use super::layout::{header_bytes, word_bytes};
 use super::{BlockError, Cache, Check, Chunk, Layout, Result};
-use super::{COMMIT_TAG, HEADER_SIZE, MAGIC};
-use crate::crc32c;
+use super::{HEADER_SIZE, MAGIC};
 use crate::error::Error;
 use crate::mem::Mem;
 
@@ -162,7 +161,7 @@ impl<'a> Storage<'a> {
 
     /// Whether `marker` commits the bytes slot `addr` holds now.
     fn commits(&self, addr: u64, marker: u64) -> Result<bool> {
-        Ok(is_commit_tag(marker) && self.check.marker(addr, self.data(addr)?) == marker)
+        Ok(self.check.tagged(marker) && self.check.marker(addr, self.data(addr)?) == marker)
     }
 
     /// Stores `data` in the lowest free slot. Needs a writable region.
@@ -193,21 +192,21 @@ impl<'a> Storage<'a> {
     }
 
     /// Copies `data` into the slot of `addr` at `off` and returns the slot's commit marker,
-    /// computed over exactly the bytes written (version 2: while copying, in one pass).
+    /// computed over exactly the bytes written (versions 2 and 3: while copying, in one
+    /// pass).
     fn fill(&self, addr: u64, off: u64, data: &[u8]) -> Result<u64> {
-        if let Check::V2(plan) = &self.check {
+        if let Some(plan) = self.check.plan() {
             let dst = self.mem.ptr_at(off, data.len() as u64)?;
             let (s, d, n) = (data.as_ptr() as usize, dst as usize, data.len());
             // `data` may be a direct binary of this mapping: overlapping (but not
             // identical) ranges need memmove, below.
             let apart = s + n <= d || d + n <= s || s == d;
             if apart && plan.len() == n {
-                let r = crc32c::update(!0, &addr.to_le_bytes());
                 // SAFETY: `dst` is `n` writable bytes of the region (range-checked above;
                 // store needs a writable region), `data` is `n` readable bytes, and the
                 // two are apart or the same range (checked above).
-                let c = unsafe { plan.copy_update(r, data.as_ptr(), dst) };
-                return Ok((u64::from(COMMIT_TAG) << 32) | u64::from(!c));
+                let c = unsafe { plan.copy_update(crc_start(addr), data.as_ptr(), dst) };
+                return Ok(self.check.seal(addr, !c));
             }
         }
         self.mem.write(off, data)?;
@@ -236,26 +235,25 @@ impl<'a> Storage<'a> {
                 return Ok(None);
             }
             let m = marker.load(Ordering::Acquire);
-            if !is_commit_tag(m) {
+            if !self.check.tagged(m) {
                 return Ok(None);
             }
             let (v, buf) = alloc(n as usize);
             if buf.len() as u64 != n {
                 return Err(BlockError::BadSize);
             }
-            let got = match &self.check {
-                Check::V2(plan) if plan.len() == buf.len() => {
+            let got = match self.check.plan() {
+                Some(plan) if plan.len() == buf.len() => {
                     let src = self.mem.ptr_at(off, n)?;
-                    let r = crc32c::update(!0, &addr.to_le_bytes());
                     // SAFETY: `src` is `n` readable bytes of the region (range-checked),
                     // `buf` is `n` bytes of private memory we hold exclusively, so they
                     // do not overlap.
-                    let c = unsafe { plan.copy_update(r, src, buf.as_mut_ptr()) };
-                    (u64::from(COMMIT_TAG) << 32) | u64::from(!c)
+                    let c = unsafe { plan.copy_update(crc_start(addr), src, buf.as_mut_ptr()) };
+                    self.check.seal(addr, !c)
                 }
-                check => {
+                _ => {
                     self.mem.read_into(off, buf)?;
-                    check.marker(addr, buf)
+                    self.check.marker(addr, buf)
                 }
             };
             if got != m {
@@ -285,7 +283,7 @@ impl<'a> Storage<'a> {
                 return Ok(None);
             }
             let m = marker.load(Ordering::Acquire);
-            if !is_commit_tag(m) {
+            if !self.check.tagged(m) {
                 return Ok(None);
             }
             let data = self.data(addr)?;
@@ -304,7 +302,18 @@ impl<'a> Storage<'a> {
         Ok(None)
     }
 
+    /// Whether [`Storage::free`] reads the block's bytes (versions 1 and 2) or only its
+    /// marker (version 3: a free costs the same for every block size).
+    pub fn free_reads_block(&self) -> bool {
+        self.check.sealed_for(0, 0).is_none()
+    }
+
     /// Frees the block at `addr`: `true` if there was one. Needs a writable region.
+    ///
+    /// In version 3 the marker alone proves that a store into this slot completed (its
+    /// tag and its own check, which covers the address): the block's bytes are not read,
+    /// and a block whose bytes were damaged since is freed like any other. Older versions
+    /// check the marker against the block's bytes.
     pub fn free(&self, addr: u64) -> Result<bool> {
         if !self.in_region(addr) {
             return Ok(false);
@@ -315,7 +324,11 @@ impl<'a> Storage<'a> {
                 return Ok(false);
             }
             let m = marker.load(Ordering::Acquire);
-            if !self.commits(addr, m)? {
+            let is_block = match self.check.sealed_for(addr, m) {
+                Some(sealed) => sealed,
+                None => self.commits(addr, m)?,
+            };
+            if !is_block {
                 if marker.load(Ordering::Acquire) == m {
                     return Ok(false);
                 }
