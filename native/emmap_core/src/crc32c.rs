@@ -81,6 +81,17 @@ pub fn update_u64(crc: u32, v: u64) -> u32 {
     soft(crc, &v.to_le_bytes())
 }
 
+/// [`update`] of `crc` over the 16 little-endian bytes of `a` and then `b`.
+#[inline]
+pub fn update_2u64(crc: u32, a: u64, b: u64) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if hw::available() {
+        // SAFETY: the CPU has SSE4.2 (checked at run time just above).
+        return unsafe { hw::crc_2u64(crc, a, b) };
+    }
+    soft(soft(crc, &a.to_le_bytes()), &b.to_le_bytes())
+}
+
 /// The portable version of [`update`].
 pub fn soft(mut crc: u32, data: &[u8]) -> u32 {
     let mut chunks = data.chunks_exact(8);
@@ -255,6 +266,14 @@ mod hw {
     #[target_feature(enable = "sse4.2")]
     pub unsafe fn crc_u64(crc: u32, v: u64) -> u32 {
         _mm_crc32_u64(u64::from(crc), v) as u32
+    }
+
+    /// # Safety
+    /// The CPU must have SSE4.2.
+    #[inline]
+    #[target_feature(enable = "sse4.2")]
+    pub unsafe fn crc_2u64(crc: u32, a: u64, b: u64) -> u32 {
+        _mm_crc32_u64(_mm_crc32_u64(u64::from(crc), a), b) as u32
     }
 
     /// # Safety

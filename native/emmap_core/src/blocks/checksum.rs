@@ -98,10 +98,7 @@ fn seal_v2(crc: u32) -> u64 {
 /// written for, and a marker of random bits only with probability 2^-32 (with the tag).
 #[inline]
 fn marker_check(addr: u64, block_size: u64, crc: u32) -> u16 {
-    let c = crc32c::update_u64(
-        crc32c::update_u64(MARKER_SEED, addr),
-        (block_size << 32) | u64::from(crc),
-    );
+    let c = crc32c::update_2u64(MARKER_SEED, addr, (block_size << 32) | u64::from(crc));
     (c ^ (c >> 16)) as u16
 }
 
@@ -177,6 +174,12 @@ impl Check {
             Check::V3(_) => (marker >> 48) as u16 == COMMIT_TAG_V3,
             _ => (marker >> 32) as u32 == COMMIT_TAG,
         }
+    }
+
+    /// Whether markers can be checked without the block (version 3).
+    #[inline]
+    pub(super) fn has_seals(&self) -> bool {
+        matches!(self, Check::V3(_))
     }
 
     /// Whether `marker` was written by a store into slot `addr` of this storage, judged

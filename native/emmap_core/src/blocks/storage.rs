@@ -305,7 +305,7 @@ impl<'a> Storage<'a> {
     /// Whether [`Storage::free`] reads the block's bytes (versions 1 and 2) or only its
     /// marker (version 3: a free costs the same for every block size).
     pub fn free_reads_block(&self) -> bool {
-        self.check.sealed_for(0, 0).is_none()
+        !self.check.has_seals()
     }
 
     /// Frees the block at `addr`: `true` if there was one. Needs a writable region.
