@@ -1000,7 +1000,7 @@ fn the_header_cache_trusts_only_identical_bytes() {
     // Another geometry in the same memory.
     Storage::format(Mem::from_words(&mut buf), b).unwrap();
     let s = Storage::open_cached(Mem::from_words(&mut buf), &cache).unwrap();
-    assert_eq!((*s.layout(), s.check), (b, Check::V1));
+    assert_eq!((*s.layout(), *s.check()), (b, Check::V1));
     assert_eq!(s.store(&[1; 10]), Err(BlockError::BadSize));
     assert_eq!(cache.len(), 2);
     // Any change to the header is seen, cache or not.
