@@ -8,8 +8,9 @@ use std::sync::atomic::Ordering;
 use super::{Decoded, QueueError, Result, HDR};
 use crate::mem::Mem;
 
-/// Frames up to this size are copied out to the stack before decoding.
-const STACK_COPY: usize = 512;
+/// Frames up to this size are copied out to the stack before decoding (a 4 KiB term's
+/// frame fits; scheduler threads have stacks of hundreds of KiB), larger ones to the heap.
+const STACK_COPY: usize = 8192;
 /// Chunk in which `attach` checks that a file holds nothing but zeros.
 const ZERO_CHUNK: u64 = 1 << 20;
 
@@ -155,8 +156,15 @@ fn with_copy<T>(mem: Mem<'_>, frame: Frame, f: impl FnOnce(&[u8]) -> Result<T>) 
         };
         f(bytes)
     } else {
-        let mut buf = vec![0u8; n];
-        mem.read_into(off, &mut buf)?;
+        let src = mem.ptr_at(off, n as u64)?;
+        let mut buf = Vec::<u8>::with_capacity(n);
+        // SAFETY: `src` is `n` readable bytes of the region (range-checked just above);
+        // `buf` is a new allocation of at least `n` bytes, so they do not overlap; the
+        // copy initialises its first `n` bytes before the length says so.
+        unsafe {
+            ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), n);
+            buf.set_len(n);
+        }
         f(&buf)
     }
 }

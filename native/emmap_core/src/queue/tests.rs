@@ -391,6 +391,31 @@ fn damaged_frames_are_reported_and_never_consumed() {
 
 /// A decoder that cannot check a term gets it back unchecked, and nothing is removed
 /// until `advance`.
+/// Terms on both sides of the size up to which a frame is copied to the stack (and far
+/// past it) come back whole, from pops and peeks.
+#[test]
+fn small_and_large_frames_decode_from_their_copies() {
+    let f = file_with(&spec_file(64, [64, 16, 16, 16], &[]));
+    let m = open(&f, &[]);
+    let qu = Queue::default();
+    let q = qu.lock(&m);
+    let sizes = [
+        0, 1, 500, 507, 508, 509, 4096, 8180, 8183, 8184, 8185, 8192, 20_000, 100_000,
+    ];
+    let payloads: Vec<Vec<u8>> = sizes
+        .iter()
+        .map(|&n| (0..n).map(|i| (i * 7 + n) as u8).collect())
+        .collect();
+    for p in &payloads {
+        q.push(&enc(p), Growth::Allowed).unwrap();
+    }
+    assert_eq!(all(&q), Ok(payloads.clone()));
+    for p in &payloads {
+        assert_eq!(pop(&q, true), Ok(Some(p.clone())));
+    }
+    assert_eq!(pop(&q, true), Ok(None));
+}
+
 /// A pop with a limit below the oldest message's frame does nothing; an unchecked term is
 /// handed out and not removed.
 #[test]
