@@ -98,6 +98,9 @@ read_block(M, Addr) ->
     ?BADARG([M, Addr]).
 
 %% @doc Frees the block at `Addr': `true' if there was one, `false' if there was none.
+%% In a storage made by this version (layout 3) a free looks only at the slot's commit
+%% marker, not at the block's bytes: a block whose bytes were damaged after it was stored
+%% (`read_block/2' gives `eof' for it) is still freed, and the answer is `true'.
 -spec free_block(emmap:mmap_file(), integer()) -> boolean() | {error, block_error()}.
 free_block(?H(R) = M, Addr) ->
     ?NIF_CALL(emmap_nif:block_free(R, Addr), [M, Addr]);

@@ -729,6 +729,14 @@ crc_bits(C, N) -> crc_bits(C bsr 1, N - 1).
 v2_marker(Addr, Block) ->
     (?TAG bsl 32) bor crc32c(<<Addr:64/little, Block/binary>>).
 
+%% Version 3: a 16-bit tag, the marker's own 16-bit check (the bare CRC-32C register,
+%% started at "mark", over the address and the block size and CRC), the CRC of version 2.
+v3_marker(Addr, Block) ->
+    Crc = crc32c(<<Addr:64/little, Block/binary>>),
+    C = crc32c(16#6d61726b, <<Addr:64/little, Crc:32/little, (byte_size(Block)):32/little>>),
+    Check = (C bxor (C bsr 16)) band 16#FFFF,
+    (16#B1C3 bsl 48) bor (Check bsl 32) bor Crc.
+
 %% The geometry of a storage, by BLOCKS.md's formulas.
 geometry(BS, Cap) ->
     Stride = (BS + 8 + 7) div 8 * 8,
@@ -804,33 +812,77 @@ version_1_files_written_by_hand_work_test() ->
         ok = emmap:close(M2)
     end).
 
-%% New storages are version 2: the header says so, and each marker is the CRC-32C of the
-%% address and the block. A file written by hand the same way reads back.
-version_2_markers_are_crc32c_test() ->
+%% New storages are version 3: the header says so, and each marker holds the tag, its own
+%% check and the CRC-32C of the address and the block. A file written by hand the same way
+%% reads back; a block whose bytes were damaged since its store is no block to reads, and
+%% free_block/2 frees it (its marker proves it was stored there); a marker copied from
+%% another slot is neither.
+version_3_markers_test() ->
     BS = 1531,
     with_storage(BS, #{max_blocks => 64}, [], fun(M, P) ->
         Blocks = [rand:bytes(BS) || _ <- lists:seq(1, 5)],
         ?assertEqual([0, 1, 2, 3, 4], [?B:store_block(M, B) || B <- Blocks]),
         ok = emmap:sync(M),
         {ok, Bytes} = file:read_file(P),
-        ?assertEqual(header(2, BS, 64), binary:part(Bytes, 0, 64)),
-        [?assertEqual(v2_marker(A, B), marker_in(Bytes, BS, 64, A))
+        ?assertEqual(header(3, BS, 64), binary:part(Bytes, 0, 64)),
+        [?assertEqual(v3_marker(A, B), marker_in(Bytes, BS, 64, A))
          || {A, B} <- lists:zip(lists:seq(0, 4), Blocks)]
     end),
-    Slots = [{A, binary:copy(<<A>>, 10), v2_marker(A, binary:copy(<<A>>, 10))}
-             || A <- [0, 2, 70]],
-    Moved = {3, binary:copy(<<2>>, 10), v2_marker(2, binary:copy(<<2>>, 10))},
+    Block = fun(A) -> binary:copy(<<A>>, 10) end,
+    Slots = [{A, Block(A), v3_marker(A, Block(A))} || A <- [0, 2, 70]],
+    Moved = {3, Block(2), v3_marker(2, Block(2))},
+    Damaged = {5, Block(6), v3_marker(5, Block(5))},
     with_path(fun(P) ->
-        ok = file:write_file(P, storage_file(2, 10, 100, [Moved | Slots])),
+        ok = file:write_file(P, storage_file(3, 10, 100, [Moved, Damaged | Slots])),
         {ok, M} = emmap:open(P, [read, write, shared]),
+        ?assertEqual(ok, ?B:init_block_storage(M, 10, #{max_blocks => 100})),
+        ?assertEqual([{A, B} || {A, B, _} <- Slots], ?B:read_blocks(M)),
+        ?assertEqual(eof, ?B:read_block(M, 3)),
+        ?assertEqual(eof, ?B:read_block(M, 5)),
+        ?assertEqual(false, ?B:free_block(M, 3)),
+        ?assertEqual(true, ?B:free_block(M, 5)),
+        ?assertEqual(false, ?B:free_block(M, 5)),
+        ?assertEqual(true, ?B:free_block(M, 70)),
+        ?assertEqual(ok, ?B:repair_block_storage(M)),
+        ?assertEqual([1, 3, 4], [?B:store_block(M, Block(A)) || A <- [1, 3, 4]]),
+        ok = emmap:close(M),
+        {ok, Bytes} = file:read_file(P),
+        ?assertEqual(header(3, 10, 100), binary:part(Bytes, 0, 64)),
+        [?assertEqual(v3_marker(A, Block(A)), marker_in(Bytes, 10, 100, A)) || A <- [1, 3, 4]]
+    end).
+
+%% A version 2 file, written by hand, reads, stores and frees as version 2 (new blocks get
+%% version 2 markers; the header keeps saying 2); a block copied with its marker to another
+%% slot is no block there, and neither is a block whose bytes do not match its marker.
+version_2_files_written_by_hand_work_test() ->
+    Block = fun(A) -> binary:copy(<<A>>, 10) end,
+    Slots = [{A, Block(A), v2_marker(A, Block(A))} || A <- [0, 2, 70]],
+    Moved = {3, Block(2), v2_marker(2, Block(2))},
+    Damaged = {5, Block(6), v2_marker(5, Block(5))},
+    with_path(fun(P) ->
+        ok = file:write_file(P, storage_file(2, 10, 100, [Moved, Damaged | Slots])),
+        {ok, M} = emmap:open(P, [read, write, shared]),
+        ?assertEqual(ok, ?B:init_block_storage(M, 10)),
         %% Slot 3 holds slot 2's bytes and marker: not a block there.
         ?assertEqual([{A, B} || {A, B, _} <- Slots], ?B:read_blocks(M)),
         ?assertEqual(eof, ?B:read_block(M, 3)),
-        ok = emmap:close(M)
+        ?assertEqual(false, ?B:free_block(M, 3)),
+        ?assertEqual(false, ?B:free_block(M, 5)),
+        ?assertEqual(true, ?B:free_block(M, 2)),
+        ?assertEqual(ok, ?B:repair_block_storage(M)),
+        ?assertEqual([1, 2, 3], [?B:store_block(M, Block(A)) || A <- [1, 2, 3]]),
+        ok = emmap:close(M),
+        {ok, Bytes} = file:read_file(P),
+        ?assertEqual(header(2, 10, 100), binary:part(Bytes, 0, 64)),
+        [?assertEqual(v2_marker(A, Block(A)), marker_in(Bytes, 10, 100, A)) || A <- [1, 2, 3]],
+        {ok, M2} = emmap:open(P, [read, write, shared]),
+        ?assertEqual([0, 1, 2, 3, 70], [A || {A, _} <- ?B:read_blocks(M2)]),
+        ok = emmap:close(M2)
     end).
 
-%% Blocks of 24 MiB: stores, reads and frees run on a dirty I/O scheduler (busy for much
-%% of each call), and a bystander keeps getting answers from the one normal scheduler.
+%% Blocks of 24 MiB: stores and reads run on a dirty I/O scheduler (busy for much of each
+%% call), and a bystander keeps getting answers from the one normal scheduler. A free reads
+%% only the block's marker (layout version 3): it stays on the normal scheduler.
 huge_blocks_run_on_dirty_schedulers_test_() ->
     {timeout, 120, fun() ->
         BS = 24 bsl 20,
@@ -843,7 +895,8 @@ huge_blocks_run_on_dirty_schedulers_test_() ->
             ?debugFmt("24 MiB store/read/free: longest bystander round trip ~w/~w/~w ms, "
                       "dirty I/O busy ~.2f/~.2f/~.2f of the call",
                       [MaxS, MaxR, MaxF, DirtyS, DirtyR, DirtyF]),
-            [?assert(D > 0.3) || D <- [DirtyS, DirtyR, DirtyF]],
+            [?assert(D > 0.3) || D <- [DirtyS, DirtyR]],
+            ?assert(DirtyF < 0.3),
             [?assert(Max < 500) || Max <- [MaxS, MaxR, MaxF]]
         end)
     end}.

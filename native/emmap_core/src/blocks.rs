@@ -16,10 +16,12 @@
 //! frees of one block cannot both succeed), then clear the bit. Repair clears bits whose
 //! slot holds no valid block and rebuilds the summary.
 //!
-//! Two layouts exist; they differ only in the checksum of a slot's marker: version 1 uses
-//! a 64-bit multiply hash ([`checksum()`]), version 2 (what new storages get) the standard
-//! CRC-32C ([`crate::crc32c`]), which the CPU computes several times faster. Files of
-//! either version are read and written in their own version.
+//! Three layouts exist; they differ only in a slot's marker: version 1 uses a 64-bit
+//! multiply hash ([`checksum()`]) of the block, version 2 the standard CRC-32C
+//! ([`crate::crc32c`]), which the CPU computes several times faster, and version 3 (what
+//! new storages get) the same CRC plus a 16-bit check of the marker itself, so that a free
+//! can prove the slot holds a block stored at that address without reading the block.
+//! Files of any version are read and written in their own version.
 //!
 //! Two layers live here. [`Storage`] is plain Rust over a [`Mem`](crate::mem::Mem) view (a
 //! mapped region or, in tests, a `Vec<u64>`): every offset comes from [`Layout`]'s checked
@@ -48,7 +50,7 @@ mod on_mapping;
 mod storage;
 
 pub use cache::Cache;
-pub use checksum::{checksum, commit_marker, commit_marker_v2, Check};
+pub use checksum::{checksum, commit_marker, commit_marker_v2, commit_marker_v3, Check};
 pub use layout::Layout;
 pub use on_mapping::{
     free, init, layout, mark_exported, read, repair, scan, store, with_storage, writable,
@@ -61,8 +63,10 @@ pub const MAGIC: [u8; 8] = *b"EMMAPBLK";
 pub const VERSION_1: u32 = 1;
 /// Layout version whose markers use CRC-32C.
 pub const VERSION_2: u32 = 2;
+/// Layout version whose markers use CRC-32C and carry a check of their own.
+pub const VERSION_3: u32 = 3;
 /// Layout version `init` gives new storages.
-pub const VERSION: u32 = VERSION_2;
+pub const VERSION: u32 = VERSION_3;
 /// Size of the header; the bitmap starts right after it.
 pub const HEADER_SIZE: u64 = 64;
 /// Slots in a storage when `init` is not given a capacity.
@@ -73,11 +77,17 @@ pub const MAX_CAPACITY: u64 = 1 << 26;
 pub const MAX_BLOCK_SIZE: u64 = 1 << 30;
 /// The slot array starts at a multiple of this.
 pub const DATA_ALIGN: u64 = 64;
-/// High 32 bits of a commit marker; the low 32 bits are the data checksum.
+/// High 32 bits of a commit marker of versions 1 and 2; the low 32 bits are the data
+/// checksum.
 pub const COMMIT_TAG: u32 = 0xB10C_C0DE;
+/// High 16 bits of a version 3 commit marker; then the marker's own check (16 bits), then
+/// the data checksum (32 bits).
+pub const COMMIT_TAG_V3: u16 = 0xB1C3;
 /// Seeds of the two checksums, so a header can never pass as slot data or the reverse.
 const HEADER_SEED: u64 = 0x6865_6164_6572_2131;
 const SLOT_SEED: u64 = 0x736c_6f74_2164_6174;
+/// Start of the CRC register for a version 3 marker's own check ("mark").
+const MARKER_SEED: u32 = 0x6d61_726b;
 
 /// Why a block operation could not be carried out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -116,6 +116,17 @@ pub enum Decoded<T> {
     Unchecked(T),
 }
 
+/// What [`Locked::pop`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Popped<T> {
+    /// The queue is empty.
+    Empty,
+    /// The oldest message is larger than the caller's limit: nothing was done.
+    TooLarge,
+    /// The oldest message, decoded, and removed unless [`Decoded::Unchecked`].
+    Took(Frame, Decoded<T>),
+}
+
 /// What [`Locked::advance`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Advanced {
@@ -259,6 +270,34 @@ impl Locked<'_> {
                 consume(mem, front.header, front.frame, purge)?;
             }
             Ok(d)
+        })
+    }
+
+    /// [`Locked::front`] and [`Locked::take`] in one look at the mapping: decodes the
+    /// oldest message if it is at most `max` bytes (its frame) and removes it as `take`
+    /// does. The errors come in the same order as with the two calls: a corrupt header or
+    /// frame, then a message over `max`, then a mapping not opened for writing.
+    pub fn pop<T>(
+        &self,
+        purge: bool,
+        max: u64,
+        decode: impl FnOnce(&[u8]) -> Option<Decoded<T>>,
+    ) -> Result<Popped<T>> {
+        self.on(|mem| {
+            let h = valid_header(mem)?;
+            if h.head == h.tail {
+                return Ok(Popped::Empty);
+            }
+            let frame = frame_at(mem, h.head, h.tail)?;
+            if u64::from(frame.size) > max {
+                return Ok(Popped::TooLarge);
+            }
+            self.writable()?;
+            let d = decode_frame(mem, frame, decode)?;
+            if let Decoded::Term(..) = d {
+                consume(mem, h, frame, purge)?;
+            }
+            Ok(Popped::Took(frame, d))
         })
     }
 

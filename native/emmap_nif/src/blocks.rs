@@ -131,13 +131,19 @@ nif!(normal "block_read", block_read, 2, |env, a, on| {
     Ok(found.unwrap_or(atom(atoms::eof())))
 });
 
-// `free_block`: `true`, `false`, or `{error, Reason}`.
+// `free_block`: `true`, `false`, or `{error, Reason}`. Only a storage whose frees read the
+// block (layout versions 1 and 2) moves large blocks' frees to a dirty scheduler.
 nif!(normal "block_free", block_free, 2, |env, a, on| {
     let h = handle(env, a[0])?;
     let addr = addr_arg(env, a[1])?;
     blocks::writable(&h.mapping)?;
-    let freed = with_blocks(h, on, |s| s.free(addr))?;
-    Ok(term::boolean_term(freed))
+    let freed = blocks::with_storage(&h.mapping, &h.blocks, |s| {
+        if s.free_reads_block() && on.may_touch(s.layout().block_size).is_err() {
+            return Ok(None);
+        }
+        s.free(addr).map(Some)
+    })?;
+    Ok(term::boolean_term(freed.ok_or(Stop::Dirty)?))
 });
 
 // One bounded step of `read_blocks`: `{[{Addr, Bin}], Next | eof}` with at most `Max`

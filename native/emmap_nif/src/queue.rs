@@ -13,12 +13,12 @@
 
 use std::time::Duration;
 
-use emmap_core::queue::{Advanced, Decoded, Frame, Locked, QueueError};
+use emmap_core::queue::{Advanced, Decoded, Frame, Locked, Popped, QueueError};
 use rustler::sys::enif_binary_to_term;
 
 use crate::atoms;
 use crate::resource::{handle, Handle};
-use crate::schedule::{nif, On};
+use crate::schedule::{nif, On, DIRTY_BYTES};
 use crate::term::{self, atom, Env, Int, Stop, Term};
 
 /// How long a normal scheduler waits for the queue lock before moving to a dirty one.
@@ -146,12 +146,12 @@ nif!(normal "queue_push", queue_push, 2, |env, a, on| {
 nif!(normal "queue_pop", queue_pop, 2, |env, a, on| {
     let h = handle(env, a[0])?;
     let purge = term::boolean(a[1])?;
-    let q = lock(h, on)?;
-    let front = or_nil!(q.front());
-    decodable(on, &front.frame)?;
-    let f = front.frame;
-    let d = q.take(&front, purge, |b| decode(env, b))?;
-    Ok(term_reply(env, d, &f, &[]))
+    let max = if on.is_normal() { DIRTY_BYTES as u64 } else { u64::MAX };
+    match lock(h, on)?.pop(purge, max, |b| decode(env, b))? {
+        Popped::Empty => Ok(atom(atoms::nil())),
+        Popped::TooLarge => Err(Stop::Dirty),
+        Popped::Took(f, d) => Ok(term_reply(env, d, &f, &[])),
+    }
 });
 
 // The oldest (`Back = false`) or newest term, left in the queue: `{ok, Term}`, `nil`,

@@ -1,6 +1,6 @@
 //! The validated headers of one handle's block storage.
 //!
-//! Validating a header means decoding it, checking its checksum and, for version 2,
+//! Validating a header means decoding it, checking its checksum and, for versions 2 and 3,
 //! preparing the CRC constants of its block size: far more work than a store or a read of
 //! a small block. A [`Cache`] remembers the headers it has validated, by their full 64
 //! bytes: a call whose header is byte for byte one of them skips the validation. Nothing
@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 
 use parking_lot::Mutex;
 
-use super::{Check, Layout};
+use super::storage::Geo;
 
 /// At most this many headers are remembered; past that, headers are validated every time
 /// (only a storage whose header keeps changing gets there).
@@ -22,8 +22,7 @@ const MAX_ENTRIES: usize = 8;
 
 struct Entry {
     words: [u64; 8],
-    lay: Layout,
-    check: Check,
+    geo: Geo,
 }
 
 /// Validated headers, per handle. Lookups take no lock.
@@ -46,9 +45,10 @@ impl std::fmt::Debug for Cache {
 }
 
 impl Cache {
-    /// The layout and check of a header validated before, if `words` is one.
+    /// The layout and check of a header validated before, if `words` is one. They stay
+    /// valid as long as the cache.
     #[inline]
-    pub(super) fn get(&self, words: &[u64; 8]) -> Option<(Layout, Check)> {
+    pub(super) fn get(&self, words: &[u64; 8]) -> Option<&Geo> {
         let p = self.last.load(Ordering::Acquire);
         if p.is_null() {
             return None;
@@ -63,23 +63,31 @@ impl Cache {
             .iter()
             .zip(words)
             .fold(0, |acc, (a, b)| acc | (a ^ b));
-        (diff == 0).then_some((e.lay, e.check))
+        if diff == 0 {
+            Some(&e.geo)
+        } else {
+            None
+        }
     }
 
     /// Remembers a header just validated, and makes it the one `get` looks at first.
-    pub(super) fn put(&self, words: [u64; 8], lay: Layout, check: Check) {
+    /// Returns the remembered layout and check (`None` when the cache is full).
+    pub(super) fn put(&self, words: [u64; 8], geo: Geo) -> Option<&Geo> {
         let mut entries = self.entries.lock();
         let p = match entries.iter().find(|e| e.words == words) {
             Some(e) => ptr::from_ref::<Entry>(e).cast_mut(),
             None if entries.len() < MAX_ENTRIES => {
-                let e = Box::new(Entry { words, lay, check });
+                let e = Box::new(Entry { words, geo });
                 let p = ptr::from_ref::<Entry>(&e).cast_mut();
                 entries.push(e);
                 p
             }
-            None => return,
+            None => return None,
         };
         self.last.store(p, Ordering::Release);
+        // SAFETY: `p` points at an entry boxed in `entries`, which is never removed or
+        // moved before the cache is dropped (see `get`); `&self` outlives the result.
+        Some(unsafe { &(*p).geo })
     }
 
     /// How many headers are remembered (tests).

@@ -1,7 +1,8 @@
 //! Slot markers and checksums: the 64-bit multiply hash of version 1 (also the header's
-//! checksum, in both versions) and the CRC-32C markers of version 2.
+//! checksum, in every version), the CRC-32C markers of version 2 and the self-checking
+//! CRC-32C markers of version 3.
 
-use super::{Layout, COMMIT_TAG, SLOT_SEED, VERSION_1};
+use super::{Layout, COMMIT_TAG, COMMIT_TAG_V3, MARKER_SEED, SLOT_SEED, VERSION_1, VERSION_2};
 use crate::crc32c;
 
 /// The murmur3 64-bit finaliser: a bijection that spreads every input bit.
@@ -73,12 +74,46 @@ pub fn commit_marker(addr: u64, data: &[u8]) -> u64 {
     (u64::from(COMMIT_TAG) << 32) | ((h ^ (h >> 32)) & 0xFFFF_FFFF)
 }
 
+/// The CRC register after the address (8 bytes, little-endian), where the CRC of a
+/// version 2 or 3 slot goes on with the block.
+#[inline]
+pub(super) fn crc_start(addr: u64) -> u32 {
+    crc32c::update_u64(!0, addr)
+}
+
 /// The version 2 commit marker: the tag and the CRC-32C of the address (8 bytes,
 /// little-endian) followed by the block. `plan` must be for `data.len()` bytes to be fast
 /// (any plan gives the same value).
 pub fn commit_marker_v2(addr: u64, data: &[u8], plan: &crc32c::Plan) -> u64 {
-    let r = crc32c::update(!0, &addr.to_le_bytes());
-    (u64::from(COMMIT_TAG) << 32) | u64::from(!plan.update(r, data))
+    seal_v2(!plan.update(crc_start(addr), data))
+}
+
+#[inline]
+fn seal_v2(crc: u32) -> u64 {
+    (u64::from(COMMIT_TAG) << 32) | u64::from(crc)
+}
+
+/// The 16-bit check of a version 3 marker: of the slot's address, the block size and the
+/// block's CRC, so that a marker validates only in the slot (and storage geometry) it was
+/// written for, and a marker of random bits only with probability 2^-32 (with the tag).
+#[inline]
+fn marker_check(addr: u64, block_size: u64, crc: u32) -> u16 {
+    let c = crc32c::update_2u64(MARKER_SEED, addr, (block_size << 32) | u64::from(crc));
+    (c ^ (c >> 16)) as u16
+}
+
+#[inline]
+fn seal_v3(addr: u64, block_size: u64, crc: u32) -> u64 {
+    (u64::from(COMMIT_TAG_V3) << 48)
+        | (u64::from(marker_check(addr, block_size, crc)) << 32)
+        | u64::from(crc)
+}
+
+/// The version 3 commit marker: the tag (16 bits), the marker's own check (16 bits), and
+/// the CRC-32C of the address and the block as in version 2 (32 bits).
+pub fn commit_marker_v3(addr: u64, data: &[u8], plan: &crc32c::Plan) -> u64 {
+    let crc = !plan.update(crc_start(addr), data);
+    seal_v3(addr, data.len() as u64, crc)
 }
 
 /// How a storage's markers are computed: by its layout version.
@@ -87,15 +122,19 @@ pub enum Check {
     V1,
     /// With the CRC plan for the storage's block size.
     V2(crc32c::Plan),
+    /// With the CRC plan for the storage's block size.
+    V3(crc32c::Plan),
 }
 
 impl Check {
-    /// The check of a layout (for version 2 this prepares the CRC constants: a few
+    /// The check of a layout (for versions 2 and 3 this prepares the CRC constants: a few
     /// microseconds, which is why [`Cache`](super::Cache) keeps it).
     pub fn of(lay: &Layout) -> Check {
+        let plan = || crc32c::Plan::new(lay.block_size as usize);
         match lay.version {
             VERSION_1 => Check::V1,
-            _ => Check::V2(crc32c::Plan::new(lay.block_size as usize)),
+            VERSION_2 => Check::V2(plan()),
+            _ => Check::V3(plan()),
         }
     }
 
@@ -105,10 +144,52 @@ impl Check {
         match self {
             Check::V1 => commit_marker(addr, data),
             Check::V2(plan) => commit_marker_v2(addr, data, plan),
+            Check::V3(plan) => commit_marker_v3(addr, data, plan),
         }
     }
-}
 
-pub(super) fn is_commit_tag(marker: u64) -> bool {
-    (marker >> 32) as u32 == COMMIT_TAG
+    /// The CRC plan, for versions whose markers are CRC-32C.
+    #[inline]
+    pub(super) fn plan(&self) -> Option<&crc32c::Plan> {
+        match self {
+            Check::V1 => None,
+            Check::V2(plan) | Check::V3(plan) => Some(plan),
+        }
+    }
+
+    /// The marker of slot `addr` from the `crc32c` of its address and block (versions 2
+    /// and 3; `plan()` is `Some` for them).
+    #[inline]
+    pub(super) fn seal(&self, addr: u64, crc: u32) -> u64 {
+        match self {
+            Check::V3(plan) => seal_v3(addr, plan.len() as u64, crc),
+            _ => seal_v2(crc),
+        }
+    }
+
+    /// Whether `marker` can be a commit marker at all (its tag).
+    #[inline]
+    pub(super) fn tagged(&self, marker: u64) -> bool {
+        match self {
+            Check::V3(_) => (marker >> 48) as u16 == COMMIT_TAG_V3,
+            _ => (marker >> 32) as u32 == COMMIT_TAG,
+        }
+    }
+
+    /// Whether markers can be checked without the block (version 3).
+    #[inline]
+    pub(super) fn has_seals(&self) -> bool {
+        matches!(self, Check::V3(_))
+    }
+
+    /// Whether `marker` was written by a store into slot `addr` of this storage, judged
+    /// from the marker alone: `Some` in version 3 (tag and the marker's own check), `None`
+    /// in the versions whose markers can only be checked against the block.
+    #[inline]
+    pub(super) fn sealed_for(&self, addr: u64, marker: u64) -> Option<bool> {
+        match self {
+            Check::V3(plan) => Some(marker == seal_v3(addr, plan.len() as u64, marker as u32)),
+            _ => None,
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use super::checksum::{checksum, word_at};
 use super::{BlockError, Result};
 use super::{DATA_ALIGN, HEADER_SEED, HEADER_SIZE, MAGIC, MAX_BLOCK_SIZE, MAX_CAPACITY};
-use super::{VERSION, VERSION_1, VERSION_2};
+use super::{VERSION, VERSION_1, VERSION_3};
 
 fn round_up(v: u64, to: u64) -> Option<u64> {
     v.checked_add(to - 1).map(|x| x / to * to)
@@ -14,7 +14,8 @@ fn round_up(v: u64, to: u64) -> Option<u64> {
 /// arithmetic. Every offset in a [`Layout`] is below `total`, which fits in an `i64`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
-    /// [`VERSION_1`] or [`VERSION_2`]: how slot markers are computed.
+    /// [`VERSION_1`], [`VERSION_2`](super::VERSION_2) or [`VERSION_3`]: how slot markers are
+    /// computed.
     pub version: u32,
     pub block_size: u64,
     pub capacity: u64,
@@ -40,7 +41,7 @@ impl Layout {
 
     /// Like [`Layout::new`], for a given layout version (`None` for an unknown one).
     pub fn with_version(version: u32, block_size: u64, capacity: u64) -> Option<Layout> {
-        if !(VERSION_1..=VERSION_2).contains(&version)
+        if !(VERSION_1..=VERSION_3).contains(&version)
             || block_size == 0
             || block_size > MAX_BLOCK_SIZE
             || capacity == 0

@@ -3,11 +3,10 @@
 
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
-use super::checksum::is_commit_tag;
+use super::checksum::crc_start;
 use super::layout::{header_bytes, word_bytes};
 use super::{BlockError, Cache, Check, Chunk, Layout, Result};
-use super::{COMMIT_TAG, HEADER_SIZE, MAGIC};
-use crate::crc32c;
+use super::{HEADER_SIZE, MAGIC};
 use crate::error::Error;
 use crate::mem::Mem;
 
@@ -49,11 +48,24 @@ pub struct Repaired {
     pub kept: u64,
 }
 
+/// What a validated header says: the layout and how markers are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geo {
+    pub(super) lay: Layout,
+    pub(super) check: Check,
+}
+
+/// Where a [`Storage`] keeps its [`Geo`]: in the handle's cache (the usual case: a
+/// pointer, so that opening a storage copies nothing), or in a box of its own.
+enum Held<'a> {
+    Cached(&'a Geo),
+    Own(Box<Geo>),
+}
+
 /// A validated block storage over a region.
 pub struct Storage<'a> {
     pub(super) mem: Mem<'a>,
-    pub(super) lay: Layout,
-    pub(super) check: Check,
+    held: Held<'a>,
 }
 
 /// Retries of a read whose slot changed under it, before answering "no block".
@@ -64,21 +76,49 @@ impl<'a> Storage<'a> {
     pub fn open(mem: Mem<'a>) -> Result<Storage<'a>> {
         let words = Storage::header_words(mem)?;
         let lay = Layout::decode(&header_bytes(&words))?;
-        Storage::on(mem, lay, Check::of(&lay))
+        let geo = Geo {
+            lay,
+            check: Check::of(&lay),
+        };
+        Storage::on(mem, Held::Own(Box::new(geo)))
     }
 
     /// Like [`Storage::open`], with the header validated through `cache`: a header seen
     /// before (all 64 bytes equal) is not decoded again.
     #[inline]
-    pub fn open_cached(mem: Mem<'a>, cache: &Cache) -> Result<Storage<'a>> {
+    pub fn open_cached(mem: Mem<'a>, cache: &'a Cache) -> Result<Storage<'a>> {
         let words = Storage::header_words(mem)?;
-        if let Some((lay, check)) = cache.get(&words) {
-            return Storage::on(mem, lay, check);
+        if let Some(geo) = cache.get(&words) {
+            return Storage::on(mem, Held::Cached(geo));
         }
         let lay = Layout::decode(&header_bytes(&words))?;
-        let check = Check::of(&lay);
-        cache.put(words, lay, check);
-        Storage::on(mem, lay, check)
+        let geo = Geo {
+            lay,
+            check: Check::of(&lay),
+        };
+        match cache.put(words, geo) {
+            Some(geo) => Storage::on(mem, Held::Cached(geo)),
+            None => Storage::on(mem, Held::Own(Box::new(geo))),
+        }
+    }
+
+    #[inline(always)]
+    fn geo(&self) -> &Geo {
+        match &self.held {
+            Held::Cached(g) => g,
+            Held::Own(g) => g,
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn lay(&self) -> &Layout {
+        &self.geo().lay
+    }
+
+    /// How this storage's markers are computed.
+    #[inline(always)]
+    pub fn check(&self) -> &Check {
+        &self.geo().check
     }
 
     /// The header's words, if the region has a header with the magic.
@@ -95,11 +135,12 @@ impl<'a> Storage<'a> {
     }
 
     #[inline]
-    fn on(mem: Mem<'a>, lay: Layout, check: Check) -> Result<Storage<'a>> {
-        if mem.len() < lay.data_off {
+    fn on(mem: Mem<'a>, held: Held<'a>) -> Result<Storage<'a>> {
+        let s = Storage { mem, held };
+        if mem.len() < s.lay().data_off {
             return Err(BlockError::Corrupt);
         }
-        Ok(Storage { mem, lay, check })
+        Ok(s)
     }
 
     /// Writes a fresh, empty storage into `mem`, which must hold at least `lay.data_off`
@@ -133,18 +174,18 @@ impl<'a> Storage<'a> {
     }
 
     pub fn layout(&self) -> &Layout {
-        &self.lay
+        self.lay()
     }
 
     /// Slots lying whole inside the region (never more than the capacity).
     pub fn mapped_slots(&self) -> u64 {
-        self.lay.slots_in(self.mem.len())
+        self.lay().slots_in(self.mem.len())
     }
 
     /// Whether slot `addr` exists and lies whole inside the region.
     #[inline]
     fn in_region(&self, addr: u64) -> bool {
-        self.lay
+        self.lay()
             .slot_end(addr)
             .is_some_and(|end| end <= self.mem.len())
     }
@@ -152,22 +193,22 @@ impl<'a> Storage<'a> {
     pub(super) fn marker(&self, addr: u64) -> Result<&'a AtomicU64> {
         Ok(self
             .mem
-            .atomic(self.lay.slot_off(addr).ok_or(BlockError::Corrupt)?)?)
+            .atomic(self.lay().slot_off(addr).ok_or(BlockError::Corrupt)?)?)
     }
 
     pub(super) fn data(&self, addr: u64) -> Result<&'a [u8]> {
-        let off = self.lay.slot_off(addr).ok_or(BlockError::Corrupt)?;
-        Ok(self.mem.bytes(off + 8, self.lay.block_size)?)
+        let off = self.lay().slot_off(addr).ok_or(BlockError::Corrupt)?;
+        Ok(self.mem.bytes(off + 8, self.lay().block_size)?)
     }
 
     /// Whether `marker` commits the bytes slot `addr` holds now.
     fn commits(&self, addr: u64, marker: u64) -> Result<bool> {
-        Ok(is_commit_tag(marker) && self.check.marker(addr, self.data(addr)?) == marker)
+        Ok(self.check().tagged(marker) && self.check().marker(addr, self.data(addr)?) == marker)
     }
 
     /// Stores `data` in the lowest free slot. Needs a writable region.
     pub fn store(&self, data: &[u8]) -> Result<Stored> {
-        if data.len() as u64 != self.lay.block_size {
+        if data.len() as u64 != self.lay().block_size {
             return Err(BlockError::BadSize);
         }
         loop {
@@ -175,7 +216,7 @@ impl<'a> Storage<'a> {
                 return Err(BlockError::Full);
             };
             if !self.in_region(addr) {
-                let need = self.lay.slot_end(addr).ok_or(BlockError::Corrupt)?;
+                let need = self.lay().slot_end(addr).ok_or(BlockError::Corrupt)?;
                 return Ok(Stored::Grow { need });
             }
             let (w, bit) = (addr / 64, 1u64 << (addr % 64));
@@ -184,7 +225,7 @@ impl<'a> Storage<'a> {
                 continue; // another writer took it first
             }
             let marker = self.marker(addr)?;
-            let off = self.lay.slot_off(addr).ok_or(BlockError::Corrupt)?;
+            let off = self.lay().slot_off(addr).ok_or(BlockError::Corrupt)?;
             marker.store(0, Ordering::SeqCst);
             let m = self.fill(addr, off + 8, data)?;
             marker.store(m, Ordering::Release);
@@ -193,26 +234,26 @@ impl<'a> Storage<'a> {
     }
 
     /// Copies `data` into the slot of `addr` at `off` and returns the slot's commit marker,
-    /// computed over exactly the bytes written (version 2: while copying, in one pass).
+    /// computed over exactly the bytes written (versions 2 and 3: while copying, in one
+    /// pass).
     fn fill(&self, addr: u64, off: u64, data: &[u8]) -> Result<u64> {
-        if let Check::V2(plan) = &self.check {
+        if let Some(plan) = self.check().plan() {
             let dst = self.mem.ptr_at(off, data.len() as u64)?;
             let (s, d, n) = (data.as_ptr() as usize, dst as usize, data.len());
             // `data` may be a direct binary of this mapping: overlapping (but not
             // identical) ranges need memmove, below.
             let apart = s + n <= d || d + n <= s || s == d;
             if apart && plan.len() == n {
-                let r = crc32c::update(!0, &addr.to_le_bytes());
                 // SAFETY: `dst` is `n` writable bytes of the region (range-checked above;
                 // store needs a writable region), `data` is `n` readable bytes, and the
                 // two are apart or the same range (checked above).
-                let c = unsafe { plan.copy_update(r, data.as_ptr(), dst) };
-                return Ok((u64::from(COMMIT_TAG) << 32) | u64::from(!c));
+                let c = unsafe { plan.copy_update(crc_start(addr), data.as_ptr(), dst) };
+                return Ok(self.check().seal(addr, !c));
             }
         }
         self.mem.write(off, data)?;
         // The checksum is of what the slot holds now, i.e. exactly what readers will see.
-        Ok(self.check.marker(addr, self.data(addr)?))
+        Ok(self.check().marker(addr, self.data(addr)?))
     }
 
     /// The block at `addr` copied into memory `alloc` provides: `alloc(n)` is called with
@@ -229,33 +270,32 @@ impl<'a> Storage<'a> {
             return Ok(None);
         }
         let marker = self.marker(addr)?;
-        let off = self.lay.slot_off(addr).ok_or(BlockError::Corrupt)? + 8;
-        let n = self.lay.block_size;
+        let off = self.lay().slot_off(addr).ok_or(BlockError::Corrupt)? + 8;
+        let n = self.lay().block_size;
         for _ in 0..READ_RETRIES {
             if !self.bit_is_set(addr)? {
                 return Ok(None);
             }
             let m = marker.load(Ordering::Acquire);
-            if !is_commit_tag(m) {
+            if !self.check().tagged(m) {
                 return Ok(None);
             }
             let (v, buf) = alloc(n as usize);
             if buf.len() as u64 != n {
                 return Err(BlockError::BadSize);
             }
-            let got = match &self.check {
-                Check::V2(plan) if plan.len() == buf.len() => {
+            let got = match self.check().plan() {
+                Some(plan) if plan.len() == buf.len() => {
                     let src = self.mem.ptr_at(off, n)?;
-                    let r = crc32c::update(!0, &addr.to_le_bytes());
                     // SAFETY: `src` is `n` readable bytes of the region (range-checked),
                     // `buf` is `n` bytes of private memory we hold exclusively, so they
                     // do not overlap.
-                    let c = unsafe { plan.copy_update(r, src, buf.as_mut_ptr()) };
-                    (u64::from(COMMIT_TAG) << 32) | u64::from(!c)
+                    let c = unsafe { plan.copy_update(crc_start(addr), src, buf.as_mut_ptr()) };
+                    self.check().seal(addr, !c)
                 }
-                check => {
+                _ => {
                     self.mem.read_into(off, buf)?;
-                    check.marker(addr, buf)
+                    self.check().marker(addr, buf)
                 }
             };
             if got != m {
@@ -285,11 +325,11 @@ impl<'a> Storage<'a> {
                 return Ok(None);
             }
             let m = marker.load(Ordering::Acquire);
-            if !is_commit_tag(m) {
+            if !self.check().tagged(m) {
                 return Ok(None);
             }
             let data = self.data(addr)?;
-            if self.check.marker(addr, data) != m {
+            if self.check().marker(addr, data) != m {
                 if marker.load(Ordering::Acquire) == m {
                     return Ok(None); // torn or damaged slot: not a block
                 }
@@ -304,7 +344,18 @@ impl<'a> Storage<'a> {
         Ok(None)
     }
 
+    /// Whether [`Storage::free`] reads the block's bytes (versions 1 and 2) or only its
+    /// marker (version 3: a free costs the same for every block size).
+    pub fn free_reads_block(&self) -> bool {
+        !self.check().has_seals()
+    }
+
     /// Frees the block at `addr`: `true` if there was one. Needs a writable region.
+    ///
+    /// In version 3 the marker alone proves that a store into this slot completed (its
+    /// tag and its own check, which covers the address): the block's bytes are not read,
+    /// and a block whose bytes were damaged since is freed like any other. Older versions
+    /// check the marker against the block's bytes.
     pub fn free(&self, addr: u64) -> Result<bool> {
         if !self.in_region(addr) {
             return Ok(false);
@@ -315,7 +366,11 @@ impl<'a> Storage<'a> {
                 return Ok(false);
             }
             let m = marker.load(Ordering::Acquire);
-            if !self.commits(addr, m)? {
+            let is_block = match self.check().sealed_for(addr, m) {
+                Some(sealed) => sealed,
+                None => self.commits(addr, m)?,
+            };
+            if !is_block {
                 if marker.load(Ordering::Acquire) == m {
                     return Ok(false);
                 }
@@ -361,7 +416,7 @@ impl<'a> Storage<'a> {
             }
             words -= 1;
             let mut bits = self.bit_word(w)?.load(Ordering::Acquire)
-                & self.lay.valid_bits(w)
+                & self.lay().valid_bits(w)
                 & (u64::MAX << from);
             from = 0;
             while bits != 0 {
@@ -390,7 +445,7 @@ impl<'a> Storage<'a> {
     /// (they cannot be checked). Must not run while others store or free in this storage.
     /// Returns where to go on (`None`: past the capacity) and what changed.
     pub fn repair(&self, start: u64, max_slots: u64) -> Result<(Option<u64>, Repaired)> {
-        let cap = self.lay.capacity;
+        let cap = self.lay().capacity;
         let mut rep = Repaired::default();
         if start >= cap || max_slots == 0 {
             return Ok(((start < cap).then_some(start), rep));
@@ -406,7 +461,7 @@ impl<'a> Storage<'a> {
                 ((1u64 << (hi - lo)) - 1) << lo
             };
             let word = self.bit_word(w)?;
-            let mut bits = word.load(Ordering::SeqCst) & range & self.lay.valid_bits(w);
+            let mut bits = word.load(Ordering::SeqCst) & range & self.lay().valid_bits(w);
             while bits != 0 {
                 let addr = w * 64 + u64::from(bits.trailing_zeros());
                 bits &= bits - 1;
@@ -424,7 +479,7 @@ impl<'a> Storage<'a> {
             }
             let sw = self.summary_word(w / 64)?;
             let sbit = 1u64 << (w % 64);
-            let full = word.load(Ordering::SeqCst) | !self.lay.valid_bits(w) == u64::MAX;
+            let full = word.load(Ordering::SeqCst) | !self.lay().valid_bits(w) == u64::MAX;
             let marked = sw.load(Ordering::SeqCst) & sbit != 0;
             if full && marked {
                 sw.fetch_and(!sbit, Ordering::SeqCst);

@@ -1,13 +1,16 @@
 //! The file format on a region: the header words, the frames, and the reads and writes
 //! every queue operation is made of. Nothing here locks; [`super::Locked`] does.
 
+use std::mem::MaybeUninit;
+use std::ptr;
 use std::sync::atomic::Ordering;
 
 use super::{Decoded, QueueError, Result, HDR};
 use crate::mem::Mem;
 
-/// Frames up to this size are copied out to the stack before decoding.
-const STACK_COPY: usize = 512;
+/// Frames up to this size are copied out to the stack before decoding (a 4 KiB term's
+/// frame fits; scheduler threads have stacks of hundreds of KiB), larger ones to the heap.
+const STACK_COPY: usize = 8192;
 /// Chunk in which `attach` checks that a file holds nothing but zeros.
 const ZERO_CHUNK: u64 = 1 << 20;
 
@@ -141,12 +144,27 @@ fn with_copy<T>(mem: Mem<'_>, frame: Frame, f: impl FnOnce(&[u8]) -> Result<T>) 
     let n = frame.size as usize - 4;
     let off = u64::from(frame.start) + 4;
     if n <= STACK_COPY {
-        let mut buf = [0u8; STACK_COPY];
-        mem.read_into(off, &mut buf[..n])?;
-        f(&buf[..n])
+        // Not zeroed first: only the `n` bytes copied in are ever looked at.
+        let mut buf = MaybeUninit::<[u8; STACK_COPY]>::uninit();
+        let src = mem.ptr_at(off, n as u64)?;
+        // SAFETY: `src` is `n` readable bytes of the region (range-checked just above);
+        // `buf` is private stack memory of `STACK_COPY >= n` bytes, so they do not overlap.
+        // After the copy its first `n` bytes are initialised, and only they are read.
+        let bytes = unsafe {
+            ptr::copy_nonoverlapping(src, buf.as_mut_ptr().cast::<u8>(), n);
+            std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n)
+        };
+        f(bytes)
     } else {
-        let mut buf = vec![0u8; n];
-        mem.read_into(off, &mut buf)?;
+        let src = mem.ptr_at(off, n as u64)?;
+        let mut buf = Vec::<u8>::with_capacity(n);
+        // SAFETY: `src` is `n` readable bytes of the region (range-checked just above);
+        // `buf` is a new allocation of at least `n` bytes, so they do not overlap; the
+        // copy initialises its first `n` bytes before the length says so.
+        unsafe {
+            ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), n);
+            buf.set_len(n);
+        }
         f(&buf)
     }
 }

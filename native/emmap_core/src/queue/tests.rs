@@ -91,10 +91,21 @@ fn bytes(f: &File) -> Vec<u8> {
     std::fs::read(&f.path).unwrap()
 }
 
+/// Pops through `Locked::pop` (what the NIF uses), checking on a copy of the file's
+/// state that `front` + `take` would have answered the same.
 fn pop(q: &Locked<'_>, purge: bool) -> Result<Option<Vec<u8>>> {
-    match q.front()? {
-        None => Ok(None),
-        Some(front) => q.take(&front, purge, dec).map(|d| Some(term(d))),
+    let two_steps = q.front();
+    match q.pop(purge, u64::MAX, dec) {
+        Ok(Popped::Empty) => {
+            assert_eq!(two_steps, Ok(None));
+            Ok(None)
+        }
+        Ok(Popped::Took(f, d)) => {
+            assert_eq!(two_steps.map(|fr| fr.map(|fr| fr.frame)), Ok(Some(f)));
+            Ok(Some(term(d)))
+        }
+        Ok(Popped::TooLarge) => unreachable!("no limit"),
+        Err(e) => Err(e),
     }
 }
 
@@ -380,6 +391,51 @@ fn damaged_frames_are_reported_and_never_consumed() {
 
 /// A decoder that cannot check a term gets it back unchecked, and nothing is removed
 /// until `advance`.
+/// Terms on both sides of the size up to which a frame is copied to the stack (and far
+/// past it) come back whole, from pops and peeks.
+#[test]
+fn small_and_large_frames_decode_from_their_copies() {
+    let f = file_with(&spec_file(64, [64, 16, 16, 16], &[]));
+    let m = open(&f, &[]);
+    let qu = Queue::default();
+    let q = qu.lock(&m);
+    let sizes = [
+        0, 1, 500, 507, 508, 509, 4096, 8180, 8183, 8184, 8185, 8192, 20_000, 100_000,
+    ];
+    let payloads: Vec<Vec<u8>> = sizes
+        .iter()
+        .map(|&n| (0..n).map(|i| (i * 7 + n) as u8).collect())
+        .collect();
+    for p in &payloads {
+        q.push(&enc(p), Growth::Allowed).unwrap();
+    }
+    assert_eq!(all(&q), Ok(payloads.clone()));
+    for p in &payloads {
+        assert_eq!(pop(&q, true), Ok(Some(p.clone())));
+    }
+    assert_eq!(pop(&q, true), Ok(None));
+}
+
+/// A pop with a limit below the oldest message's frame does nothing; an unchecked term is
+/// handed out and not removed.
+#[test]
+fn pops_over_the_limit_or_unchecked_change_nothing() {
+    let f = file_with(&spec_file(512, [512, 16, 16, 16], &[]));
+    let m = open(&f, &[]);
+    let qu = Queue::default();
+    let q = qu.lock(&m);
+    q.push(&enc(b"twenty bytes of term"), Growth::Refused)
+        .unwrap();
+    let before = q.raw_header().unwrap();
+    let size = q.front().unwrap().unwrap().frame.size;
+    assert_eq!(q.pop(true, u64::from(size) - 1, dec), Ok(Popped::TooLarge));
+    let got = q.pop(true, u64::MAX, |b| Some(Decoded::Unchecked(b.len())));
+    assert!(matches!(got, Ok(Popped::Took(_, Decoded::Unchecked(_)))));
+    assert_eq!(q.raw_header(), Ok(before));
+    assert_eq!(pop(&q, true), Ok(Some(b"twenty bytes of term".to_vec())));
+    assert_eq!(q.pop(true, 0, dec), Ok(Popped::Empty));
+}
+
 #[test]
 fn unchecked_terms_are_not_committed() {
     let m = Mapping::open(None, 0, 4096, opts(&["anon", "write"])).unwrap();
