@@ -320,9 +320,11 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    /// Fake ranges far above anything mapped in user space (never faulted on): the
-    /// registry only stores numbers.
-    const FAKE: usize = 0x7f00_0000_0000;
+    /// Fake ranges above every user-space address (2^56 is beyond even 5-level paging),
+    /// so that they never overlap a real mapping that another test of this process
+    /// registers meanwhile (0x7f.. addresses, where mmap puts them, did now and then);
+    /// never faulted on: the registry only stores numbers.
+    const FAKE: usize = 1 << 56;
     const PAGE: usize = 4096;
 
     /// Register, grow and remove ranges from several threads while another looks them up:
