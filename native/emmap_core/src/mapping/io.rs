@@ -29,7 +29,7 @@ impl Mapping {
 
     #[inline(always)]
     fn pread_in<T>(&self, pos: u64, len: u64, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
-        let a = self.access()?;
+        let a = self.access_direct_read()?;
         let Some((s, e)) = bounds::read_range(pos, len, a.len()) else {
             return Ok(None);
         };
@@ -39,6 +39,7 @@ impl Mapping {
     }
 
     /// The bytes `[s, e)` of the pinned region, marking the mapping exported in direct mode.
+    #[inline(always)]
     fn bytes<'a>(&self, a: &'a Access<'_>, s: usize, e: usize) -> &'a [u8] {
         if self.opts.direct {
             // Read first: a store on every read would bounce this cache line between cores.
@@ -63,7 +64,7 @@ impl Mapping {
 
     #[inline(always)]
     fn read_in<T>(&self, len: u64, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
-        let a = self.access()?;
+        let a = self.access_direct_read()?;
         loop {
             let p = self.pos.0.load(Ordering::Acquire);
             let Some((s, e)) = bounds::read_range(p, len, a.len()) else {
@@ -138,6 +139,7 @@ impl Mapping {
 
     /// The bytes `[s, e)` of the pinned region, without marking the mapping exported:
     /// for slices that do not leave the call (`bytes` marks it first for those that may).
+    #[inline(always)]
     fn bytes_unexported<'a>(&self, a: &'a Access<'_>, s: usize, e: usize) -> &'a [u8] {
         // SAFETY: `s <= e <= len` (checked by the caller's bounds helper) and the region is
         // pinned by `a`. Other writers may change these bytes concurrently (that is what
