@@ -101,6 +101,9 @@ fn register(env: *mut ErlNifEnv, info: ErlNifTerm) -> c_int {
     if handler.is_err() {
         return 1;
     }
+    if std::panic::catch_unwind(|| crate::term::check_small(env)).is_err() {
+        return 1;
+    }
     match std::panic::catch_unwind(|| resource::register(env)) {
         Ok(true) => 0,
         _ => 1,
