@@ -50,6 +50,34 @@ impl Mapping {
         self.bytes_unexported(a, s, e)
     }
 
+    /// The range `[s, e)` of the mapping that `pread(pos, len)` would read now, or
+    /// `None` at end of file: for a copy made in pieces ([`Mapping::copy_at`]).
+    pub fn read_range(&self, pos: u64, len: u64) -> Result<Option<(usize, usize)>> {
+        let a = self.access()?;
+        Ok(bounds::read_range(pos, len, a.len()))
+    }
+
+    /// One piece of a copy made in pieces: copies the bytes at `[s, s + dst.len())` into
+    /// `dst` and returns how many there were, fewer if the mapping now ends before
+    /// `s + dst.len()` (0 if it ends at or before `s`), and the mapping's length now.
+    /// Errors as for `pread`: `Closed`, and `Truncated` (explained) for bytes someone
+    /// else cut from the file.
+    pub fn copy_at(&self, s: usize, dst: &mut [u8]) -> Result<(usize, usize)> {
+        self.answer(self.copy_at_in(s, dst))
+    }
+
+    fn copy_at_in(&self, s: usize, dst: &mut [u8]) -> Result<(usize, usize)> {
+        let a = self.access()?;
+        let e = s.saturating_add(dst.len()).min(a.len());
+        if e <= s {
+            return Ok((0, a.len()));
+        }
+        let n = e - s;
+        dst[..n].copy_from_slice(self.bytes_unexported(&a, s, e));
+        a.check(s, e)?;
+        Ok((n, a.len()))
+    }
+
     /// Like `pread`, for direct mode: the slice stays valid until this mapping is dropped.
     /// The caller must tie the slice's lifetime to the handle (a resource binary does).
     pub fn pread_direct(&self, pos: u64, len: u64) -> Result<Option<(*const u8, usize)>> {
