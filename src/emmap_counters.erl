@@ -31,10 +31,8 @@
 
 -define(COUNTERS_MAGIC, "EMMAP01\n").
 
-%% Counter I of a file of N. No `is_integer(I)': anything but a number fails `I < N'
-%% (numbers sort before every other term), and a float in range reaches the NIF as a
-%% float offset, which it refuses with `badarg' like any other wrong type.
--define(INDEX(I, N), I >= 0, I < N).
+%% Counter I of a file of N.
+-define(INDEX(I, N), is_integer(I), I >= 0, I < N).
 %% The byte offset of counter I.
 -define(SLOT(I), (16 + 8 * I)).
 
