@@ -64,6 +64,14 @@ nif!(normal "pread", pread, 3, |env, a, on| {
 /// `pread` in one piece (a `direct` read, or a copy short enough for this scheduler).
 #[inline(always)]
 fn pread_now(env: Env<'_>, h: &Handle, on: On, pos: u64, len: u64) -> Answer {
+    if h.mapping.options().direct {
+        return match h.mapping.pread_direct(pos, len)? {
+            // SAFETY: `pread_direct` marked the mapping exported: the bytes stay mapped
+            // while the handle lives, and the resource binary keeps it alive.
+            Some((p, n)) => Ok(unsafe { h.binary(env, std::slice::from_raw_parts(p, n)) }),
+            None => Ok(atom(atoms::eof())),
+        };
+    }
     // SAFETY: bytes from `Mapping::pread` stay mapped while the handle lives in direct
     // mode (it marks the mapping exported).
     let r = h

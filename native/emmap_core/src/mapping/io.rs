@@ -80,6 +80,7 @@ impl Mapping {
 
     /// Like `pread`, for direct mode: the slice stays valid until this mapping is dropped.
     /// The caller must tie the slice's lifetime to the handle (a resource binary does).
+    #[inline]
     pub fn pread_direct(&self, pos: u64, len: u64) -> Result<Option<(*const u8, usize)>> {
         debug_assert!(self.opts.direct);
         self.pread(pos, len, |b| (b.as_ptr(), b.len()))
