@@ -198,6 +198,7 @@ impl Mapping {
     /// Copies `data` to byte `s` of the pinned region; the caller has checked that
     /// `[s, s + data.len())` lies inside it and that the mapping is writable. A range the
     /// file no longer has is refused before anything is written.
+    #[inline(always)]
     fn store(&self, a: &Access<'_>, s: usize, data: &[u8]) -> Result<()> {
         debug_assert!(s + data.len() <= a.len());
         let e = s + data.len();
