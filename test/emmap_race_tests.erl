@@ -78,10 +78,11 @@ copies_while(Opts, Action, Allowed) ->
         Answers
     end).
 
+%% On `stop' (sent after the action), one more read: at least one answer comes after it.
 copy_loop(Owner, M, Pos, Len, Acc) ->
     A = emmap:pread(M, Pos, Len),
     receive
-        stop -> Owner ! {answers, self(), [A | Acc]}
+        stop -> Owner ! {answers, self(), [emmap:pread(M, Pos, Len), A | Acc]}
     after 0 ->
         copy_loop(Owner, M, Pos, Len, [A | Acc])
     end.
@@ -249,7 +250,13 @@ direct_loop(Owner, M, I, K, Seen) ->
            end,
     Seen1 = maps:update_with(Kind, fun(V) -> V + 1 end, 1, Seen),
     receive
-        stop -> Owner ! {seen, self(), Seen1}
+        stop ->
+            %% One more read, after the close: `{error, closed}'.
+            Last = case emmap:pread(M, Pos, 40) of
+                       {error, closed} -> closed;
+                       Other2 -> {unexpected, Other2}
+                   end,
+            Owner ! {seen, self(), maps:update_with(Last, fun(V) -> V + 1 end, 1, Seen1)}
     after 0 ->
         direct_loop(Owner, M, I, K + 1, Seen1)
     end.
