@@ -174,9 +174,35 @@ impl Mapping {
     }
 
     /// Pins the current region for one operation, or reports `Closed`.
-    #[inline]
+    #[inline(always)]
     pub fn access(&self) -> Result<Access<'_>> {
-        let guard = if self.opts.lock() {
+        self.access_as(self.opts.lock())
+    }
+
+    /// [`Mapping::access`] for a read that hands out its bytes as a direct binary: once
+    /// the handle has exported one, it does not enter the readers. From then on no region
+    /// of this handle is unmapped before the handle is dropped (`may_release_early` is
+    /// false for `close`, `resize`, `truncate`, a growing `allocate` and the growth of
+    /// block storage and the queue, which all install through `install` or release in
+    /// `close`), and `&self` keeps the handle. What a reader without the guard may meet
+    /// instead: a region replaced meanwhile (still mapped, read as it was), a handle
+    /// closed meanwhile (its regions still mapped), or, racing our own `truncate`, pages
+    /// past the new end already replaced by zeros, which is what the binary would show
+    /// a moment later anyway (the range was valid when the read began). Damage made by
+    /// others is found by `Access::probe`/`check` as for any read.
+    ///
+    /// The flag is set by a read that holds the guard (`bytes`), before any reader can
+    /// see it, and writers read it after waiting for every guard: a writer that may still
+    /// unmap cannot overlap a read that skipped the guard.
+    #[inline(always)]
+    pub(crate) fn access_direct_read(&self) -> Result<Access<'_>> {
+        let exported = self.opts.direct && self.exported.load(Ordering::Acquire);
+        self.access_as(self.opts.lock() && !exported)
+    }
+
+    #[inline(always)]
+    fn access_as(&self, guarded: bool) -> Result<Access<'_>> {
+        let guard = if guarded {
             Some(self.readers.read())
         } else {
             None
@@ -189,9 +215,11 @@ impl Mapping {
             return Err(Error::Closed);
         }
         // SAFETY: `cur` always points at a region owned by `state.current` or
-        // `state.retired`. With `lock`, we hold a read guard, and regions are freed only
-        // while `readers.write()` excludes every reader. Without `lock`, regions are never freed before `Drop`
-        // (see `may_release_early`), and `Drop` cannot run while `&self` is borrowed.
+        // `state.retired`. With `guarded`, we hold a read guard, and regions are freed
+        // only while `readers.write()` excludes every reader. Without it, regions are
+        // never freed before `Drop` (`nolock`, or `direct` with a binary exported: see
+        // `may_release_early` and `access_direct_read`), and `Drop` cannot run while
+        // `&self` is borrowed.
         let region = unsafe { &*p };
         Ok(Access {
             _guard: guard,

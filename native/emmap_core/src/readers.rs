@@ -76,14 +76,30 @@ impl Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
+        // From now on this thread reads through the counters (should it read at all while
+        // its other thread-locals are being destroyed).
+        FAST.with(|f| f.set(FAST_NONE));
         if let Some(i) = self.0 {
             CLAIMED[i].store(false, Ordering::Release);
         }
     }
 }
 
+/// `FAST` before the thread's first read.
+const FAST_UNKNOWN: usize = usize::MAX;
+/// `FAST` for a thread without a slot.
+const FAST_NONE: usize = usize::MAX - 1;
+
 thread_local! {
+    /// The thread's claim, which gives its slot back when the thread exits. Lazily
+    /// initialised and with a destructor, so each access checks its state: only the first
+    /// read of a thread looks here.
     static CLAIM: Claim = Claim::new();
+    /// The index of this thread's slot (or `FAST_UNKNOWN`, `FAST_NONE`): what every read
+    /// looks at. A constant initialiser and no destructor make an access one TLS address
+    /// lookup and one load, with no state check (in a shared library, `thread_local!`
+    /// with a lazy initialiser costs a call and a branch more on every read).
+    static FAST: Cell<usize> = const { Cell::new(FAST_UNKNOWN) };
     static COUNTER: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
@@ -106,9 +122,27 @@ fn fallback_forced() -> bool {
 }
 
 /// This thread's global slot, if it has one.
-#[inline]
+#[inline(always)]
 fn global_slot() -> Option<&'static AtomicUsize> {
-    CLAIM.try_with(|c| c.0).ok().flatten().map(|i| &SLOTS[i].0)
+    let i = FAST.with(Cell::get);
+    if i < GLOBAL_SLOTS {
+        Some(&SLOTS[i].0)
+    } else {
+        global_slot_slow(i)
+    }
+}
+
+/// The first read of a thread claims its slot (or finds none); later ones find `FAST`
+/// set. A thread whose `CLAIM` is already destroyed gets none.
+#[cold]
+#[inline(never)]
+fn global_slot_slow(i: usize) -> Option<&'static AtomicUsize> {
+    if i != FAST_UNKNOWN {
+        return None;
+    }
+    let s = CLAIM.try_with(|c| c.0).ok().flatten();
+    FAST.with(|f| f.set(s.unwrap_or(FAST_NONE)));
+    s.map(|i| &SLOTS[i].0)
 }
 
 fn counter_index() -> usize {
@@ -157,7 +191,7 @@ pub enum ReadGuard<'a> {
 }
 
 impl Drop for ReadGuard<'_> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         match self {
             ReadGuard::Slot(s) => s.store(0, Ordering::Release),
@@ -185,7 +219,7 @@ impl Readers {
     }
 
     /// Enters the read side.
-    #[inline]
+    #[inline(always)]
     pub fn read(&self) -> ReadGuard<'_> {
         match global_slot() {
             Some(slot) => loop {
@@ -208,6 +242,8 @@ impl Readers {
         }
     }
 
+    #[cold]
+    #[inline(never)]
     fn read_counted(&self) -> ReadGuard<'_> {
         let count = &self.counters[counter_index()].0;
         loop {

@@ -25,7 +25,7 @@ use rustler::sys::{
 };
 
 use crate::schedule::Nif;
-use crate::{atomics, blocks, io, lifecycle, queue, resource};
+use crate::{atomics, blocks, copy, io, lifecycle, queue, resource};
 
 /// Every NIF, in the order of `emmap_nif.erl`'s stubs.
 const NIFS: &[Nif] = &[
@@ -101,7 +101,10 @@ fn register(env: *mut ErlNifEnv, info: ErlNifTerm) -> c_int {
     if handler.is_err() {
         return 1;
     }
-    match std::panic::catch_unwind(|| resource::register(env)) {
+    if std::panic::catch_unwind(|| crate::term::check_small(env)).is_err() {
+        return 1;
+    }
+    match std::panic::catch_unwind(|| resource::register(env) && copy::register(env)) {
         Ok(true) => 0,
         _ => 1,
     }

@@ -2,16 +2,17 @@
 //! indirect read `ipread` (`emmap:ipread_s32bu_p32bu/3`).
 //!
 //! Answers are bare (`Bin`, `eof`, `ok`, a position, `{error, Reason}`); `emmap.erl`
-//! adds the `{ok, _}`. Copies longer than `schedule::DIRTY_BYTES` move to a dirty I/O
-//! scheduler before anything is read or written; `direct` reads of any length are O(1)
+//! adds the `{ok, _}`. A `pread` copy longer than `schedule::DIRTY_BYTES` is made in
+//! slices on the caller's scheduler (`copy.rs`); other copies that long move to a dirty
+//! I/O scheduler before anything is read or written; `direct` reads of any length are O(1)
 //! and never move.
 
 use emmap_core::{Line, Whence};
 
-use crate::atoms;
 use crate::resource::{handle, Handle};
-use crate::schedule::{nif, On};
-use crate::term::{self, atom, Env, Int, Stop, Term};
+use crate::schedule::{nif, On, DIRTY_BYTES};
+use crate::term::{self, atom, Answer, Env, Int, Stop, Term};
+use crate::{atoms, copy};
 
 /// `bytes` of `h`'s mapping as the binary a read answers, or `None` when copying them
 /// is too much work for this scheduler.
@@ -49,11 +50,35 @@ nif!(normal "pread", pread, 3, |env, a, on| {
         Int::Neg => return Err(Stop::Error(emmap_core::Error::Einval)),
         Int::Over => return Ok(atom(atoms::eof())),
     };
+    if len > DIRTY_BYTES as u64 && on.is_normal() && !h.mapping.options().direct {
+        // A long copy: in slices, on this scheduler (`copy.rs`).
+        return match h.mapping.read_range(pos, len)? {
+            None => Ok(atom(atoms::eof())),
+            Some((s, e)) if e - s > DIRTY_BYTES => copy::start(env, a[0], h, s, e),
+            Some(_) => pread_now(env, h, on, pos, len),
+        };
+    }
+    pread_now(env, h, on, pos, len)
+});
+
+/// `pread` in one piece (a `direct` read, or a copy short enough for this scheduler).
+#[inline(always)]
+fn pread_now(env: Env<'_>, h: &Handle, on: On, pos: u64, len: u64) -> Answer {
+    if h.mapping.options().direct {
+        return match h.mapping.pread_direct(pos, len)? {
+            // SAFETY: `pread_direct` marked the mapping exported: the bytes stay mapped
+            // while the handle lives, and the resource binary keeps it alive.
+            Some((p, n)) => Ok(unsafe { h.binary(env, std::slice::from_raw_parts(p, n)) }),
+            None => Ok(atom(atoms::eof())),
+        };
+    }
     // SAFETY: bytes from `Mapping::pread` stay mapped while the handle lives in direct
     // mode (it marks the mapping exported).
-    let r = h.mapping.pread(pos, len, |b| unsafe { read_binary(env, h, on, b) })?;
+    let r = h
+        .mapping
+        .pread(pos, len, |b| unsafe { read_binary(env, h, on, b) })?;
     read_answer(r)
-});
+}
 
 // `pwrite(R, Pos, Bin)`: `ok`; `einval` for a position outside 0..2^64-1.
 nif!(normal "pwrite", pwrite, 3, |env, a, on| {

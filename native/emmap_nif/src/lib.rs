@@ -10,6 +10,7 @@
 //!
 //! and by the machinery they share:
 //!
+//! - `copy.rs`: long copy reads, in slices on the caller's scheduler;
 //! - `schedule.rs`: how a NIF is defined (`nif!`) and where it runs, decided in one place;
 //! - `term.rs`: reading arguments and building answers, and the one `{error, Reason}`
 //!   path;
@@ -31,6 +32,7 @@ compile_error!("emmap supports Linux only (it relies on Linux's mmap, mremap and
 mod atomics;
 mod atoms;
 mod blocks;
+mod copy;
 mod entry;
 mod io;
 mod lifecycle;

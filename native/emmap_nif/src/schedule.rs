@@ -187,6 +187,9 @@ macro_rules! nif {
                 func: start,
             };
 
+            // Inlined into `start` (and `dirty`): the call and the answer passed back
+            // through memory cost about as much as a short body's own work.
+            #[inline(always)]
             fn body<'a>($env: Env<'a>, $a: &'a [Term], $on: On) -> Answer {
                 $body
             }

@@ -132,9 +132,93 @@ impl Int {
     }
 }
 
+// ------------------------------------------------------------------------ small integers
+//
+// The VM stores an integer of 60 bits or less as an immediate term: the value shifted
+// left by 4 over the tag 0b1111 (ERTS's `_TAG_IMMED1_SMALL` on 64-bit machines). Reading
+// and making those inline saves a call into the VM (and its range checks) per integer,
+// a tenth of a short NIF. The encoding is the VM's, not the NIF API's: `check_small`
+// verifies it when the library is loaded, and without that confirmation every integer
+// goes through the API as before.
+
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("the small-integer shortcut assumes 64-bit terms");
+
+const SMALL_TAG: usize = 0xF;
+const SMALL_BITS: u32 = 60;
+static SMALL_OK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A term's machine word.
+#[inline(always)]
+fn word_of(t: Term) -> usize {
+    // SAFETY: `ErlNifTerm` is a `#[repr(transparent)]` wrapper of a `usize`.
+    unsafe { std::mem::transmute::<Term, usize>(t) }
+}
+
+/// The small-integer immediate for `v`, if `v` has one (60-bit signed).
+#[inline(always)]
+fn small_term(v: i64) -> Option<Term> {
+    let lim = 1i64 << (SMALL_BITS - 1);
+    // SAFETY: `ErlNifTerm` is a `#[repr(transparent)]` wrapper of a `usize`; the word is
+    // an immediate (no pointer), valid in any env, when the encoding is the VM's, which
+    // callers establish with `small_ok` first.
+    ((-lim..lim).contains(&v))
+        .then(|| unsafe { std::mem::transmute::<usize, Term>(((v << 4) as usize) | SMALL_TAG) })
+}
+
+/// The value of `t` if it is a small-integer immediate.
+#[inline(always)]
+fn small_value(t: Term) -> Option<i64> {
+    let w = word_of(t);
+    (w & 0xF == SMALL_TAG).then_some((w as i64) >> 4)
+}
+
+#[inline(always)]
+fn small_ok() -> bool {
+    SMALL_OK.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Compares the shortcut with what the VM makes and reads, for values around every edge;
+/// turns it on if they agree everywhere. Called from the library's load callbacks.
+pub fn check_small(env: *mut ErlNifEnv) {
+    let lim = 1i64 << (SMALL_BITS - 1);
+    let probes = [
+        0,
+        1,
+        -1,
+        5,
+        -3,
+        1 << 40,
+        -(1 << 40),
+        lim - 1,
+        -lim,
+        i64::from(i32::MAX),
+    ];
+    let agrees = probes.iter().all(|&v| {
+        // SAFETY: plain value construction and reading in the load callback's env.
+        let (made, back) = unsafe {
+            let t = enif_make_int64(env, v);
+            let mut back = 0i64;
+            let ok = enif_get_int64(env, t, &mut back) != 0;
+            (t, ok.then_some(back))
+        };
+        small_term(v) == Some(made) && small_value(made) == Some(v) && back == Some(v)
+    });
+    // Values just past the range must not look small.
+    // SAFETY: as above.
+    let big = unsafe { [enif_make_int64(env, lim), enif_make_int64(env, -lim - 1)] };
+    let agrees = agrees && big.iter().all(|&t| small_value(t).is_none());
+    SMALL_OK.store(agrees, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// An integer argument; `badarg` for anything else.
 #[inline(always)]
 pub fn int(env: Env<'_>, t: Term) -> Result<Int, Stop> {
+    if small_ok() {
+        if let Some(v) = small_value(t) {
+            return Ok(if v < 0 { Int::Neg } else { Int::Fits(v as u64) });
+        }
+    }
     let mut v = 0u64;
     // SAFETY: `t` is a term of this call; `v` is a valid out-pointer.
     if unsafe { enif_get_uint64(env.raw, t, &mut v) } != 0 {
@@ -160,6 +244,11 @@ fn int_slow(env: Env<'_>, t: Term) -> Result<Int, Stop> {
 /// stored as the signed value with the same bits; `badarg` otherwise.
 #[inline(always)]
 pub fn word(env: Env<'_>, t: Term) -> Result<i64, Stop> {
+    if small_ok() {
+        if let Some(v) = small_value(t) {
+            return Ok(v);
+        }
+    }
     let mut v = 0i64;
     // SAFETY: `t` is a term of this call; `v` is a valid out-pointer.
     if unsafe { enif_get_int64(env.raw, t, &mut v) } != 0 {
@@ -278,12 +367,22 @@ pub fn atom(a: Atom) -> Term {
 
 #[inline(always)]
 pub fn int64(env: Env<'_>, v: i64) -> Term {
+    if small_ok() {
+        if let Some(t) = small_term(v) {
+            return t;
+        }
+    }
     // SAFETY: plain value construction in this call's env.
     unsafe { enif_make_int64(env.raw, v) }
 }
 
 #[inline(always)]
 pub fn uint(env: Env<'_>, v: u64) -> Term {
+    if small_ok() && v < 1 << (SMALL_BITS - 1) {
+        if let Some(t) = small_term(v as i64) {
+            return t;
+        }
+    }
     // SAFETY: plain value construction in this call's env.
     unsafe { enif_make_uint64(env.raw, v) }
 }

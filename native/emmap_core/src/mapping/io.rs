@@ -29,7 +29,7 @@ impl Mapping {
 
     #[inline(always)]
     fn pread_in<T>(&self, pos: u64, len: u64, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
-        let a = self.access()?;
+        let a = self.access_direct_read()?;
         let Some((s, e)) = bounds::read_range(pos, len, a.len()) else {
             return Ok(None);
         };
@@ -39,6 +39,7 @@ impl Mapping {
     }
 
     /// The bytes `[s, e)` of the pinned region, marking the mapping exported in direct mode.
+    #[inline(always)]
     fn bytes<'a>(&self, a: &'a Access<'_>, s: usize, e: usize) -> &'a [u8] {
         if self.opts.direct {
             // Read first: a store on every read would bounce this cache line between cores.
@@ -49,8 +50,37 @@ impl Mapping {
         self.bytes_unexported(a, s, e)
     }
 
+    /// The range `[s, e)` of the mapping that `pread(pos, len)` would read now, or
+    /// `None` at end of file: for a copy made in pieces ([`Mapping::copy_at`]).
+    pub fn read_range(&self, pos: u64, len: u64) -> Result<Option<(usize, usize)>> {
+        let a = self.access()?;
+        Ok(bounds::read_range(pos, len, a.len()))
+    }
+
+    /// One piece of a copy made in pieces: copies the bytes at `[s, s + dst.len())` into
+    /// `dst` and returns how many there were, fewer if the mapping now ends before
+    /// `s + dst.len()` (0 if it ends at or before `s`), and the mapping's length now.
+    /// Errors as for `pread`: `Closed`, and `Truncated` (explained) for bytes someone
+    /// else cut from the file.
+    pub fn copy_at(&self, s: usize, dst: &mut [u8]) -> Result<(usize, usize)> {
+        self.answer(self.copy_at_in(s, dst))
+    }
+
+    fn copy_at_in(&self, s: usize, dst: &mut [u8]) -> Result<(usize, usize)> {
+        let a = self.access()?;
+        let e = s.saturating_add(dst.len()).min(a.len());
+        if e <= s {
+            return Ok((0, a.len()));
+        }
+        let n = e - s;
+        dst[..n].copy_from_slice(self.bytes_unexported(&a, s, e));
+        a.check(s, e)?;
+        Ok((n, a.len()))
+    }
+
     /// Like `pread`, for direct mode: the slice stays valid until this mapping is dropped.
     /// The caller must tie the slice's lifetime to the handle (a resource binary does).
+    #[inline]
     pub fn pread_direct(&self, pos: u64, len: u64) -> Result<Option<(*const u8, usize)>> {
         debug_assert!(self.opts.direct);
         self.pread(pos, len, |b| (b.as_ptr(), b.len()))
@@ -63,7 +93,7 @@ impl Mapping {
 
     #[inline(always)]
     fn read_in<T>(&self, len: u64, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
-        let a = self.access()?;
+        let a = self.access_direct_read()?;
         loop {
             let p = self.pos.0.load(Ordering::Acquire);
             let Some((s, e)) = bounds::read_range(p, len, a.len()) else {
@@ -138,6 +168,7 @@ impl Mapping {
 
     /// The bytes `[s, e)` of the pinned region, without marking the mapping exported:
     /// for slices that do not leave the call (`bytes` marks it first for those that may).
+    #[inline(always)]
     fn bytes_unexported<'a>(&self, a: &'a Access<'_>, s: usize, e: usize) -> &'a [u8] {
         // SAFETY: `s <= e <= len` (checked by the caller's bounds helper) and the region is
         // pinned by `a`. Other writers may change these bytes concurrently (that is what
@@ -167,6 +198,7 @@ impl Mapping {
     /// Copies `data` to byte `s` of the pinned region; the caller has checked that
     /// `[s, s + data.len())` lies inside it and that the mapping is writable. A range the
     /// file no longer has is refused before anything is written.
+    #[inline(always)]
     fn store(&self, a: &Access<'_>, s: usize, data: &[u8]) -> Result<()> {
         debug_assert!(s + data.len() <= a.len());
         let e = s + data.len();
