@@ -266,20 +266,9 @@ impl<'a> Storage<'a> {
         addr: u64,
         mut alloc: impl FnMut(usize) -> (T, &'d mut [u8]),
     ) -> Result<Option<T>> {
-        if !self.in_region(addr) {
-            return Ok(None);
-        }
-        let marker = self.marker(addr)?;
-        let off = self.lay().slot_off(addr).ok_or(BlockError::Corrupt)? + 8;
         let n = self.lay().block_size;
-        for _ in 0..READ_RETRIES {
-            if !self.bit_is_set(addr)? {
-                return Ok(None);
-            }
-            let m = marker.load(Ordering::Acquire);
-            if !self.check().tagged(m) {
-                return Ok(None);
-            }
+        self.read_checked(addr, |m| {
+            let off = self.lay().slot_off(addr).ok_or(BlockError::Corrupt)? + 8;
             let (v, buf) = alloc(n as usize);
             if buf.len() as u64 != n {
                 return Err(BlockError::BadSize);
@@ -298,24 +287,31 @@ impl<'a> Storage<'a> {
                     self.check().marker(addr, buf)
                 }
             };
-            if got != m {
-                if marker.load(Ordering::Acquire) == m {
-                    return Ok(None); // torn or damaged slot: not a block
-                }
-                continue;
-            }
-            fence(Ordering::Acquire);
-            if marker.load(Ordering::Relaxed) == m {
-                return Ok(Some(v));
-            }
-        }
-        Ok(None)
+            Ok((got == m).then_some(v))
+        })
     }
 
     /// Calls `f` on the block at `addr` (its bytes in the region) and returns what `f`
     /// returned, or `None` if there is no block. A block freed or replaced while `f` ran is
     /// detected through its marker and read again; `f` may run more than once.
     pub fn read<T>(&self, addr: u64, mut f: impl FnMut(&'a [u8]) -> T) -> Result<Option<T>> {
+        self.read_checked(addr, |m| {
+            let data = self.data(addr)?;
+            Ok((self.check().marker(addr, data) == m).then(|| f(data)))
+        })
+    }
+
+    /// The read protocol of [`Storage::read`] and [`Storage::read_copy`]: while the slot's
+    /// used bit is set and its marker is tagged, `attempt(m)` reads the block against
+    /// marker `m` (`None`: the bytes do not match it). A mismatch with an unchanged marker
+    /// is a torn or damaged slot (no block); a marker that changed meanwhile (a free or
+    /// store raced the read) means read again, at most `READ_RETRIES` times.
+    #[inline(always)]
+    fn read_checked<T>(
+        &self,
+        addr: u64,
+        mut attempt: impl FnMut(u64) -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
         if !self.in_region(addr) {
             return Ok(None);
         }
@@ -328,14 +324,12 @@ impl<'a> Storage<'a> {
             if !self.check().tagged(m) {
                 return Ok(None);
             }
-            let data = self.data(addr)?;
-            if self.check().marker(addr, data) != m {
+            let Some(v) = attempt(m)? else {
                 if marker.load(Ordering::Acquire) == m {
                     return Ok(None); // torn or damaged slot: not a block
                 }
                 continue;
-            }
-            let v = f(data);
+            };
             fence(Ordering::Acquire);
             if marker.load(Ordering::Relaxed) == m {
                 return Ok(Some(v));
