@@ -1,10 +1,11 @@
-%%% Stubs of the bench-only NIF library test/bench/floor (empty NIFs: the floors of
-%%% `make bench'). Not part of emmap. The library is found through the environment
+%%% Stubs of the bench-only NIF library test/bench/floor (empty NIFs, and NIFs that copy
+%%% to and from a mapping of their own: the floors of `make bench'). Not part of emmap. The library is found through the environment
 %%% variable EMMAP_BENCH_FLOOR (its path without the extension), else in the checkout's
 %%% target/release/, where `make bench' builds it.
 -module(emmap_bench_floor).
 
--export([new/0, int/3, ok_int/3, bin40/3, copy40/3, write/3, mark/0]).
+-export([new/0, int/3, ok_int/3, bin40/3, copy40/3, write/3, map/2, map_write/3, map_copy/3,
+         mark/0]).
 -on_load(init/0).
 
 init() ->
@@ -41,6 +42,21 @@ copy40(_R, _I, _J) -> erlang:nif_error(not_loaded).
 %% @doc `ok' after inspecting `Bin' (a `pwrite').
 -spec write(reference(), integer(), binary()) -> ok.
 write(_R, _I, _Bin) -> erlang:nif_error(not_loaded).
+
+%% @doc A resource holding a shared read-write mapping of the first `Size' bytes of the
+%% existing file `Path' (unmapped when the resource is freed).
+-spec map(binary(), pos_integer()) -> reference().
+map(_Path, _Size) -> erlang:nif_error(not_loaded).
+
+%% @doc `ok' after copying `Bin' into the mapping of `map/2' at offset `I' (a `pwrite'
+%% that stores its bytes).
+-spec map_write(reference(), non_neg_integer(), binary()) -> ok.
+map_write(_R, _I, _Bin) -> erlang:nif_error(not_loaded).
+
+%% @doc `{ok, Bin}', `Bin' a new binary of the `N' bytes at offset `I' of the mapping of
+%% `map/2' (a copying read that reads its bytes).
+-spec map_copy(reference(), non_neg_integer(), non_neg_integer()) -> {ok, binary()}.
+map_copy(_R, _I, _N) -> erlang:nif_error(not_loaded).
 
 %% @doc `ok'; callgrind runs dump a profile at each call.
 -spec mark() -> ok.

@@ -1,7 +1,8 @@
-//! Empty NIFs for the floors of emmap's benchmark (`make bench`), loaded by the Erlang
-//! module `emmap_bench_floor` (test/bench/). Each takes and returns the terms of an emmap
-//! call and does nothing else, so the difference between an emmap row and its floor is
-//! what emmap itself costs. Built like the real library (release, thin LTO, arguments read
+//! NIFs for the floors of emmap's benchmark (`make bench`), loaded by the Erlang module
+//! `emmap_bench_floor` (test/bench/). Each takes and returns the terms of an emmap call
+//! and does nothing else (the `map_*` ones also copy the bytes, into or out of a mapping
+//! of their own), so the difference between an emmap row and its floor is what emmap
+//! itself costs. Built like the real library (release, thin LTO, arguments read
 //! from the VM's array), with the `enif_*` functions it needs declared by hand, so it has
 //! no dependencies.
 //!
@@ -12,6 +13,14 @@
 //! - `bin40(Res, I, J)`: `{ok, Bin}`, `Bin` a 40-byte resource binary (a `direct` read);
 //! - `copy40(Res, I, J)`: `{ok, Bin}`, `Bin` a new 40-byte binary (a copying read);
 //! - `write(Res, I, Bin)`: `ok` after looking at `Bin`'s bytes (a `pwrite`);
+//! - `map(Path, Size)`: a resource that holds a shared mapping of the first `Size` bytes
+//!   of the file at `Path` (as `emmap:open(Path, [read, write, shared])` maps it);
+//! - `map_write(Res, I, Bin)`: `ok` after copying `Bin` to offset `I` of that mapping
+//!   (a `pwrite`, the bytes really stored);
+//! - `map_copy(Res, I, N)`: `{ok, Bin}`, `Bin` a new binary of the `N` bytes at offset
+//!   `I` of that mapping (a copying read, the bytes really read). These two are the
+//!   floors of the rows at random offsets, whose cost is mostly the memory access
+//!   itself (a TLB and a cache miss), paid by any code that touches those bytes;
 //! - `mark()`: `ok`; the callgrind runs dump a profile at each call of its symbol
 //!   (`--dump-before=emmap_bench_mark`), which separates the phases of a run.
 
@@ -90,6 +99,37 @@ extern "C" {
     fn enif_make_badarg(env: Env) -> Term;
 }
 
+// The few libc functions and constants the mapping floors need (Linux; the values are
+// those of every Linux architecture emmap builds on).
+extern "C" {
+    fn open(path: *const c_char, flags: c_int, ...) -> c_int;
+    fn close(fd: c_int) -> c_int;
+    fn mmap(
+        addr: *mut c_void,
+        len: usize,
+        prot: c_int,
+        flags: c_int,
+        fd: c_int,
+        off: i64,
+    ) -> *mut c_void;
+    fn munmap(addr: *mut c_void, len: usize) -> c_int;
+}
+
+const O_RDWR: c_int = 2;
+const O_CLOEXEC: c_int = 0o2000000;
+const PROT_READ: c_int = 1;
+const PROT_WRITE: c_int = 2;
+const MAP_SHARED: c_int = 1;
+const MAP_FAILED: *mut c_void = usize::MAX as *mut c_void;
+
+/// The object behind every resource of this library: a mapping made by `map/2`, or none
+/// (null, 0) for the resources of `new/0`.
+#[repr(C)]
+struct Region {
+    ptr: *mut u8,
+    len: usize,
+}
+
 static TYPE: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
 static OK: AtomicUsize = AtomicUsize::new(0);
 static BYTES: [u8; 40] = [b'x'; 40];
@@ -101,6 +141,15 @@ fn resource(env: Env, t: Term) -> Option<*mut c_void> {
     // SAFETY: `env` and `t` come from the running NIF call; `obj` is a valid out-pointer;
     // the type was registered at load.
     (unsafe { enif_get_resource(env, t, TYPE.load(Relaxed), &mut obj) } != 0).then_some(obj)
+}
+
+fn empty_binary() -> ErlNifBinary {
+    ErlNifBinary {
+        size: 0,
+        data: ptr::null_mut(),
+        ref_bin: ptr::null_mut(),
+        spare: [ptr::null_mut(); 2],
+    }
 }
 
 /// The integer argument `t`.
@@ -144,15 +193,132 @@ pub extern "C" fn emmap_bench_mark(_env: Env, _argc: c_int, _argv: *const Term) 
     std::hint::black_box(OK.load(Relaxed))
 }
 
-nif!(new, |env, _a| {
-    // SAFETY: the type was registered at load; one byte is enough (the object is only
-    // ever decoded, never read); the term holds the reference we release.
+/// A new resource holding `region`, or `None` when the VM is out of memory (the caller
+/// then still owns the mapping).
+fn make_region(env: Env, region: Region) -> Option<Term> {
+    // SAFETY: the type was registered at load with objects of `Region`'s size in mind;
+    // the object is written before the VM or the destructor can see it; the term holds
+    // the reference we release.
     unsafe {
-        let obj = enif_alloc_resource(TYPE.load(Relaxed), 1);
+        let obj = enif_alloc_resource(TYPE.load(Relaxed), std::mem::size_of::<Region>());
+        if obj.is_null() {
+            return None;
+        }
+        obj.cast::<Region>().write(region);
         let t = enif_make_resource(env, obj);
         enif_release_resource(obj);
         Some(t)
     }
+}
+
+/// The mapped bytes `[off, off + n)` of the resource `t`, as a pointer, if `t` is one of
+/// ours holding a mapping and the range lies inside it.
+#[inline(always)]
+fn mapped(env: Env, t: Term, off: c_long, n: usize) -> Option<*mut u8> {
+    let obj = resource(env, t)?.cast::<Region>();
+    // SAFETY: every object of our type is a `Region`, written when it was made and never
+    // changed; the resource term keeps it alive for this call.
+    let r = unsafe { &*obj };
+    let off = usize::try_from(off).ok()?;
+    if r.ptr.is_null() || off.checked_add(n)? > r.len {
+        return None;
+    }
+    // SAFETY: `off + n <= len`, so the pointer stays inside the mapping.
+    Some(unsafe { r.ptr.add(off) })
+}
+
+/// Unmaps a resource's mapping when the VM frees the resource.
+unsafe extern "C" fn region_dtor(_env: Env, obj: *mut c_void) {
+    // SAFETY: the VM calls this once per object of our type, each a `Region`, when
+    // nothing references it any more, so the mapping is no longer used.
+    unsafe {
+        let r = &*obj.cast::<Region>();
+        if !r.ptr.is_null() {
+            munmap(r.ptr.cast(), r.len);
+        }
+    }
+}
+
+nif!(new, |env, _a| {
+    make_region(
+        env,
+        Region {
+            ptr: ptr::null_mut(),
+            len: 0,
+        },
+    )
+});
+
+nif!(map, |env, a| {
+    let mut bin = empty_binary();
+    // SAFETY: `bin` is a valid out-pointer; the term is an argument of this call.
+    if unsafe { enif_inspect_binary(env, a[0], &mut bin) } == 0 {
+        return None;
+    }
+    // SAFETY: the VM gave `size` readable bytes at `data`, valid during this call.
+    let path = unsafe { std::slice::from_raw_parts(bin.data, bin.size) };
+    let path = std::ffi::CString::new(path).ok()?;
+    let len = usize::try_from(int(env, a[1])?).ok().filter(|&n| n > 0)?;
+    // SAFETY: `path` is NUL-terminated; the flags create nothing, so no mode is needed.
+    let fd = unsafe { open(path.as_ptr(), O_RDWR | O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a null hint lets the kernel pick a free range, so no existing mapping is
+    // touched; the result is checked against MAP_FAILED; the mapping outlives the fd.
+    let p = unsafe {
+        let p = mmap(
+            ptr::null_mut(),
+            len,
+            PROT_READ | PROT_WRITE,
+            MAP_SHARED,
+            fd,
+            0,
+        );
+        close(fd);
+        p
+    };
+    if p == MAP_FAILED {
+        return None;
+    }
+    let t = make_region(env, Region { ptr: p.cast(), len });
+    if t.is_none() {
+        // SAFETY: the mapping was made above and nothing else refers to it.
+        unsafe { munmap(p, len) };
+    }
+    t
+});
+
+nif!(map_write, |env, a| {
+    let mut bin = empty_binary();
+    // SAFETY: `bin` is a valid out-pointer; the term is an argument of this call.
+    if unsafe { enif_inspect_binary(env, a[2], &mut bin) } == 0 {
+        return None;
+    }
+    let dst = mapped(env, a[0], int(env, a[1])?, bin.size)?;
+    // SAFETY: `mapped` checked that `bin.size` bytes at `dst` lie inside a live, writable
+    // mapping; the source is the binary's bytes, valid during this call; a file mapping
+    // and a VM binary never overlap. (A truncated file could raise SIGBUS: the bench
+    // never truncates the files it maps.)
+    unsafe { ptr::copy_nonoverlapping(bin.data, dst, bin.size) };
+    Some(OK.load(Relaxed))
+});
+
+nif!(map_copy, |env, a| {
+    let n = usize::try_from(int(env, a[2])?).ok()?;
+    let src = mapped(env, a[0], int(env, a[1])?, n)?;
+    let mut t = 0;
+    // SAFETY: `mapped` checked that `n` bytes at `src` lie inside a live mapping; the VM
+    // answers a writable buffer of `n` bytes (or null), which nothing else sees before
+    // this call returns `t`. (SIGBUS: as in `map_write`.)
+    unsafe {
+        let p = enif_make_new_binary(env, n, &mut t);
+        if p.is_null() {
+            return None;
+        }
+        ptr::copy_nonoverlapping(src, p, n);
+    }
+    Some(ok(env, t))
 });
 
 nif!(int_, |env, a| {
@@ -201,12 +367,7 @@ nif!(copy40, |env, a| {
 nif!(write, |env, a| {
     resource(env, a[0])?;
     int(env, a[1])?;
-    let mut bin = ErlNifBinary {
-        size: 0,
-        data: ptr::null_mut(),
-        ref_bin: ptr::null_mut(),
-        spare: [ptr::null_mut(); 2],
-    };
+    let mut bin = empty_binary();
     // SAFETY: `bin` is a valid out-pointer of the layout erl_nif.h declares; the term
     // is an argument of this call.
     if unsafe { enif_inspect_binary(env, a[2], &mut bin) } == 0 {
@@ -217,18 +378,19 @@ nif!(write, |env, a| {
     Some(OK.load(Relaxed))
 });
 
-unsafe extern "C" fn load(env: Env, _priv: *mut *mut c_void, _info: Term) -> c_int {
+unsafe extern "C" fn on_load(env: Env, _priv: *mut *mut c_void, _info: Term) -> c_int {
     let mut tried = 0;
     let mut t = ptr::null_mut();
     for flags in [RT_TAKEOVER, RT_CREATE] {
         // SAFETY: called by the VM as this library's load/upgrade; the name is a
-        // NUL-terminated literal; no destructor is needed (the objects hold nothing).
+        // NUL-terminated literal; the destructor takes `Region` objects, as every
+        // object of the type is.
         t = unsafe {
             enif_open_resource_type(
                 env,
                 ptr::null(),
                 c"emmap_bench_floor".as_ptr(),
-                None,
+                Some(region_dtor),
                 flags,
                 &mut tried,
             )
@@ -253,10 +415,10 @@ unsafe extern "C" fn upgrade(
     info: Term,
 ) -> c_int {
     // SAFETY: the same contract as `load`.
-    unsafe { load(env, p, info) }
+    unsafe { on_load(env, p, info) }
 }
 
-const NFUNCS: usize = 7;
+const NFUNCS: usize = 10;
 
 struct Funcs([ErlNifFunc; NFUNCS]);
 // SAFETY: the names point at string literals; nothing is ever changed.
@@ -305,6 +467,24 @@ static FUNCS: Funcs = Funcs([
         function: write,
         flags: 0,
     },
+    ErlNifFunc {
+        name: c"map".as_ptr(),
+        arity: 2,
+        function: map,
+        flags: 0,
+    },
+    ErlNifFunc {
+        name: c"map_write".as_ptr(),
+        arity: 3,
+        function: map_write,
+        flags: 0,
+    },
+    ErlNifFunc {
+        name: c"map_copy".as_ptr(),
+        arity: 3,
+        function: map_copy,
+        flags: 0,
+    },
 ]);
 
 struct Entry(ErlNifEntry);
@@ -317,7 +497,7 @@ static ENTRY: Entry = Entry(ErlNifEntry {
     name: c"emmap_bench_floor".as_ptr(),
     num_of_funcs: NFUNCS as c_int,
     funcs: FUNCS.0.as_ptr(),
-    load: Some(load),
+    load: Some(on_load),
     reload: ptr::null(),
     upgrade: Some(upgrade),
     unload: ptr::null(),
