@@ -50,7 +50,16 @@ nif!(normal "pread", pread, 3, |env, a, on| {
         Int::Neg => return Err(Stop::Error(emmap_core::Error::Einval)),
         Int::Over => return Ok(atom(atoms::eof())),
     };
-    if len > DIRTY_BYTES as u64 && on.is_normal() && !h.mapping.options().direct {
+    if h.mapping.options().direct {
+        return match h.mapping.pread_direct(pos, len)? {
+            // SAFETY: the mapping is direct, and `pread_direct` marked it exported: the
+            // bytes stay mapped while the handle lives, and the resource binary keeps it
+            // alive.
+            Some((p, n)) => Ok(unsafe { h.direct_binary(env, p, n) }),
+            None => Ok(atom(atoms::eof())),
+        };
+    }
+    if len > DIRTY_BYTES as u64 && on.is_normal() {
         // A long copy: in slices, on this scheduler (`copy.rs`).
         return match h.mapping.read_range(pos, len)? {
             None => Ok(atom(atoms::eof())),
@@ -61,17 +70,10 @@ nif!(normal "pread", pread, 3, |env, a, on| {
     pread_now(env, h, on, pos, len)
 });
 
-/// `pread` in one piece (a `direct` read, or a copy short enough for this scheduler).
+/// `pread` in one piece: a copy short enough for this scheduler (`direct` reads are
+/// answered before).
 #[inline(always)]
 fn pread_now(env: Env<'_>, h: &Handle, on: On, pos: u64, len: u64) -> Answer {
-    if h.mapping.options().direct {
-        return match h.mapping.pread_direct(pos, len)? {
-            // SAFETY: `pread_direct` marked the mapping exported: the bytes stay mapped
-            // while the handle lives, and the resource binary keeps it alive.
-            Some((p, n)) => Ok(unsafe { h.binary(env, std::slice::from_raw_parts(p, n)) }),
-            None => Ok(atom(atoms::eof())),
-        };
-    }
     // SAFETY: bytes from `Mapping::pread` stay mapped while the handle lives in direct
     // mode (it marks the mapping exported).
     let r = h
