@@ -116,16 +116,46 @@ pub unsafe fn run(
     // SAFETY: the VM passes `argc` valid terms at `argv` for the call's duration, and the
     // env is this call's; neither borrow leaves this function.
     let (args, e) = unsafe { (std::slice::from_raw_parts(argv, def.arity), Env::new(env)) };
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (def.body)(e, args, on)));
+    // The answer is made inside the closure, so that what leaves `catch_unwind` is one
+    // term (a register) rather than a `Result` passed through memory.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        match (def.body)(e, args, on) {
+            Ok(t) => t,
+            // SAFETY: as this function's (same env and arguments).
+            Err(s) => unsafe { stopped(def, on, e, s, argc, argv) },
+        }
+    }));
     match r {
-        Ok(Ok(t)) => t,
-        Ok(Err(Stop::Dirty)) if on == On::Normal => {
+        Ok(t) => t,
+        // A panic.
+        // SAFETY: `env` is the current NIF env.
+        Err(_) => unsafe { enif_make_badarg(env) },
+    }
+}
+
+/// What NIF `def`, run on `on`, answers for a body that stopped with `s`: its move to
+/// the dirty entry, `{error, Reason}`, or `badarg`.
+///
+/// # Safety
+/// As for [`run`]: `e`, `argc` and `argv` are what the VM passed to the NIF being run.
+#[cold]
+#[inline(never)]
+unsafe fn stopped(
+    def: &Def,
+    on: On,
+    e: Env<'_>,
+    s: Stop,
+    argc: c_int,
+    argv: *const ErlNifTerm,
+) -> ErlNifTerm {
+    match s {
+        Stop::Dirty if on == On::Normal => {
             // SAFETY: `def.name` is NUL-terminated and static; `def.dirty` is this NIF's
             // dirty-scheduler entry, taking the same `argc` arguments, which stay valid
             // (they are the call's own terms).
             unsafe {
                 enif_schedule_nif(
-                    env,
+                    e.raw(),
                     def.name.as_ptr() as *const c_char,
                     ERL_NIF_DIRTY_JOB_IO_BOUND as c_int,
                     def.dirty,
@@ -134,16 +164,13 @@ pub unsafe fn run(
                 )
             }
         }
-        Ok(Err(s)) => match term::stopped(e, s) {
+        s => match term::stopped(e, s) {
             Some(t) => t,
             // `badarg`, or a body asking to move while already on a dirty scheduler (a
             // bug: refusing beats looping).
-            // SAFETY: `env` is the current NIF env.
-            None => unsafe { enif_make_badarg(env) },
+            // SAFETY: `e` is the current NIF env.
+            None => unsafe { enif_make_badarg(e.raw()) },
         },
-        // A panic.
-        // SAFETY: `env` is the current NIF env.
-        Err(_) => unsafe { enif_make_badarg(env) },
     }
 }
 
