@@ -208,8 +208,14 @@ sigbus_handler() ->
 %% 2^64 - 1 reads to the end.
 -spec pread(mmap_file(), integer(), non_neg_integer()) ->
           {ok, binary()} | eof | {error, posix_reason()}.
-pread(?H(R) = M, Pos, Len) ->
-    ?OK(is_binary, emmap_nif:pread(R, Pos, Len), [M, Pos, Len]);
+pread(?H(R), Pos, Len) ->
+    %% The NIF answers its `badarg' (with its arguments) rather than raising it: no `try'
+    %% frame on this, the hottest call.
+    case emmap_nif:pread(R, Pos, Len) of
+        Bin when is_binary(Bin) -> {ok, Bin};
+        {'$emmap_badarg', R1, Pos1, Len1} -> ?BADARG([?H(R1), Pos1, Len1]);
+        Other -> Other
+    end;
 pread(M, Pos, Len) ->
     ?BADARG([M, Pos, Len]).
 

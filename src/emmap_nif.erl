@@ -146,8 +146,10 @@ allocate(_R, _Offset, _Length) -> ?NIF.
 %%% Reads and writes
 %%%===========================================================================
 
-%% @doc NIF: up to `Len' bytes at `Pos'.
--spec pread(resource(), integer(), integer()) -> binary() | eof | error().
+%% @doc NIF: up to `Len' bytes at `Pos'. Where other NIFs raise `badarg', this one answers
+%% ``{'$emmap_badarg', R, Pos, Len}'' (`emmap:pread/3' raises it).
+-spec pread(resource(), integer(), integer()) ->
+          binary() | eof | error() | {'$emmap_badarg', term(), term(), term()}.
 pread(_R, _Pos, _Len) -> ?NIF.
 
 %% @doc NIF: writes `Bin' at `Pos'.

@@ -40,8 +40,8 @@ fn read_answer(r: Option<Option<Term>>) -> Result<Term, Stop> {
 
 // `pread(R, Pos, Len)`: up to `Len` bytes at `Pos`. A negative position is `einval`, one
 // past 2^64 - 1 is `eof`; a length past 2^64 - 1 reads to the end, a negative one is
-// `badarg`.
-nif!(normal "pread", pread, 3, |env, a, on| {
+// `badarg`, answered as `{'$emmap_badarg', R, Pos, Len}` (`emmap:pread/3` raises it).
+nif!(normal "pread", pread, 3, badarg_answered, |env, a, on| {
     let h = handle(env, a[0])?;
     let pos = term::int(env, a[1])?;
     let len = term::int(env, a[2])?.len()?;

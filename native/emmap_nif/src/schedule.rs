@@ -16,9 +16,10 @@
 //! The copy threshold [`DIRTY_BYTES`] is the same for every NIF: copies, checksums and
 //! scans above it move.
 //!
-//! Every body runs inside `catch_unwind`: a panic becomes `badarg`, never an abort. The
-//! arguments are read straight from the VM's array (rustler's generic `#[nif]` wrapper
-//! would collect them into a `Vec` on every call, a third of a 50 ns call).
+//! Every body runs inside `catch_unwind`: a panic becomes `badarg` (see [`badarg`]), never
+//! an abort. The arguments are read straight from the VM's array (rustler's generic
+//! `#[nif]` wrapper would collect them into a `Vec` on every call, a third of a 50 ns
+//! call).
 
 use std::ffi::{c_char, c_int, c_uint};
 
@@ -91,6 +92,9 @@ pub struct Def {
     pub body: Body,
     /// The NIF's dirty-scheduler entry, for rescheduling.
     pub dirty: NifFn,
+    /// Answers `{'$emmap_badarg', Arg1, ..., ArgN}` where other NIFs raise `badarg`
+    /// (see [`badarg`]).
+    pub badarg_answered: bool,
 }
 
 /// Flags of a NIF that always runs on a dirty I/O scheduler.
@@ -128,9 +132,32 @@ pub unsafe fn run(
     match r {
         Ok(t) => t,
         // A panic.
-        // SAFETY: `env` is the current NIF env.
-        Err(_) => unsafe { enif_make_badarg(env) },
+        // SAFETY: as this function's.
+        Err(_) => unsafe { badarg(def, e, argc, argv) },
     }
+}
+
+/// `badarg` for NIF `def`: raised, or, for a NIF defined with `badarg_answered`, the
+/// answer `{'$emmap_badarg', Arg1, ..., ArgN}` (its arguments as it got them), which the
+/// calling function raises again with its own arguments. For the hottest calls: catching
+/// a raised `badarg` costs the caller a `try` frame holding its arguments on every call,
+/// even when nothing is raised.
+///
+/// # Safety
+/// As for [`run`]: `e`, `argc` and `argv` are what the VM passed to the NIF being run.
+#[cold]
+#[inline(never)]
+unsafe fn badarg(def: &Def, e: Env<'_>, argc: c_int, argv: *const ErlNifTerm) -> ErlNifTerm {
+    if def.badarg_answered && usize::try_from(argc) == Ok(def.arity) {
+        // SAFETY: the VM passes `argc` valid terms at `argv` for the call's duration.
+        let args = unsafe { std::slice::from_raw_parts(argv, def.arity) };
+        let mut items = Vec::with_capacity(def.arity + 1);
+        items.push(term::atom(crate::atoms::emmap_badarg()));
+        items.extend_from_slice(args);
+        return term::tuple(e, &items);
+    }
+    // SAFETY: `e` is the current NIF env.
+    unsafe { enif_make_badarg(e.raw()) }
 }
 
 /// What NIF `def`, run on `on`, answers for a body that stopped with `s`: its move to
@@ -168,8 +195,8 @@ unsafe fn stopped(
             Some(t) => t,
             // `badarg`, or a body asking to move while already on a dirty scheduler (a
             // bug: refusing beats looping).
-            // SAFETY: `e` is the current NIF env.
-            None => unsafe { enif_make_badarg(e.raw()) },
+            // SAFETY: as this function's.
+            None => unsafe { badarg(def, e, argc, argv) },
         },
     }
 }
@@ -182,14 +209,19 @@ unsafe fn stopped(
 /// dirty I/O scheduler.
 macro_rules! nif {
     (normal $name:literal, $m:ident, $arity:literal, |$env:ident, $a:ident, $on:ident| $body:block) => {
-        $crate::schedule::nif!(@def $name, $m, $arity, 0, $crate::schedule::On::Normal,
+        $crate::schedule::nif!(@def $name, $m, $arity, 0, $crate::schedule::On::Normal, false,
+                               |$env, $a, $on| $body);
+    };
+    (normal $name:literal, $m:ident, $arity:literal, badarg_answered,
+     |$env:ident, $a:ident, $on:ident| $body:block) => {
+        $crate::schedule::nif!(@def $name, $m, $arity, 0, $crate::schedule::On::Normal, true,
                                |$env, $a, $on| $body);
     };
     (dirty $name:literal, $m:ident, $arity:literal, |$env:ident, $a:ident, $on:ident| $body:block) => {
         $crate::schedule::nif!(@def $name, $m, $arity, $crate::schedule::DIRTY_IO,
-                               $crate::schedule::On::DirtyIo, |$env, $a, $on| $body);
+                               $crate::schedule::On::DirtyIo, false, |$env, $a, $on| $body);
     };
-    (@def $name:literal, $m:ident, $arity:literal, $flags:expr, $start:expr,
+    (@def $name:literal, $m:ident, $arity:literal, $flags:expr, $start:expr, $answered:expr,
      |$env:ident, $a:ident, $on:ident| $body:block) => {
         #[allow(clippy::needless_return, unused_variables)]
         pub(crate) mod $m {
@@ -204,6 +236,7 @@ macro_rules! nif {
                 arity: $arity,
                 body,
                 dirty,
+                badarg_answered: $answered,
             };
 
             /// The NIF, for the library's entry.
