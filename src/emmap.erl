@@ -245,10 +245,20 @@ pread_list(_M, _, _) ->
 %% 2^63 - 1, past the end too, as for a raw file. A read-only mapping answers
 %% `{error, eacces}'. A `Pos' outside 0..2^64-1 is `{error, einval}' too.
 -spec pwrite(mmap_file(), integer(), iodata()) -> ok | {error, posix_reason()}.
-pwrite(?H(R) = M, Pos, Data) when is_binary(Data) ->
-    ?NIF_CALL(emmap_nif:pwrite(R, Pos, Data), [M, Pos, Data]);
+pwrite(?H(R), Pos, Data) when is_binary(Data) ->
+    %% As in pread/3: the NIF answers its `badarg'.
+    case emmap_nif:pwrite(R, Pos, Data) of
+        ok -> ok;
+        {'$emmap_badarg', R1, Pos1, Data1} -> ?BADARG([?H(R1), Pos1, Data1]);
+        Other -> Other
+    end;
 pwrite(?H(R) = M, Pos, Data) ->
-    ?NIF_CALL(emmap_nif:pwrite(R, Pos, iolist_to_binary(Data)), [M, Pos, Data]);
+    try emmap_nif:pwrite(R, Pos, iolist_to_binary(Data)) of
+        {'$emmap_badarg', _, _, _} -> ?BADARG([M, Pos, Data]);
+        Answer -> Answer
+    catch
+        error:badarg -> ?BADARG([M, Pos, Data])
+    end;
 pwrite(M, Pos, Data) ->
     ?BADARG([M, Pos, Data]).
 
@@ -555,7 +565,13 @@ size_change(R, Event, Change, Report) ->
 %% VM orders by atom number) it came sixth.
 patomic(M, Pos, add, V) ->
     case M of
-        ?H(R) -> ?OK(is_integer, emmap_nif:atomic_add(R, Pos, V), [M, Pos, add, V]);
+        ?H(R) ->
+            %% As in pread/3: the NIF answers its `badarg'.
+            case emmap_nif:atomic_add(R, Pos, V) of
+                Old when is_integer(Old) -> {ok, Old};
+                {'$emmap_badarg', R1, Pos1, V1} -> ?BADARG([?H(R1), Pos1, add, V1]);
+                Other -> Other
+            end;
         _ -> ?BADARG([M, Pos, add, V])
     end;
 patomic(M, Pos, Op, V) ->
@@ -578,8 +594,12 @@ patomic(M, Pos, Op, V) ->
 
 %% @doc `patomic(Mem, Pos, add, Value)'.
 -spec patomic_add(mmap_file(), integer(), integer()) -> {ok, integer()} | {error, posix_reason()}.
-patomic_add(?H(R) = M, Pos, V) ->
-    ?OK(is_integer, emmap_nif:atomic_add(R, Pos, V), [M, Pos, V]);
+patomic_add(?H(R), Pos, V) ->
+    case emmap_nif:atomic_add(R, Pos, V) of
+        Old when is_integer(Old) -> {ok, Old};
+        {'$emmap_badarg', R1, Pos1, V1} -> ?BADARG([?H(R1), Pos1, V1]);
+        Other -> Other
+    end;
 patomic_add(M, Pos, V) ->
     ?BADARG([M, Pos, V]).
 

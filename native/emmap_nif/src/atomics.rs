@@ -14,8 +14,8 @@ use crate::term::{self, atom};
 
 /// A NIF applying `$op`: the old value.
 macro_rules! atomic_nif {
-    ($name:literal, $m:ident, $op:expr) => {
-        nif!(normal $name, $m, 3, |env, a, _on| {
+    ($name:literal, $m:ident, $op:expr $(, $answered:ident)?) => {
+        nif!(normal $name, $m, 3, $($answered,)? |env, a, _on| {
             let h = handle(env, a[0])?;
             let pos = term::int(env, a[1])?;
             let v = term::word(env, a[2])?;
@@ -25,7 +25,9 @@ macro_rules! atomic_nif {
     };
 }
 
-atomic_nif!("atomic_add", atomic_add, Op::Add);
+// The hottest of them (`patomic(M, P, add, V)`, `inc_counter`) answers its `badarg` as
+// `{'$emmap_badarg', R, Pos, Value}` (schedule.rs); its callers raise it.
+atomic_nif!("atomic_add", atomic_add, Op::Add, badarg_answered);
 atomic_nif!("atomic_sub", atomic_sub, Op::Sub);
 atomic_nif!("atomic_and", atomic_and, Op::And);
 atomic_nif!("atomic_or", atomic_or, Op::Or);

@@ -82,8 +82,9 @@ fn pread_now(env: Env<'_>, h: &Handle, on: On, pos: u64, len: u64) -> Answer {
     read_answer(r)
 }
 
-// `pwrite(R, Pos, Bin)`: `ok`; `einval` for a position outside 0..2^64-1.
-nif!(normal "pwrite", pwrite, 3, |env, a, on| {
+// `pwrite(R, Pos, Bin)`: `ok`; `einval` for a position outside 0..2^64-1. `badarg` is
+// answered as `{'$emmap_badarg', R, Pos, Bin}` (`emmap:pwrite/3` raises it).
+nif!(normal "pwrite", pwrite, 3, badarg_answered, |env, a, on| {
     let h = handle(env, a[0])?;
     let pos = term::int(env, a[1])?;
     let data = term::bin(env, a[2])?;
