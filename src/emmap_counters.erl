@@ -46,8 +46,8 @@
             error:badarg -> ?BADARG(Args)
         end).
 
-%% `?VALUE' for `emmap_nif:atomic_add/3', which answers its `badarg' as
-%% `{'$emmap_badarg', R, Pos, K}' rather than raising it: no `try' frame.
+%% `?VALUE' for `emmap_nif:counter_add/3', which answers its `badarg' as
+%% `{'$emmap_badarg', R, I, K}' rather than raising it: no `try' frame.
 -define(ADDED(Call, Args),
         case Call of
             Value_ when is_integer(Value_) -> Value_;
@@ -169,14 +169,14 @@ close_counters(C) ->
 %% @doc Adds 1 to counter `I' and returns its previous value.
 -spec inc_counter(counters(), non_neg_integer()) -> integer().
 inc_counter({?H(R), N} = C, I) when ?INDEX(I, N) ->
-    ?ADDED(emmap_nif:atomic_add(R, ?SLOT(I), 1), [C, I]);
+    ?ADDED(emmap_nif:counter_add(R, I, 1), [C, I]);
 inc_counter(C, I) ->
     ?BADARG([C, I]).
 
 %% @doc Adds `K' to counter `I' and returns its previous value.
 -spec inc_counter(counters(), non_neg_integer(), integer()) -> integer().
 inc_counter({?H(R), N} = C, I, K) when ?INDEX(I, N) ->
-    ?ADDED(emmap_nif:atomic_add(R, ?SLOT(I), K), [C, I, K]);
+    ?ADDED(emmap_nif:counter_add(R, I, K), [C, I, K]);
 inc_counter(C, I, K) ->
     ?BADARG([C, I, K]).
 
