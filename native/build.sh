@@ -61,6 +61,18 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "emmap: $why, and cargo is not installed: install Rust (https://rustup.rs) and retry" >&2
     exit 1
 fi
+# The library's thread-locals (the per-thread reader slot of `readers.rs`, read by every
+# data call on a `lock` handle) belong to a library the VM loads at run time: by default
+# each access calls `__tls_get_addr`. With TLS descriptors it is one indirect call to a
+# resolver of two instructions when the C library placed them in its static TLS block.
+# Only for x86-64 glibc (elsewhere descriptors are the default or unsupported), only when
+# this rustc's LLVM knows the option, and never over flags set by the caller (`RUSTFLAGS`
+# takes precedence over this variable).
+if [ "$tgt" = x86_64-linux-gnu ] && [ -z "${CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS+x}" ] &&
+   rustc -C llvm-args=-enable-tlsdesc --print cfg >/dev/null 2>&1; then
+    CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C llvm-args=-enable-tlsdesc"
+    export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS
+fi
 cargo build --locked --release --quiet -p emmap_nif --target-dir "$PWD/target"
 mkdir -p priv
 tmp="priv/.emmap.so.$$"

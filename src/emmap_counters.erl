@@ -46,6 +46,15 @@
             error:badarg -> ?BADARG(Args)
         end).
 
+%% `?VALUE' for `emmap_nif:counter_add/3', which answers its `badarg' as
+%% `{'$emmap_badarg', R, I, K}' rather than raising it: no `try' frame.
+-define(ADDED(Call, Args),
+        case Call of
+            Value_ when is_integer(Value_) -> Value_;
+            {error, Why_} -> erlang:error(Why_);
+            {'$emmap_badarg', _, _, _} -> ?BADARG(Args)
+        end).
+
 %% @doc Opens an existing counters file, with as many counters as its header says.
 %% Raises `{emmap_counters, File, Reason}' on failure.
 -spec open_counters(file:name_all()) -> counters().
@@ -160,14 +169,14 @@ close_counters(C) ->
 %% @doc Adds 1 to counter `I' and returns its previous value.
 -spec inc_counter(counters(), non_neg_integer()) -> integer().
 inc_counter({?H(R), N} = C, I) when ?INDEX(I, N) ->
-    ?VALUE(emmap_nif:atomic_add(R, ?SLOT(I), 1), [C, I]);
+    ?ADDED(emmap_nif:counter_add(R, I, 1), [C, I]);
 inc_counter(C, I) ->
     ?BADARG([C, I]).
 
 %% @doc Adds `K' to counter `I' and returns its previous value.
 -spec inc_counter(counters(), non_neg_integer(), integer()) -> integer().
 inc_counter({?H(R), N} = C, I, K) when ?INDEX(I, N) ->
-    ?VALUE(emmap_nif:atomic_add(R, ?SLOT(I), K), [C, I, K]);
+    ?ADDED(emmap_nif:counter_add(R, I, K), [C, I, K]);
 inc_counter(C, I, K) ->
     ?BADARG([C, I, K]).
 

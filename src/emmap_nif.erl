@@ -6,7 +6,9 @@
 %%% The NIFs take the resource inside a handle (`R' in `#file_descriptor{module = emmap,
 %%% data = R}'), never the handle itself. Each decodes its handle first and its integers
 %%% itself: a wrong type raises `badarg' (the calling function raises it again with an
-%%% explanation, see `emmap_errors'), an integer out of range answers the documented
+%%% explanation, see `emmap_errors'; the hottest, `pread', `pwrite', `atomic_add' and
+%%% `counter_add', answer ``{'$emmap_badarg', Arg1, ..., ArgN}'' instead, so that their
+%%% callers need no `try'), an integer out of range answers the documented
 %%% `{error, Reason}'. Answers are bare (`Bin', `Old', `ok', `eof', `{error, Reason}'); the
 %%% calling function builds `{ok, V}' where the API has it. Each NIF decides itself
 %%% whether it runs on the caller's scheduler or moves to a dirty I/O one
@@ -23,7 +25,7 @@
 -export([pread/3, pwrite/3, read/2, read_line/1, write/2, position/2, ipread/3]).
 %% atomics
 -export([atomic_add/3, atomic_sub/3, atomic_and/3, atomic_or/3, atomic_xor/3,
-         atomic_xchg/3, atomic_cas/4, atomic_load/2, atomic_store/3]).
+         atomic_xchg/3, atomic_cas/4, atomic_load/2, atomic_store/3, counter_add/3]).
 %% block storage
 -export([block_init/3, block_store/2, block_read/2, block_free/2, block_chunk/3,
          block_repair/3]).
@@ -146,12 +148,16 @@ allocate(_R, _Offset, _Length) -> ?NIF.
 %%% Reads and writes
 %%%===========================================================================
 
-%% @doc NIF: up to `Len' bytes at `Pos'.
--spec pread(resource(), integer(), integer()) -> binary() | eof | error().
+%% @doc NIF: up to `Len' bytes at `Pos'. Answers its `badarg' as ``{'$emmap_badarg', R,
+%% Pos, Len}'' (`emmap:pread/3' raises it).
+-spec pread(resource(), integer(), integer()) ->
+          binary() | eof | error() | {'$emmap_badarg', term(), term(), term()}.
 pread(_R, _Pos, _Len) -> ?NIF.
 
-%% @doc NIF: writes `Bin' at `Pos'.
--spec pwrite(resource(), integer(), binary()) -> ok | error().
+%% @doc NIF: writes `Bin' at `Pos'. Answers its `badarg' as ``{'$emmap_badarg', R, Pos,
+%% Bin}'' (`emmap:pwrite/3' raises it).
+-spec pwrite(resource(), integer(), binary()) ->
+          ok | error() | {'$emmap_badarg', term(), term(), term()}.
 pwrite(_R, _Pos, _Bin) -> ?NIF.
 
 %% @doc NIF: up to `Len' bytes at the handle's position, which moves past them.
@@ -179,9 +185,17 @@ ipread(_R, _Pos, _Max) -> ?NIF.
 %%% Atomics: the old value
 %%%===========================================================================
 
-%% @doc NIF: atomic add; the old value.
--spec atomic_add(resource(), integer(), integer()) -> integer() | error().
+%% @doc NIF: atomic add; the old value. Answers its `badarg' as ``{'$emmap_badarg', R,
+%% Pos, V}'' (its callers raise it).
+-spec atomic_add(resource(), integer(), integer()) ->
+          integer() | error() | {'$emmap_badarg', term(), term(), term()}.
 atomic_add(_R, _Pos, _V) -> ?NIF.
+
+%% @doc NIF: atomic add on counter `I' of a counters file (offset `16 + 8 * I'); the old
+%% value. Answers its `badarg' as ``{'$emmap_badarg', R, I, K}'' (its callers raise it).
+-spec counter_add(resource(), integer(), integer()) ->
+          integer() | error() | {'$emmap_badarg', term(), term(), term()}.
+counter_add(_R, _I, _K) -> ?NIF.
 
 %% @doc NIF: atomic subtract; the old value.
 -spec atomic_sub(resource(), integer(), integer()) -> integer() | error().

@@ -6,6 +6,8 @@ rustler::atoms! {
     eof,
     undefined,
     true_ = "true",
+    // the badarg answer of `badarg_answered` NIFs (schedule.rs)
+    emmap_badarg = "$emmap_badarg",
     false_ = "false",
     // info/1 keys
     size,

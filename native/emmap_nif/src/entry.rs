@@ -60,6 +60,7 @@ const NIFS: &[Nif] = &[
     atomics::atomic_cas::NIF,
     atomics::atomic_load::NIF,
     atomics::atomic_store::NIF,
+    atomics::counter_add::NIF,
     // block storage (blocks.rs)
     blocks::block_init::NIF,
     blocks::block_store::NIF,

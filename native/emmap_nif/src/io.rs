@@ -40,8 +40,8 @@ fn read_answer(r: Option<Option<Term>>) -> Result<Term, Stop> {
 
 // `pread(R, Pos, Len)`: up to `Len` bytes at `Pos`. A negative position is `einval`, one
 // past 2^64 - 1 is `eof`; a length past 2^64 - 1 reads to the end, a negative one is
-// `badarg`.
-nif!(normal "pread", pread, 3, |env, a, on| {
+// `badarg`, answered as `{'$emmap_badarg', R, Pos, Len}` (`emmap:pread/3` raises it).
+nif!(normal "pread", pread, 3, badarg_answered, |env, a, on| {
     let h = handle(env, a[0])?;
     let pos = term::int(env, a[1])?;
     let len = term::int(env, a[2])?.len()?;
@@ -50,7 +50,16 @@ nif!(normal "pread", pread, 3, |env, a, on| {
         Int::Neg => return Err(Stop::Error(emmap_core::Error::Einval)),
         Int::Over => return Ok(atom(atoms::eof())),
     };
-    if len > DIRTY_BYTES as u64 && on.is_normal() && !h.mapping.options().direct {
+    if h.mapping.options().direct {
+        return match h.mapping.pread_direct(pos, len)? {
+            // SAFETY: the mapping is direct, and `pread_direct` marked it exported: the
+            // bytes stay mapped while the handle lives, and the resource binary keeps it
+            // alive.
+            Some((p, n)) => Ok(unsafe { h.direct_binary(env, p, n) }),
+            None => Ok(atom(atoms::eof())),
+        };
+    }
+    if len > DIRTY_BYTES as u64 && on.is_normal() {
         // A long copy: in slices, on this scheduler (`copy.rs`).
         return match h.mapping.read_range(pos, len)? {
             None => Ok(atom(atoms::eof())),
@@ -61,17 +70,10 @@ nif!(normal "pread", pread, 3, |env, a, on| {
     pread_now(env, h, on, pos, len)
 });
 
-/// `pread` in one piece (a `direct` read, or a copy short enough for this scheduler).
+/// `pread` in one piece: a copy short enough for this scheduler (`direct` reads are
+/// answered before).
 #[inline(always)]
 fn pread_now(env: Env<'_>, h: &Handle, on: On, pos: u64, len: u64) -> Answer {
-    if h.mapping.options().direct {
-        return match h.mapping.pread_direct(pos, len)? {
-            // SAFETY: `pread_direct` marked the mapping exported: the bytes stay mapped
-            // while the handle lives, and the resource binary keeps it alive.
-            Some((p, n)) => Ok(unsafe { h.binary(env, std::slice::from_raw_parts(p, n)) }),
-            None => Ok(atom(atoms::eof())),
-        };
-    }
     // SAFETY: bytes from `Mapping::pread` stay mapped while the handle lives in direct
     // mode (it marks the mapping exported).
     let r = h
@@ -80,8 +82,9 @@ fn pread_now(env: Env<'_>, h: &Handle, on: On, pos: u64, len: u64) -> Answer {
     read_answer(r)
 }
 
-// `pwrite(R, Pos, Bin)`: `ok`; `einval` for a position outside 0..2^64-1.
-nif!(normal "pwrite", pwrite, 3, |env, a, on| {
+// `pwrite(R, Pos, Bin)`: `ok`; `einval` for a position outside 0..2^64-1. `badarg` is
+// answered as `{'$emmap_badarg', R, Pos, Bin}` (`emmap:pwrite/3` raises it).
+nif!(normal "pwrite", pwrite, 3, badarg_answered, |env, a, on| {
     let h = handle(env, a[0])?;
     let pos = term::int(env, a[1])?;
     let data = term::bin(env, a[2])?;

@@ -268,4 +268,19 @@ impl Handle {
             term::copy(env, b)
         }
     }
+
+    /// The `n` bytes at `p` of this handle's `direct` mapping as a resource binary (which
+    /// keeps the handle alive): [`Handle::binary`] for a caller that knows the mapping is
+    /// direct.
+    ///
+    /// # Safety
+    /// The mapping is `direct`, and the `n` bytes at `p` stay mapped for as long as the
+    /// resource lives (as for [`Handle::binary`]).
+    #[inline(always)]
+    pub unsafe fn direct_binary(&self, env: Env<'_>, p: *const u8, n: usize) -> Term {
+        debug_assert!(self.mapping.options().direct);
+        // SAFETY: per this function's contract; the binary keeps a reference to the
+        // resource.
+        unsafe { enif_make_resource_binary(env.raw(), self.raw, p.cast(), n) }
+    }
 }

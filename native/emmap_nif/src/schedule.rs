@@ -16,9 +16,10 @@
 //! The copy threshold [`DIRTY_BYTES`] is the same for every NIF: copies, checksums and
 //! scans above it move.
 //!
-//! Every body runs inside `catch_unwind`: a panic becomes `badarg`, never an abort. The
-//! arguments are read straight from the VM's array (rustler's generic `#[nif]` wrapper
-//! would collect them into a `Vec` on every call, a third of a 50 ns call).
+//! Every body runs inside `catch_unwind`: a panic becomes `badarg` (see [`badarg`]), never
+//! an abort. The arguments are read straight from the VM's array (rustler's generic
+//! `#[nif]` wrapper would collect them into a `Vec` on every call, a third of a 50 ns
+//! call).
 
 use std::ffi::{c_char, c_int, c_uint};
 
@@ -91,6 +92,9 @@ pub struct Def {
     pub body: Body,
     /// The NIF's dirty-scheduler entry, for rescheduling.
     pub dirty: NifFn,
+    /// Answers `{'$emmap_badarg', Arg1, ..., ArgN}` where other NIFs raise `badarg`
+    /// (see [`badarg`]).
+    pub badarg_answered: bool,
 }
 
 /// Flags of a NIF that always runs on a dirty I/O scheduler.
@@ -116,16 +120,69 @@ pub unsafe fn run(
     // SAFETY: the VM passes `argc` valid terms at `argv` for the call's duration, and the
     // env is this call's; neither borrow leaves this function.
     let (args, e) = unsafe { (std::slice::from_raw_parts(argv, def.arity), Env::new(env)) };
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (def.body)(e, args, on)));
+    // The answer is made inside the closure, so that what leaves `catch_unwind` is one
+    // term (a register) rather than a `Result` passed through memory.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        match (def.body)(e, args, on) {
+            Ok(t) => t,
+            // SAFETY: as this function's (same env and arguments).
+            Err(s) => unsafe { stopped(def, on, e, s, argc, argv) },
+        }
+    }));
     match r {
-        Ok(Ok(t)) => t,
-        Ok(Err(Stop::Dirty)) if on == On::Normal => {
+        Ok(t) => t,
+        // A panic.
+        // SAFETY: as this function's.
+        Err(_) => unsafe { badarg(def, e, argc, argv) },
+    }
+}
+
+/// `badarg` for NIF `def`: raised, or, for a NIF defined with `badarg_answered`, the
+/// answer `{'$emmap_badarg', Arg1, ..., ArgN}` (its arguments as it got them), which the
+/// calling function raises again with its own arguments. For the hottest calls: catching
+/// a raised `badarg` costs the caller a `try` frame holding its arguments on every call,
+/// even when nothing is raised.
+///
+/// # Safety
+/// As for [`run`]: `e`, `argc` and `argv` are what the VM passed to the NIF being run.
+#[cold]
+#[inline(never)]
+unsafe fn badarg(def: &Def, e: Env<'_>, argc: c_int, argv: *const ErlNifTerm) -> ErlNifTerm {
+    if def.badarg_answered && usize::try_from(argc) == Ok(def.arity) {
+        // SAFETY: the VM passes `argc` valid terms at `argv` for the call's duration.
+        let args = unsafe { std::slice::from_raw_parts(argv, def.arity) };
+        let mut items = Vec::with_capacity(def.arity + 1);
+        items.push(term::atom(crate::atoms::emmap_badarg()));
+        items.extend_from_slice(args);
+        return term::tuple(e, &items);
+    }
+    // SAFETY: `e` is the current NIF env.
+    unsafe { enif_make_badarg(e.raw()) }
+}
+
+/// What NIF `def`, run on `on`, answers for a body that stopped with `s`: its move to
+/// the dirty entry, `{error, Reason}`, or `badarg`.
+///
+/// # Safety
+/// As for [`run`]: `e`, `argc` and `argv` are what the VM passed to the NIF being run.
+#[cold]
+#[inline(never)]
+unsafe fn stopped(
+    def: &Def,
+    on: On,
+    e: Env<'_>,
+    s: Stop,
+    argc: c_int,
+    argv: *const ErlNifTerm,
+) -> ErlNifTerm {
+    match s {
+        Stop::Dirty if on == On::Normal => {
             // SAFETY: `def.name` is NUL-terminated and static; `def.dirty` is this NIF's
             // dirty-scheduler entry, taking the same `argc` arguments, which stay valid
             // (they are the call's own terms).
             unsafe {
                 enif_schedule_nif(
-                    env,
+                    e.raw(),
                     def.name.as_ptr() as *const c_char,
                     ERL_NIF_DIRTY_JOB_IO_BOUND as c_int,
                     def.dirty,
@@ -134,16 +191,13 @@ pub unsafe fn run(
                 )
             }
         }
-        Ok(Err(s)) => match term::stopped(e, s) {
+        s => match term::stopped(e, s) {
             Some(t) => t,
             // `badarg`, or a body asking to move while already on a dirty scheduler (a
             // bug: refusing beats looping).
-            // SAFETY: `env` is the current NIF env.
-            None => unsafe { enif_make_badarg(env) },
+            // SAFETY: as this function's.
+            None => unsafe { badarg(def, e, argc, argv) },
         },
-        // A panic.
-        // SAFETY: `env` is the current NIF env.
-        Err(_) => unsafe { enif_make_badarg(env) },
     }
 }
 
@@ -155,14 +209,19 @@ pub unsafe fn run(
 /// dirty I/O scheduler.
 macro_rules! nif {
     (normal $name:literal, $m:ident, $arity:literal, |$env:ident, $a:ident, $on:ident| $body:block) => {
-        $crate::schedule::nif!(@def $name, $m, $arity, 0, $crate::schedule::On::Normal,
+        $crate::schedule::nif!(@def $name, $m, $arity, 0, $crate::schedule::On::Normal, false,
+                               |$env, $a, $on| $body);
+    };
+    (normal $name:literal, $m:ident, $arity:literal, badarg_answered,
+     |$env:ident, $a:ident, $on:ident| $body:block) => {
+        $crate::schedule::nif!(@def $name, $m, $arity, 0, $crate::schedule::On::Normal, true,
                                |$env, $a, $on| $body);
     };
     (dirty $name:literal, $m:ident, $arity:literal, |$env:ident, $a:ident, $on:ident| $body:block) => {
         $crate::schedule::nif!(@def $name, $m, $arity, $crate::schedule::DIRTY_IO,
-                               $crate::schedule::On::DirtyIo, |$env, $a, $on| $body);
+                               $crate::schedule::On::DirtyIo, false, |$env, $a, $on| $body);
     };
-    (@def $name:literal, $m:ident, $arity:literal, $flags:expr, $start:expr,
+    (@def $name:literal, $m:ident, $arity:literal, $flags:expr, $start:expr, $answered:expr,
      |$env:ident, $a:ident, $on:ident| $body:block) => {
         #[allow(clippy::needless_return, unused_variables)]
         pub(crate) mod $m {
@@ -177,6 +236,7 @@ macro_rules! nif {
                 arity: $arity,
                 body,
                 dirty,
+                badarg_answered: $answered,
             };
 
             /// The NIF, for the library's entry.

@@ -83,7 +83,25 @@ impl Mapping {
     #[inline]
     pub fn pread_direct(&self, pos: u64, len: u64) -> Result<Option<(*const u8, usize)>> {
         debug_assert!(self.opts.direct);
-        self.pread(pos, len, |b| (b.as_ptr(), b.len()))
+        self.answer(self.pread_direct_in(pos, len))
+    }
+
+    /// `pread_in` with `access_direct_read` and `bytes` folded together for a mapping
+    /// known to be direct: the exported flag is read once, and marked (if it was not)
+    /// while the guard that reading it without being exported required is held.
+    #[inline(always)]
+    fn pread_direct_in(&self, pos: u64, len: u64) -> Result<Option<(*const u8, usize)>> {
+        let exported = self.exported.load(Ordering::Acquire);
+        let a = self.access_as(self.opts.lock() && !exported)?;
+        let Some((s, e)) = bounds::read_range(pos, len, a.len()) else {
+            return Ok(None);
+        };
+        if !exported {
+            self.exported.store(true, Ordering::Release);
+        }
+        let b = self.bytes_unexported(&a, s, e);
+        a.probe(s, e)?;
+        Ok(Some((b.as_ptr(), b.len())))
     }
 
     /// Reads from the current position and advances it by what was read.
